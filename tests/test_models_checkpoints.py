@@ -1,0 +1,186 @@
+"""Checkpoint loading: DINOv2's original layout against an independent reference forward, safe loading."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from vitreg.models import CheckpointError, WeightsNotFoundError, create_model, load_model, save_model
+
+DIM, DEPTH, HEADS, PATCH, GRID = 128, 3, 2, 14, 4  # 64-dim heads, as in every DINOv2 model
+
+
+def _dinov2_state_dict(regs: int, swiglu: bool = False, chunks: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in the key layout of DINOv2's own DinoVisionTransformer."""
+    g = torch.Generator().manual_seed(regs * 10 + int(swiglu))
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    sd = {
+        "cls_token": r(1, 1, DIM),
+        "pos_embed": r(1, 1 + GRID * GRID, DIM),  # DINOv2 keeps a position for [CLS]
+        "mask_token": r(1, DIM),
+        "patch_embed.proj.weight": r(DIM, 3, PATCH, PATCH),
+        "patch_embed.proj.bias": r(DIM),
+        "norm.weight": 1 + r(DIM),
+        "norm.bias": r(DIM),
+    }
+    if regs:
+        sd["register_tokens"] = r(1, regs, DIM)
+    hidden = 4 * DIM
+    for i in range(DEPTH):
+        p = f"blocks.{i}." if not chunks else f"blocks.{i // (DEPTH // chunks)}.{i}."
+        sd.update({
+            p + "norm1.weight": 1 + r(DIM), p + "norm1.bias": r(DIM),
+            p + "attn.qkv.weight": r(3 * DIM, DIM), p + "attn.qkv.bias": r(3 * DIM),
+            p + "attn.proj.weight": r(DIM, DIM), p + "attn.proj.bias": r(DIM),
+            p + "ls1.gamma": r(DIM), p + "ls2.gamma": r(DIM),
+            p + "norm2.weight": 1 + r(DIM), p + "norm2.bias": r(DIM),
+        })  # fmt: skip
+        if swiglu:
+            sd.update({p + "mlp.w12.weight": r(2 * hidden, DIM), p + "mlp.w12.bias": r(2 * hidden),
+                       p + "mlp.w3.weight": r(DIM, hidden), p + "mlp.w3.bias": r(DIM)})  # fmt: skip
+        else:
+            sd.update({p + "mlp.fc1.weight": r(hidden, DIM), p + "mlp.fc1.bias": r(hidden),
+                       p + "mlp.fc2.weight": r(DIM, hidden), p + "mlp.fc2.bias": r(DIM)})  # fmt: skip
+    return sd
+
+
+def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool = False) -> torch.Tensor:
+    """DINOv2's forward, written from its definition, on the original keys: normed tokens (B, 1+R+N, C)."""
+    sd = {k.replace(f"blocks.{k.split('.')[1]}.", "blocks.", 1) if k.count(".") > 3 and k.split(".")[2].isdigit()
+          else k: v for k, v in sd.items()}  # fmt: skip
+    b = x.shape[0]
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=PATCH)
+    t = t.flatten(2).transpose(1, 2)  # (B, N, C)
+    t = torch.cat([sd["cls_token"].expand(b, -1, -1), t], 1) + sd["pos_embed"]
+    if "register_tokens" in sd:  # registers go after [CLS], with no position embedding
+        t = torch.cat([t[:, :1], sd["register_tokens"].expand(b, -1, -1), t[:, 1:]], 1)
+    ln = lambda z, p: F.layer_norm(z, (DIM,), sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)  # noqa: E731
+    lin = lambda z, p: F.linear(z, sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
+    for i in range(DEPTH):
+        p = f"blocks.{i}."
+        h = ln(t, p + "norm1")
+        n = h.shape[1]
+        qkv = lin(h, p + "attn.qkv").reshape(b, n, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
+        a = ((qkv[0] * (DIM // HEADS) ** -0.5) @ qkv[1].transpose(-2, -1)).softmax(-1)
+        h = (a @ qkv[2]).transpose(1, 2).reshape(b, n, DIM)
+        t = t + sd[p + "ls1.gamma"] * lin(h, p + "attn.proj")
+        h = ln(t, p + "norm2")
+        if swiglu:
+            x1, x2 = lin(h, p + "mlp.w12").chunk(2, dim=-1)
+            h = lin(F.silu(x1) * x2, p + "mlp.w3")
+        else:
+            h = lin(F.gelu(lin(h, p + "mlp.fc1")), p + "mlp.fc2")
+        t = t + sd[p + "ls2.gamma"] * h
+    return ln(t, "norm")
+
+
+@pytest.mark.parametrize(("regs", "swiglu", "chunks"), [(0, False, 0), (4, False, 0), (4, True, 0), (2, False, 3)])
+def test_dinov2_original_checkpoint_converts_exactly(tmp_path, regs, swiglu, chunks):
+    sd = _dinov2_state_dict(regs, swiglu, chunks)
+    path = tmp_path / "dinov2_test_pretrain.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}} if chunks else sd, path)
+    model = load_model(path).eval()
+    assert model.num_reg_tokens == regs and len(model.blocks) == DEPTH
+    x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
+    with torch.no_grad():
+        ours = model.forward_features(x)
+    ref = _dinov2_reference(sd, x, swiglu)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_dinov2_weights_into_a_named_timm_architecture(tmp_path):
+    sd = _dinov2_state_dict(4)
+    path = tmp_path / "w.pth"
+    torch.save(sd, path)
+    m = load_model(
+        "timm:vit_small_patch14_reg4_dinov2", weights=path, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+        img_size=GRID * PATCH, init_values=1.0,
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
+    with torch.no_grad():
+        assert (m.forward_features(x) - _dinov2_reference(sd, x)).abs().max() <= 1e-5
+
+
+def test_save_and_reload_run_directory(tmp_path):
+    m = create_model("vit_pico_patch4_32", registers=3, num_classes=5).eval()
+    save_model(m, tmp_path / "run")
+    assert (tmp_path / "run" / "model.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+    again = load_model(tmp_path / "run").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), again(x))
+    assert again.vitreg_config.registers == 3
+    with pytest.raises(CheckpointError, match="trained with 3 registers"):
+        load_model(tmp_path / "run", registers=4)
+
+
+def test_plain_files_and_wrappers(tmp_path):
+    m = create_model("vit_pico_patch4_32", registers=1).eval()
+    sd = m.state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "timm_ckpt.pth")  # timm training checkpoint
+    torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "ddp.pth")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = m.forward_features(x)
+        for name in ("w.safetensors", "timm_ckpt.pth", "ddp.pth"):
+            got = load_model(tmp_path / name, num_heads=2).eval().forward_features(x)
+            assert torch.allclose(got, want, atol=1e-6), name
+        got = load_model("vit_pico_patch4_32", weights=tmp_path / "w.safetensors", registers=1).eval()
+        assert torch.allclose(got.forward_features(x), want, atol=1e-6)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model("vit_pico_patch4_32", weights=tmp_path / "w.safetensors", registers=2)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+def test_pickle_with_arbitrary_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": _Evil()}}, f)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(CheckpointError, match="refused"):
+            load_model(path)
+        with pytest.raises(CheckpointError, match="refused"):
+            load_model("vit_pico_patch4_32", weights=path)
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+def test_missing_pretrained_weights_fail_fast_with_instructions():
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_model("dinov2_vits14_reg")
+    assert time.monotonic() - start < 1.0
+    assert "dinov2_vits14_reg4_pretrain.pth" in str(err.value) and "--weights" in str(err.value)
+    with pytest.raises(WeightsNotFoundError, match="--random-init"):
+        load_model("vit_small_patch16_224")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model("vit_pico_patch4_32", weights="/nonexistent/w.pth")
+
+
+def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitreg.cli", "inspect", "--model", "timm:vit_small_patch14_reg4_dinov2"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "0"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--weights PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 30  # interpreter + torch import; the lookup itself never waits on a network

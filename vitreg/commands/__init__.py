@@ -1,0 +1,1 @@
+"""CLI commands, one module each; every public module here is registered by vitreg.cli."""

@@ -1,0 +1,243 @@
+"""Inspector: one forward pass that captures what the analyses need, with fused attention left on.
+
+- block outputs (the residual stream after each block, *before* the final norm: what the paper's norms use),
+- the final normed tokens (after ``model.norm``) and the head's output,
+- q, k, v of chosen layers (LOST uses keys), from a hook on the fused ``attn.qkv`` projection,
+- attention probabilities of chosen layers for chosen query tokens ([CLS] and each register by default),
+  recomputed as softmax(q k^T * scale) from the captured q/k, so SDPA stays on everywhere else.
+
+Token bookkeeping lives here once: ``[CLS]? + registers + patches`` in that order (timm ``_pos_embed``).
+Never slice ``x[:, 1:]``: with registers that counts registers as patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from vitreg.device import autocast
+
+
+class CaptureError(RuntimeError):
+    """A capture that captured nothing, or a model the Inspector cannot hook."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    has_cls: bool
+    num_registers: int
+    grid: tuple[int, int]  # (H, W) patches
+
+    @property
+    def num_prefix(self) -> int:
+        return int(self.has_cls) + self.num_registers
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    @property
+    def register_slice(self) -> slice:
+        start = int(self.has_cls)
+        return slice(start, start + self.num_registers)
+
+    @property
+    def patch_slice(self) -> slice:
+        return slice(self.num_prefix, self.num_tokens)
+
+    def query_names(self, queries: Sequence[int]) -> list[str]:
+        names = []
+        for q in queries:
+            if self.has_cls and q == 0:
+                names.append("cls")
+            elif q < self.num_prefix:
+                names.append(f"reg{q - int(self.has_cls)}")
+            else:
+                p = q - self.num_prefix
+                names.append(f"patch{p // self.grid[1]}_{p % self.grid[1]}")
+        return names
+
+
+@dataclass
+class TokenSplit:
+    cls: torch.Tensor | None  # (B, C), None for models without [CLS]
+    registers: torch.Tensor  # (B, R, C); R may be 0
+    patches: torch.Tensor  # (B, H, W, C)
+
+
+def token_layout(model: nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
+    """Layout of the token sequence a timm ViT produces for an image of size ``image_hw`` (H, W)."""
+    pe = model.patch_embed
+    if hasattr(pe, "dynamic_feat_size"):
+        grid = tuple(int(g) for g in pe.dynamic_feat_size(tuple(image_hw)))
+    else:
+        p = pe.patch_size
+        grid = (image_hw[0] // p[0], image_hw[1] // p[1])
+    return TokenLayout(has_cls=model.cls_token is not None, num_registers=int(model.num_reg_tokens), grid=grid)
+
+
+def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:
+    """(B, N, C) token sequence -> named [CLS] (B, C), registers (B, R, C), patches (B, H, W, C)."""
+    if x.ndim != 3 or x.shape[1] != layout.num_tokens:
+        raise ValueError(f"expected (B, {layout.num_tokens}, C) tokens for {layout}, got {tuple(x.shape)}")
+    b, _, c = x.shape
+    cls = x[:, 0] if layout.has_cls else None
+    regs = x[:, layout.register_slice]
+    patches = x[:, layout.patch_slice].reshape(b, layout.grid[0], layout.grid[1], c)
+    return TokenSplit(cls=cls, registers=regs, patches=patches)
+
+
+@dataclass
+class QKV:
+    q: torch.Tensor  # (B, heads, N, head_dim), after q_norm
+    k: torch.Tensor  # (B, heads, N, head_dim), after k_norm
+    v: torch.Tensor  # (B, heads, N, head_dim)
+
+
+@dataclass
+class Capture:
+    """What one Inspector pass captured; layer keys are block indices (0-based)."""
+
+    layout: TokenLayout
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block outputs, pre-final-norm (B, N, C)
+    normed: torch.Tensor | None = None  # after the final norm (B, N, C)
+    output: torch.Tensor | None = None  # the model's output (logits or pooled features) (B, K)
+    qkv: dict[int, QKV] = field(default_factory=dict)
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # (B, heads, Q, N) probabilities
+    queries: list[int] = field(default_factory=list)  # token index of each attention row Q
+
+    def split_tokens(self, layer: int | str = "normed") -> TokenSplit:
+        """Named cls / registers / patches of block ``layer``'s output, or of the final normed tokens."""
+        x = self.normed if layer == "normed" else self.tokens[int(layer)]
+        if x is None:
+            raise CaptureError(f"layer {layer!r} was not captured")
+        return split_tokens(x, self.layout)
+
+    def attention_maps(self, layer: int) -> dict[str, torch.Tensor]:
+        """Attention of each query token over the patch grid, mean over heads: name -> (B, H, W)."""
+        a = self.attention[layer].float().mean(1)  # (B, Q, N)
+        grid = a[..., self.layout.patch_slice].reshape(a.shape[0], a.shape[1], *self.layout.grid)
+        return {name: grid[:, i] for i, name in enumerate(self.layout.query_names(self.queries))}
+
+
+def _resolve_layers(spec: Iterable[int] | str | None, depth: int) -> list[int]:
+    if spec is None:
+        return []
+    if spec == "all":
+        return list(range(depth))
+    if isinstance(spec, int):
+        spec = [spec]
+    out = []
+    for i in spec:
+        j = int(i) + depth if int(i) < 0 else int(i)
+        if not 0 <= j < depth:
+            raise ValueError(f"layer {i} out of range for a model with {depth} blocks")
+        out.append(j)
+    return sorted(set(out))
+
+
+class Inspector:
+    """Runs a timm VisionTransformer and captures tokens, q/k/v and attention for the layers asked for.
+
+    >>> cap = Inspector(model).run(images, layers="all", attention_layers=[-1])
+    >>> cap.split_tokens(-1 % len(model.blocks)).patches.shape  # (B, H, W, C)
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
+        if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
+            raise CaptureError(f"Inspector needs a timm VisionTransformer, got {type(model).__name__}")
+        self.model = model
+        self.dtype = dtype  # autocast dtype (bf16 on capable CPUs), None = fp32
+        self.depth = len(model.blocks)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        images: torch.Tensor,
+        layers: Iterable[int] | str | None = "all",
+        attention_layers: Iterable[int] | str | None = (-1,),
+        qkv_layers: Iterable[int] | str | None = None,
+        queries: str | Sequence[int] = "prefix",
+        normed: bool = True,
+    ) -> Capture:
+        """Capture for a batch ``images`` (B, 3, H, W). ``queries``: "prefix" ([CLS] + registers), "all", or
+        token indices. Attention of layer L needs its q/k, so those layers are hooked for qkv too (kept only if
+        listed in ``qkv_layers``)."""
+        model = self.model
+        device = next(model.parameters()).device
+        images = images.to(device)
+        layout = token_layout(model, tuple(images.shape[-2:]))
+        tok_layers = _resolve_layers(layers, self.depth)
+        att_layers = _resolve_layers(attention_layers, self.depth)
+        keep_qkv = _resolve_layers(qkv_layers, self.depth)
+        if queries == "prefix":
+            q_idx = list(range(layout.num_prefix))
+        elif queries == "all":
+            q_idx = list(range(layout.num_tokens))
+        else:
+            q_idx = [int(q) for q in queries]
+        if att_layers and not q_idx:
+            att_layers = []  # a model with neither [CLS] nor registers has no prefix queries
+        if not (tok_layers or att_layers or keep_qkv or normed):
+            raise CaptureError("nothing to capture: ask for layers, attention_layers, qkv_layers or normed")
+
+        cap = Capture(layout=layout, queries=q_idx)
+        raw_qkv: dict[int, torch.Tensor] = {}
+        handles = []
+        try:
+            for i in tok_layers:
+                handles.append(model.blocks[i].register_forward_hook(self._store(cap.tokens, i)))
+            for i in sorted(set(att_layers) | set(keep_qkv)):
+                attn = model.blocks[i].attn
+                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+                    raise CaptureError(f"block {i}'s attention has no fused qkv projection to hook")
+                handles.append(attn.qkv.register_forward_hook(self._store(raw_qkv, i)))
+            if normed:
+                handles.append(model.norm.register_forward_hook(self._store_normed(cap)))
+            with autocast(device, self.dtype):
+                cap.output = model(images).float()
+        finally:
+            for h in handles:
+                h.remove()
+
+        for i, flat in raw_qkv.items():
+            qkv = self._split_qkv(model.blocks[i].attn, flat)
+            if i in keep_qkv:
+                cap.qkv[i] = qkv
+            if i in att_layers:
+                attn = model.blocks[i].attn
+                q = qkv.q[:, :, q_idx]  # (B, heads, Q, hd)
+                logits = (q * attn.scale) @ qkv.k.transpose(-2, -1)  # (B, heads, Q, N)
+                cap.attention[i] = logits.softmax(dim=-1)
+        missing = [i for i in tok_layers if i not in cap.tokens] + [i for i in att_layers if i not in cap.attention]
+        if missing or (normed and cap.normed is None):
+            raise CaptureError(f"capture failed: hooks did not fire for layers {missing or ['norm']}")
+        return cap
+
+    @staticmethod
+    def _store(target: dict, i: int):
+        def hook(_module, _inputs, output):
+            target[i] = output.detach().float()
+
+        return hook
+
+    @staticmethod
+    def _store_normed(cap: Capture):
+        def hook(_module, _inputs, output):
+            cap.normed = output.detach().float()
+
+        return hook
+
+    @staticmethod
+    def _split_qkv(attn: nn.Module, flat: torch.Tensor) -> QKV:
+        b, n, _ = flat.shape  # (B, N, 3 * heads * hd)
+        qkv = flat.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        return QKV(q=attn.q_norm(q).float(), k=attn.k_norm(k).float(), v=v.float())

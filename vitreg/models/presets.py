@@ -1,0 +1,282 @@
+"""Named ViT presets with N register tokens, built on timm's VisionTransformer (never a rewrite of it).
+
+Registers follow the paper: learnable tokens appended after the patch embedding, initialised like [CLS]
+(timm: normal, std 1e-6), without position embedding (``no_embed_class=True``), and discarded at the output.
+``dynamic_img_size=True`` makes every model accept other resolutions, non-square included: timm then resamples
+the position embedding bicubically with antialiasing (paper appendix A).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+
+MAX_REGISTERS = 16
+TIMM_PREFIX = "timm:"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to re-create a model: saved as JSON beside its weights."""
+
+    spec: str  # preset name or "timm:<name>"
+    registers: int = 0
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    mlp: str = "mlp"  # "mlp" | "swiglu" (DINOv2 giant)
+    init_values: float | None = None  # LayerScale init; None = no LayerScale
+    num_classes: int = 0
+    global_pool: str = "token"  # "token" ([CLS] head) | "avg" (mean of patch tokens)
+    class_token: bool = True
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs of a timm pass-through model
+
+    @property
+    def is_timm(self) -> bool:
+        return self.spec.startswith(TIMM_PREFIX)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}")
+        d = dict(d)
+        for k in ("img_size", "mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _p(img: int, patch: int, dim: int, depth: int, heads: int, **kw: Any) -> dict[str, Any]:
+    return dict(img_size=(img, img), patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, **kw)
+
+
+# Tiny CPU sizes first (they run in seconds on 2 cores), then the paper's Ti/S/B/L/H/g at patch 14 and 16.
+# LayerScale follows DeiT-III (1e-4 for Ti/S/B, 1e-5 for L and larger; DINOv2 uses 1e-5 everywhere).
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit_pico_patch4_32": _p(32, 4, 64, 2, 2),
+    "vit_nano_patch4_32": _p(32, 4, 128, 6, 4),
+    "vit_micro_patch8_64": _p(64, 8, 192, 12, 3),
+}
+for _size, (_dim, _depth, _heads, _ls) in {
+    "tiny": (192, 12, 3, 1e-4),
+    "small": (384, 12, 6, 1e-4),
+    "base": (768, 12, 12, 1e-4),
+    "large": (1024, 24, 16, 1e-5),
+    "huge": (1280, 32, 16, 1e-5),
+}.items():
+    for _patch in (14, 16):
+        PRESETS[f"vit_{_size}_patch{_patch}_224"] = _p(224, _patch, _dim, _depth, _heads, init_values=_ls)
+for _patch in (14, 16):
+    # DINOv2's ViT-g: width 1536, 40 blocks, SwiGLU FFN with 4096 hidden units (packed: 2 x 4096).
+    PRESETS[f"vit_giant_patch{_patch}_224"] = _p(
+        224, _patch, 1536, 40, 24, init_values=1e-5, mlp="swiglu", mlp_ratio=2.66667 * 2
+    )
+
+# Original DINOv2 hub names -> (timm architecture, the checkpoint file Meta published for it).
+DINOV2_ALIASES: dict[str, tuple[str, str]] = {}
+for _s, _n in {"s": "small", "b": "base", "l": "large", "g": "giant"}.items():
+    DINOV2_ALIASES[f"dinov2_vit{_s}14"] = (f"vit_{_n}_patch14_dinov2", f"dinov2_vit{_s}14_pretrain.pth")
+    DINOV2_ALIASES[f"dinov2_vit{_s}14_reg"] = (f"vit_{_n}_patch14_reg4_dinov2", f"dinov2_vit{_s}14_reg4_pretrain.pth")
+
+_REG_SUFFIX = re.compile(r"^(?P<base>.+?)_reg(?P<n>\d+)$")
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """``vit_small_patch16_224_reg4`` -> (``vit_small_patch16_224``, 4); other names -> (name, None)."""
+    if spec.startswith(TIMM_PREFIX) or spec in DINOV2_ALIASES:
+        return spec, None
+    m = _REG_SUFFIX.match(spec)
+    if m and m.group("base") in PRESETS:
+        return m.group("base"), int(m.group("n"))
+    return spec, None
+
+
+def _as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def _check_registers(n: int) -> int:
+    if not 0 <= int(n) <= MAX_REGISTERS:
+        raise ValueError(f"registers must be between 0 and {MAX_REGISTERS}, got {n}")
+    return int(n)
+
+
+def model_config(
+    spec: str,
+    registers: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> ModelConfig:
+    """Resolve a preset (or ``timm:NAME`` / DINOv2 alias) plus overrides into a ModelConfig."""
+    name, suffix_regs = parse_spec(spec)
+    if registers is None:
+        registers = suffix_regs
+    if name in DINOV2_ALIASES:
+        name = TIMM_PREFIX + DINOV2_ALIASES[name][0]
+    if name.startswith(TIMM_PREFIX):
+        return _timm_config(name, registers, img_size, overrides)
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown model {spec!r}; presets: {', '.join(PRESETS)}; or a timm model as 'timm:NAME' "
+            f"(e.g. timm:vit_small_patch14_reg4_dinov2); or a DINOv2 name ({', '.join(DINOV2_ALIASES)})"
+        )
+    kwargs: dict[str, Any] = dict(PRESETS[name])
+    known = {f.name for f in dataclasses.fields(ModelConfig)} - {"spec"}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown model option {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    kwargs["img_size"] = _as_hw(kwargs["img_size"])
+    kwargs["registers"] = _check_registers(registers or 0)
+    return ModelConfig(spec=name, **kwargs)
+
+
+def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
+    timm_name = name[len(TIMM_PREFIX) :]
+    if not timm.is_model(timm_name):
+        raise ValueError(f"timm has no model named {timm_name!r} (timm {timm.__version__})")
+    # Build once on the meta device to read the architecture without allocating weights.
+    import torch
+
+    with torch.device("meta"):
+        probe = timm.create_model(timm_name, pretrained=False)
+    if not isinstance(probe, VisionTransformer):
+        raise ValueError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer")
+    pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
+    regs = probe.num_reg_tokens if registers is None else _check_registers(registers)
+    hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
+    extra = {k: v for k, v in overrides.items() if v is not None}
+    num_classes = extra.pop("num_classes", probe.num_classes)
+    return ModelConfig(
+        spec=name,
+        registers=regs,
+        img_size=hw,
+        patch_size=int(probe.patch_embed.patch_size[0]),
+        embed_dim=probe.embed_dim,
+        depth=len(probe.blocks),
+        num_heads=probe.blocks[0].attn.num_heads,
+        num_classes=num_classes,
+        global_pool=probe.global_pool,
+        class_token=probe.cls_token is not None,
+        mean=tuple(pcfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        std=tuple(pcfg.get("std", IMAGENET_DEFAULT_STD)),
+        timm_kwargs=extra,
+    )
+
+
+def build_model(cfg: ModelConfig) -> VisionTransformer:
+    """Instantiate ``cfg`` with random weights (timm's own initialisation)."""
+    if cfg.is_timm:
+        model = timm.create_model(
+            cfg.spec[len(TIMM_PREFIX) :],
+            pretrained=False,
+            reg_tokens=cfg.registers,
+            img_size=cfg.img_size,
+            num_classes=cfg.num_classes,
+            dynamic_img_size=True,
+            **cfg.timm_kwargs,
+        )
+    else:
+        mlp_kwargs: dict[str, Any] = {}
+        if cfg.mlp == "swiglu":
+            mlp_kwargs = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
+        elif cfg.mlp != "mlp":
+            raise ValueError(f"unknown mlp {cfg.mlp!r}; allowed: mlp, swiglu")
+        model = VisionTransformer(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            init_values=cfg.init_values,
+            num_classes=cfg.num_classes,
+            global_pool=cfg.global_pool,
+            class_token=cfg.class_token,
+            qkv_bias=cfg.qkv_bias,
+            drop_path_rate=cfg.drop_path_rate,
+            reg_tokens=cfg.registers,
+            no_embed_class=True,
+            dynamic_img_size=True,
+            **mlp_kwargs,
+        )
+    model.pretrained_cfg = {
+        **(getattr(model, "pretrained_cfg", None) or {}),
+        "mean": tuple(cfg.mean),
+        "std": tuple(cfg.std),
+        "input_size": (3, *cfg.img_size),
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+    }
+    model.vitreg_config = cfg
+    return model
+
+
+def create_model(
+    name: str,
+    registers: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides: Any,
+) -> VisionTransformer:
+    """A randomly initialised ViT for preset ``name`` (or ``timm:NAME``) with ``registers`` register tokens.
+
+    >>> m = create_model("vit_pico_patch4_32", registers=4)
+    >>> m.num_prefix_tokens  # [CLS] + 4 registers
+    5
+    """
+    return build_model(model_config(name, registers=registers, img_size=img_size, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_presets() -> list[dict[str, Any]]:
+    """One row per preset: its architecture and parameter count (counted on the meta device, no allocation)."""
+    import torch
+
+    rows = []
+    for name in PRESETS:
+        cfg = model_config(name)
+        with torch.device("meta"):
+            n = count_parameters(build_model(cfg))
+        rows.append(
+            dict(
+                name=name,
+                img_size=cfg.img_size[0],
+                patch=cfg.patch_size,
+                depth=cfg.depth,
+                width=cfg.embed_dim,
+                heads=cfg.num_heads,
+                params_m=round(n / 1e6, 3),
+            )
+        )
+    return rows
