@@ -1,0 +1,456 @@
+"""Map-style datasets over image files, folders, COCO annotations and .npz arrays, returning sample dicts.
+
+Every dataset returns a :class:`~vitreg.data.loader.BadSample` marker for a file that cannot be decoded or
+transformed (``strict=True``: raises ``BadImageError`` naming it instead), so one bad file never stops a study.
+See :mod:`vitreg.data.loader` for the sample keys. ``subset(indices)`` returns the same kind of dataset restricted to
+some items (used for ``limit``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from vitreg.data.errors import BadImageError
+from vitreg.data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
+from vitreg.data.loader import BadSample, make_sample
+from vitreg.data.transforms import ImageTransform
+
+__all__ = [
+    "DataFormatError",
+    "ImageFiles",
+    "ImageFolder",
+    "CocoDataset",
+    "ArrayDataset",
+    "scan_images",
+    "rle_decode",
+]
+
+Transform = Callable[[Image.Image], Any]
+
+
+class DataFormatError(ValueError):
+    """A dataset description file (COCO JSON, .npz, list) that cannot be used; ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class _Base(Dataset):
+    """Items plus the shared bad-sample handling; subclasses implement ``_path`` and ``_build``."""
+
+    _items: list[Any]
+
+    def __init__(self, transform: Transform | None, strict: bool, max_pixels: int):
+        self.transform: Transform = transform if transform is not None else ImageTransform()
+        self.strict = strict
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+        n = len(self._items)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        path = self._path(index)
+        try:
+            return self._build(index)
+        except BadImageError as exc:
+            error = exc
+        except ValueError as exc:  # the transform refused the image, e.g. smaller than one patch
+            error = BadImageError(path, f"cannot transform: {exc}")
+        if self.strict:
+            raise error
+        return BadSample(error.path, error.reason, index)
+
+    def subset(self, indices: Sequence[int]) -> _Base:
+        """The same dataset restricted to ``indices`` (in that order); arrays are shared, not copied."""
+        clone = copy.copy(self)
+        clone._items = [self._items[int(i)] for i in indices]
+        return clone
+
+    def _path(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _build(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ImageFiles(_Base):
+    """A list of image files, in the given order; ``labels`` (one int per file) is optional."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        transform: Transform | None = None,
+        *,
+        labels: Sequence[int] | None = None,
+        strict: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__(transform, strict, max_pixels)
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"got {len(labels)} labels for {len(paths)} paths")
+        label_list: list[int | None] = [int(x) for x in labels] if labels is not None else [None] * len(paths)
+        self._items = [(Path(p), lab) for p, lab in zip(paths, label_list, strict=True)]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, _ in self._items]
+
+    def _path(self, index: int) -> str:
+        return str(self._items[index][0])
+
+    def _build(self, index: int) -> dict[str, Any]:
+        path, label = self._items[index]
+        image = load_image(path, max_pixels=self.max_pixels)
+        return make_sample(image, self.transform, index=index, path=str(path), label=label)
+
+
+def scan_images(root: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``root`` (recursive, by extension, case-insensitive), sorted by relative path.
+
+    Hidden files and folders (names starting with ".", e.g. macOS "._x.jpg" resource forks) are skipped.
+    """
+    root = Path(root)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+class ImageFolder(ImageFiles):
+    """All images under ``root`` (see :func:`scan_images`).
+
+    When every image lies in a first-level subfolder and there are at least two of them (the ImageNet/torchvision
+    layout ``root/<class>/...``), the subfolder names are the ``classes`` (sorted) and samples get ``label``. Pass
+    ``use_classes=False`` to never label, ``True`` to require the layout.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Transform | None = None,
+        *,
+        use_classes: bool | None = None,
+        strict: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: no such folder")
+        files = scan_images(self.root)
+        parts = [p.relative_to(self.root).parts for p in files]
+        top = sorted({q[0] for q in parts if len(q) > 1})
+        layout = bool(files) and all(len(q) > 1 for q in parts) and len(top) >= 2
+        if use_classes and not layout:
+            raise DataFormatError(self.root, "expected images in at least two class subfolders (root/<class>/...)")
+        self.classes: list[str] = top if (layout and use_classes is not False) else []
+        index = {name: i for i, name in enumerate(self.classes)}
+        labels = [index[q[0]] for q in parts] if self.classes else None
+        super().__init__(files, transform, labels=labels, strict=strict, max_pixels=max_pixels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# -- COCO ----------------------------------------------------------------------------------------------------------
+
+
+def rle_decode(segmentation: dict[str, Any]) -> np.ndarray:
+    """COCO run-length encoding (``{"size": [h, w], "counts": [...] or "compressed string"}``) -> bool (h, w)."""
+    h, w = (int(v) for v in segmentation["size"])
+    counts = segmentation["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    runs = _rle_string_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
+    # Runs alternate 0s and 1s, starting with 0s, over the pixels in column-major (Fortran) order.
+    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    if flat.size != h * w:
+        raise ValueError(f"RLE covers {flat.size} pixels, size says {h}x{w}")
+    return flat.reshape(w, h).T
+
+
+def _rle_string_counts(text: str) -> list[int]:
+    # pycocotools' rleFrString: 5-bit groups with a continuation bit, sign-extended, delta-coded from the run two back.
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _default_coco_root(json_path: Path) -> Path:
+    """``<root>/annotations/instances_<split>.json`` -> ``<root>/<split>`` (or ``<root>/images/<split>``), else the
+    JSON's own folder."""
+    stem = json_path.stem
+    if json_path.parent.name == "annotations" and "_" in stem:
+        split = stem.split("_", 1)[1]
+        root = json_path.parent.parent
+        for candidate in (root / split, root / "images" / split):
+            if candidate.is_dir():
+                return candidate
+        return root / split
+    return json_path.parent
+
+
+class CocoDataset(_Base):
+    """Images of a COCO ``instances`` JSON with their boxes and a rasterised semantic mask.
+
+    Samples add ``boxes`` (xywh converted to xyxy), ``box_labels`` (contiguous ids: index into ``categories``,
+    sorted by COCO category id), ``category_ids`` (the COCO ids), ``iscrowd`` (per box), ``image_id`` and, with
+    ``masks=True``, ``mask``: 0 background, ``box_label + 1`` where a segmentation covers the pixel (polygons drawn
+    with PIL ImageDraw, RLE decoded; larger objects first so small ones stay visible; unreadable segmentations are
+    skipped). Zero-size boxes are dropped. ``image_root`` defaults to :func:`_default_coco_root`.
+    """
+
+    def __init__(
+        self,
+        json_path: str | os.PathLike[str],
+        transform: Transform | None = None,
+        image_root: str | os.PathLike[str] | None = None,
+        *,
+        masks: bool = True,
+        strict: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__(transform, strict, max_pixels)
+        self.json_path = Path(json_path)
+        self.image_root = Path(image_root) if image_root is not None else _default_coco_root(self.json_path)
+        self.masks = masks
+        data = self._read()
+        self.categories: list[dict[str, Any]] = self._parse_categories(data)
+        self.category_ids: list[int] = [int(c["id"]) for c in self.categories]
+        self.classes: list[str] = [str(c.get("name", c["id"])) for c in self.categories]
+        self._cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
+        self._items = self._parse_images(data)
+        self._anns = self._parse_annotations(data, {int(img["id"]) for img in self._items})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    # parsing: every problem names the JSON file
+    def _fail(self, reason: str) -> DataFormatError:
+        return DataFormatError(self.json_path, reason)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with open(self.json_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise self._fail("no such file") from None
+        except json.JSONDecodeError as exc:
+            raise self._fail(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._fail(f"cannot read COCO JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise self._fail(f"expected a COCO JSON object at the top level, got {type(data).__name__}")
+        if not isinstance(data.get("images"), list):
+            raise self._fail("not a COCO annotation file: missing the 'images' list")
+        return data
+
+    def _parse_categories(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        cats = data.get("categories")
+        if cats is None:
+            if data.get("annotations"):
+                raise self._fail("has 'annotations' but no 'categories' list")
+            return []
+        if not isinstance(cats, list):
+            raise self._fail("'categories' must be a list")
+        for i, cat in enumerate(cats):
+            if not isinstance(cat, dict) or "id" not in cat:
+                raise self._fail(f"categories[{i}] has no 'id'")
+        return sorted(cats, key=lambda c: int(c["id"]))
+
+    def _parse_images(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        images = []
+        for i, img in enumerate(data["images"]):
+            if not isinstance(img, dict):
+                raise self._fail(f"images[{i}] is not an object")
+            missing = [k for k in ("id", "file_name") if k not in img]
+            if missing:
+                raise self._fail(f"images[{i}] lacks {', '.join(repr(k) for k in missing)}")
+            images.append(img)
+        return images
+
+    def _parse_annotations(self, data: dict[str, Any], image_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+        anns = data.get("annotations", [])
+        if not isinstance(anns, list):
+            raise self._fail("'annotations' must be a list")
+        by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
+        for i, ann in enumerate(anns):
+            if not isinstance(ann, dict):
+                raise self._fail(f"annotations[{i}] is not an object")
+            missing = [k for k in ("image_id", "bbox", "category_id") if k not in ann]
+            if missing:
+                raise self._fail(f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}")
+            bbox = ann["bbox"]
+            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+                raise self._fail(f"annotations[{i}] bbox must be [x, y, width, height], got {bbox!r}")
+            if int(ann["category_id"]) not in self._cat_index:
+                raise self._fail(f"annotations[{i}] category_id {ann['category_id']} is not in 'categories'")
+            image_id = int(ann["image_id"])
+            if image_id in by_image:  # annotations of images not listed (e.g. a filtered subset) are ignored
+                by_image[image_id].append(ann)
+        return by_image
+
+    def _path(self, index: int) -> str:
+        return str(self.image_root / self._items[index]["file_name"])
+
+    def annotations(self, index: int) -> list[dict[str, Any]]:
+        """The raw COCO annotations of image ``index``."""
+        return self._anns[int(self._items[index]["id"])]
+
+    def _build(self, index: int) -> dict[str, Any]:
+        info = self._items[index]
+        path = self._path(index)
+        image = load_image(path, max_pixels=self.max_pixels)
+        anns = [a for a in self.annotations(index) if float(a["bbox"][2]) > 0 and float(a["bbox"][3]) > 0]
+        xywh = np.asarray([[float(v) for v in a["bbox"]] for a in anns], np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (K, 4) xyxy
+        labels = np.asarray([self._cat_index[int(a["category_id"])] for a in anns], np.int64)
+        dense = {"mask": self._rasterise(anns, labels, image.size)} if self.masks else None
+        return make_sample(
+            image,
+            self.transform,
+            index=index,
+            path=path,
+            boxes=boxes,
+            box_labels=labels,
+            iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool),
+            per_box={
+                "category_ids": torch.as_tensor([int(a["category_id"]) for a in anns], dtype=torch.long),
+                "ann_ids": torch.as_tensor([int(a.get("id", -1)) for a in anns], dtype=torch.long),
+            },
+            dense=dense,
+            extra={"image_id": int(info["id"])},
+        )
+
+    @staticmethod
+    def _rasterise(anns: list[dict[str, Any]], labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """int64 (H, W) semantic mask at the image's size: 0 background, label + 1 inside a segmentation."""
+        w, h = size
+        mask = np.zeros((h, w), np.int64)
+        area = [float(a.get("area") or a["bbox"][2] * a["bbox"][3]) for a in anns]
+        for k in sorted(range(len(anns)), key=lambda j: -area[j]):
+            seg = anns[k].get("segmentation")
+            footprint: np.ndarray | None = None
+            try:
+                if isinstance(seg, list):
+                    canvas = Image.new("L", (w, h), 0)
+                    draw = ImageDraw.Draw(canvas)
+                    for poly in seg:
+                        if isinstance(poly, list) and len(poly) >= 6:
+                            draw.polygon([float(v) for v in poly], fill=1)
+                    footprint = np.asarray(canvas, dtype=bool)
+                elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+                    footprint = rle_decode(seg)
+                    if footprint.shape != (h, w):
+                        footprint = None  # annotated at another size than the file has: unusable
+            except (ValueError, TypeError, KeyError):
+                footprint = None  # a malformed segmentation only loses its mask, not the image
+            if footprint is not None:
+                mask[footprint] = labels[k] + 1
+        return mask
+
+
+# -- arrays --------------------------------------------------------------------------------------------------------
+
+
+class ArrayDataset(_Base):
+    """Images stored as arrays in a .npz (CIFAR-style): ``images`` uint8 (N, H, W, 3) (or (N, H, W) grey) and
+    ``labels`` (N,); optional ``masks`` (N, H, W) and ``depth`` (N, H, W), as written by
+    :func:`vitreg.data.synthetic.render_arrays`. Sample paths are ``"<file>#<row>"``."""
+
+    def __init__(
+        self,
+        npz_path: str | os.PathLike[str],
+        transform: Transform | None = None,
+        *,
+        strict: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__(transform, strict, max_pixels)
+        self.npz_path = Path(npz_path)
+        try:
+            with np.load(self.npz_path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise DataFormatError(self.npz_path, "no such file") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataFormatError(self.npz_path, f"not a readable .npz file ({exc})") from None
+        missing = [k for k in ("images", "labels") if k not in arrays]
+        if missing:
+            raise DataFormatError(
+                self.npz_path, f"lacks array(s) {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})"
+            )
+        images = arrays["images"]
+        if images.dtype != np.uint8:
+            raise DataFormatError(self.npz_path, f"'images' must be uint8, got {images.dtype}")
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise DataFormatError(self.npz_path, f"'images' must be (N, H, W, 3) or (N, H, W), got {images.shape}")
+        n = images.shape[0]
+        labels = np.asarray(arrays["labels"]).reshape(-1)
+        if labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
+            raise DataFormatError(self.npz_path, f"'labels' must be {n} integers, got {labels.dtype} {labels.shape}")
+        self.images = images  # (N, H, W, 1 or 3) uint8
+        self.labels = labels.astype(np.int64)
+        self.dense: dict[str, np.ndarray] = {}
+        for key, name in (("masks", "mask"), ("depth", "depth")):
+            if key in arrays:
+                if arrays[key].shape != images.shape[:3]:
+                    raise DataFormatError(self.npz_path, f"'{key}' must be {images.shape[:3]}, got {arrays[key].shape}")
+                self.dense[name] = arrays[key]
+        self._items = list(range(n))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    def _path(self, index: int) -> str:
+        return f"{self.npz_path}#{self._items[index]}"
+
+    def _build(self, index: int) -> dict[str, Any]:
+        row = self._items[index]
+        pixels = self.images[row]
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        return make_sample(
+            Image.fromarray(np.ascontiguousarray(pixels)),
+            self.transform,
+            index=index,
+            path=self._path(index),
+            label=int(self.labels[row]),
+            dense={name: arr[row] for name, arr in self.dense.items()} or None,
+        )

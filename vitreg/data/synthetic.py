@@ -1,0 +1,472 @@
+"""Procedural scenes: coloured shapes on smooth backgrounds, with exact labels, boxes, masks and depth.
+
+Scenes are a dataset that needs no download and has known ground truth for every probe (classification, boxes for
+CorLoc, semantic/instance masks, depth). Backgrounds are deliberately low-frequency: large, redundant background
+regions are where ViTs without registers grow high-norm artifact tokens, so the generator provides plenty of them.
+
+Every scene is a pure function of ``(cfg, index)``: the random generator is seeded with ``(cfg.seed, index)``, so any
+worker can render any index, and the same config always gives the same arrays.
+
+Conventions (all arrays numpy, ``H, W = cfg.hw``):
+
+* ``image`` uint8 (H, W, 3);
+* ``boxes`` float32 (K, 4) xyxy in pixel-edge coordinates with exclusive right/bottom edges: an object whose visible
+  pixels span columns c0..c1 and rows r0..r1 (inclusive) has the box ``(c0, r0, c1 + 1, r1 + 1)``;
+* class ids index ``cfg.shapes`` (``box_labels``) and ``cfg.colors`` (``colors``); ``mask`` is ``shape id + 1`` with
+  0 for background, ``instances`` is ``object k + 1`` matching row k of ``boxes``; later objects are drawn on top and
+  boxes cover only what remains visible; objects hidden entirely are dropped;
+* ``depth`` float32 in [0.08, 1.0], larger is farther: the background is a ground plane receding toward the top
+  (about 0.975 at the top row, 0.45 at the bottom, with a slight sideways tilt; always within [0.425, 1.0]), each
+  object a constant or gently slanted surface in [0.08, 0.42], nearer than every background pixel, later objects
+  nearer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitreg.data.loader import make_sample
+from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+
+__all__ = [
+    "SHAPES",
+    "COLORS",
+    "BACKGROUNDS",
+    "TASKS",
+    "Task",
+    "SceneConfig",
+    "Scene",
+    "render_scene",
+    "render_arrays",
+    "SyntheticScenes",
+    "register_task",
+    "parse_scene_options",
+    "split_options",
+]
+
+SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "star",
+    "diamond",
+    "hexagon",
+    "bar",
+    "ellipse",
+)
+
+# Saturated object colours; backgrounds are low-saturation greys, so every object stands out from its surroundings.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "cyan": (40, 200, 210),
+    "magenta": (220, 50, 200),
+    "orange": (245, 140, 30),
+    "purple": (120, 50, 180),
+}
+
+BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise")
+
+# Depth layout (see the module docstring).
+_BG_FAR, _BG_NEAR, _BG_TILT = 1.0, 0.45, 0.05
+_OBJ_DEPTH = (0.12, 0.38)
+_OBJ_SLANT = 0.04
+_MIN_RADIUS = 3.0  # pixels: every shape keeps a few visible pixels at this size
+_COLOR_JITTER = 12
+
+
+@dataclass(frozen=True)
+class Task:
+    """A label rule. ``label`` gets the visible objects' shape ids and colour ids (K,), the labelled (largest,
+    top-most) object last, and returns an int in ``range(num_classes(cfg))``. ``overlap=False`` places objects in
+    separate grid cells so that none hides another (needed when the label counts them)."""
+
+    num_classes: Callable[[SceneConfig], int]
+    label: Callable[[SceneConfig, np.ndarray, np.ndarray], int]
+    overlap: bool = True
+
+
+TASKS: dict[str, Task] = {
+    "shape": Task(num_classes=lambda cfg: len(cfg.shapes), label=lambda cfg, shapes, colors: int(shapes[-1])),
+    "color": Task(num_classes=lambda cfg: len(cfg.colors), label=lambda cfg, shapes, colors: int(colors[-1])),
+    "count": Task(
+        num_classes=lambda cfg: cfg.max_objects - cfg.min_objects + 1,
+        label=lambda cfg, shapes, colors: len(shapes) - cfg.min_objects,
+        overlap=False,
+    ),
+}
+
+
+def register_task(name: str, task: Task) -> None:
+    """Add a label rule usable as ``SceneConfig(task=name)``."""
+    TASKS[name] = task
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """What scenes look like and how they are labelled.
+
+    ``img_size`` is an int (square) or (H, W). Object sizes are diameters as fractions of the shorter side: the
+    labelled object gets ``min_size..max_size``, the others 35-60 % of it (overlapping tasks), or up to a grid cell
+    (``count``). ``task`` names an entry of :data:`TASKS`: "shape" (shape of the largest object, ``len(shapes)``
+    classes), "color" (its colour, ``len(colors)`` classes), "count" (number of objects minus ``min_objects``).
+    """
+
+    img_size: int | tuple[int, int] = 64
+    task: str = "shape"
+    min_objects: int = 1
+    max_objects: int = 3
+    min_size: float = 0.3
+    max_size: float = 0.6
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = tuple(COLORS)
+    background: str = "noise"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):
+            object.__setattr__(self, "img_size", tuple(self.img_size))
+        object.__setattr__(self, "shapes", tuple(self.shapes))
+        object.__setattr__(self, "colors", tuple(self.colors))
+        h, w = self.hw
+        if h < 8 or w < 8:
+            raise ValueError(f"img_size must be at least 8 pixels, got {self.img_size!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if not self.shapes or any(s not in SHAPES for s in self.shapes) or len(set(self.shapes)) != len(self.shapes):
+            raise ValueError(f"shapes must be distinct names from {', '.join(SHAPES)}, got {self.shapes!r}")
+        if not self.colors or any(c not in COLORS for c in self.colors) or len(set(self.colors)) != len(self.colors):
+            raise ValueError(f"colors must be distinct names from {', '.join(COLORS)}, got {self.colors!r}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.background!r}; expected one of {', '.join(BACKGROUNDS)}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+        if not 0 < self.min_size <= self.max_size <= 1:
+            raise ValueError(f"need 0 < min_size <= max_size <= 1, got {self.min_size}, {self.max_size}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of the rendered images."""
+        if isinstance(self.img_size, int | np.integer):
+            return int(self.img_size), int(self.img_size)
+        h, w = self.img_size
+        return int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of image-level classes of ``task``."""
+        return TASKS[self.task].num_classes(self)
+
+    @property
+    def num_mask_classes(self) -> int:
+        """Number of values in ``mask``: background + one per shape."""
+        return len(self.shapes) + 1
+
+
+@dataclass
+class Scene:
+    """One rendered scene (see the module docstring for the conventions). K = number of visible objects."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    label: int
+    boxes: np.ndarray  # float32 (K, 4) xyxy, exclusive right/bottom edges
+    box_labels: np.ndarray  # int64 (K,) shape ids
+    mask: np.ndarray  # int64 (H, W): 0 background, shape id + 1
+    instances: np.ndarray  # int64 (H, W): 0 background, k + 1 for boxes[k]
+    depth: np.ndarray  # float32 (H, W), larger = farther
+    colors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 (K,) colour ids
+
+
+# -- shapes --------------------------------------------------------------------------------------------------------
+# Each takes rotated unit coordinates (u, v) of pixel centres, in units of the object radius, and returns the boolean
+# footprint; every shape lies inside the unit disc so the drawing window [c - r, c + r] contains it.
+
+
+def _regular_polygon(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    # Fold the angle into one sector: inside iff the distance along the edge normal is below the inradius cos(pi/n).
+    sector = 2 * math.pi / n
+    a = np.mod(np.arctan2(v, u), sector) - sector / 2
+    return np.hypot(u, v) * np.cos(a) <= math.cos(math.pi / n)
+
+
+def _star(u: np.ndarray, v: np.ndarray, points: int = 5, inner: float = 0.45) -> np.ndarray:
+    sector = 2 * math.pi / points
+    b = np.abs(np.mod(np.arctan2(v, u), sector) - sector / 2)  # 0 at a tip, pi/points between tips
+    rho = np.hypot(u, v)
+    px, py = rho * np.cos(b), rho * np.sin(b)
+    # Inside iff on the centre's side of the edge from the tip (1, 0) to the inner vertex.
+    dx, dy = inner * math.cos(sector / 2) - 1.0, inner * math.sin(sector / 2)
+    return dx * py - dy * (px - 1.0) >= 0
+
+
+_SHAPE_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "circle": lambda u, v: u * u + v * v <= 1.0,
+    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.7,
+    "triangle": lambda u, v: _regular_polygon(u, v, 3),
+    "cross": lambda u, v: ((np.abs(u) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.28) & (np.abs(u) <= 0.95)),
+    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.55**2),
+    "star": _star,
+    "diamond": lambda u, v: np.abs(u) / 0.55 + np.abs(v) <= 1.0,
+    "hexagon": lambda u, v: _regular_polygon(u, v, 6),
+    "bar": lambda u, v: (np.abs(u) <= 0.95) & (np.abs(v) <= 0.28),
+    "ellipse": lambda u, v: u * u + (v / 0.55) ** 2 <= 1.0,
+}
+
+
+# -- rendering -----------------------------------------------------------------------------------------------------
+
+
+def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+    """Smooth, low-saturation background, float32 (H, W, 3) in 0..255."""
+    base = rng.uniform(60, 190) + rng.uniform(-15, 15, size=3)  # grey with a slight tint
+    if kind == "flat":
+        return np.broadcast_to(base.astype(np.float32), (h, w, 3)).copy()
+    ys = (np.arange(h, dtype=np.float32) + 0.5) / h  # (H,)
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w  # (W,)
+    if kind == "gradient":
+        other = base + rng.uniform(-70, 70) + rng.uniform(-10, 10, size=3)
+        theta = rng.uniform(0, 2 * math.pi)
+        t = (xs[None, :] - 0.5) * math.cos(theta) + (ys[:, None] - 0.5) * math.sin(theta)  # (H, W)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        return (base[None, None, :] + t[:, :, None] * (other - base)[None, None, :]).astype(np.float32)
+    # "noise": value noise on a coarse 4x4 grid, smoothstep-interpolated -> a few soft blobs over the whole image.
+    grid = 4
+    knots = (base + rng.uniform(-45, 45, size=(grid, grid, 1)) + rng.uniform(-8, 8, size=(grid, grid, 3))).astype(
+        np.float32
+    )  # (g, g, 3)
+    gy, gx = ys * (grid - 1), xs * (grid - 1)
+    y0 = np.minimum(gy.astype(np.int64), grid - 2)
+    x0 = np.minimum(gx.astype(np.int64), grid - 2)
+    fy, fx = gy - y0, gx - x0
+    fy, fx = (fy * fy * (3 - 2 * fy))[:, None, None], (fx * fx * (3 - 2 * fx))[None, :, None]
+    top = knots[y0][:, x0] * (1 - fx) + knots[y0][:, x0 + 1] * fx  # (H, W, 3)
+    bottom = knots[y0 + 1][:, x0] * (1 - fx) + knots[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _layout(rng: np.random.Generator, cfg: SceneConfig, overlap: bool) -> list[tuple[float, float, float]]:
+    """(cx, cy, radius) in pixels for each object, the labelled (largest) one last."""
+    h, w = cfg.hw
+    short = min(h, w)
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    if overlap:
+        r_main = max(rng.uniform(cfg.min_size, cfg.max_size) * short / 2, _MIN_RADIUS)
+        radii = [max(r_main * rng.uniform(0.35, 0.6), _MIN_RADIUS) for _ in range(n - 1)] + [r_main]
+        out = []
+        for r in radii:
+            # Keep every object inside the image so its box is its true extent, not a border crop.
+            cx = rng.uniform(min(r, w / 2), max(w - r, w / 2))
+            cy = rng.uniform(min(r, h / 2), max(h - r, h / 2))
+            out.append((float(cx), float(cy), float(r)))
+        return out
+    # Non-overlapping: one object per cell of a g x g grid (g^2 >= max_objects), each within its cell.
+    g = math.ceil(math.sqrt(cfg.max_objects))
+    cell_h, cell_w = h / g, w / g
+    r_cap = max(0.45 * min(cell_h, cell_w), _MIN_RADIUS)
+    cells = rng.permutation(g * g)[:n]
+    out = []
+    for cell in cells:
+        r = min(max(rng.uniform(cfg.min_size, cfg.max_size) * short / 2, _MIN_RADIUS), r_cap)
+        row, col = divmod(int(cell), g)
+        x_lo, x_hi = col * cell_w + r, (col + 1) * cell_w - r
+        y_lo, y_hi = row * cell_h + r, (row + 1) * cell_h - r
+        cx = rng.uniform(x_lo, x_hi) if x_hi > x_lo else (x_lo + x_hi) / 2
+        cy = rng.uniform(y_lo, y_hi) if y_hi > y_lo else (y_lo + y_hi) / 2
+        out.append((float(cx), float(cy), float(r)))
+    return out
+
+
+def render_scene(cfg: SceneConfig, index: int) -> Scene:
+    """Render scene ``index`` of ``cfg``; the same (cfg, index) always gives identical arrays."""
+    if index < 0:
+        raise IndexError(f"scene index must be >= 0, got {index}")
+    task = TASKS[cfg.task]
+    rng = np.random.default_rng((cfg.seed, int(index)))
+    h, w = cfg.hw
+
+    image = np.clip(np.rint(_background(rng, cfg.background, h, w)), 0, 255).astype(np.uint8)  # (H, W, 3)
+    ys = (np.arange(h, dtype=np.float32) + 0.5) / h
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+    tilt = rng.uniform(-_BG_TILT, _BG_TILT)
+    # (H, W) ground plane: far at the top; the slope leaves room for the tilt so that no value exceeds _BG_FAR.
+    slope = _BG_FAR - _BG_NEAR - _BG_TILT / 2
+    depth = (_BG_NEAR + slope * (1.0 - ys[:, None]) + tilt * (xs[None, :] - 0.5)).astype(np.float32)
+    mask = np.zeros((h, w), np.int64)
+    instances = np.zeros((h, w), np.int64)
+
+    layout = _layout(rng, cfg, task.overlap)
+    n = len(layout)
+    shape_ids = rng.integers(0, len(cfg.shapes), size=n)
+    color_ids = rng.integers(0, len(cfg.colors), size=n)
+    # Earlier objects are farther: sorted depths, largest first, so drawing order and depth order agree.
+    obj_depths = np.sort(rng.uniform(*_OBJ_DEPTH, size=n))[::-1]
+    windows: list[tuple[int, int, int, int]] = []
+    for k, (cx, cy, r) in enumerate(layout):
+        theta = rng.uniform(0, 2 * math.pi)
+        jitter = rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, size=3)
+        # Depth gradient of at most _OBJ_SLANT per radius (footprints lie in the unit disc); half the objects are flat.
+        phi = rng.uniform(0, 2 * math.pi)
+        slant = np.array([math.cos(phi), math.sin(phi)]) * rng.uniform(0, _OBJ_SLANT) * (rng.random() < 0.5)
+        x0, x1 = max(0, math.floor(cx - r)), min(w, math.ceil(cx + r) + 1)
+        y0, y1 = max(0, math.floor(cy - r)), min(h, math.ceil(cy + r) + 1)
+        windows.append((x0, y0, x1, y1))
+        dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :] / r  # (1, w_k)
+        dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None] / r  # (h_k, 1)
+        c, s = math.cos(theta), math.sin(theta)
+        u, v = c * dx + s * dy, -s * dx + c * dy  # (h_k, w_k) rotated unit coordinates
+        footprint = _SHAPE_FNS[cfg.shapes[shape_ids[k]]](u, v)  # (h_k, w_k) bool
+        color = np.clip(np.asarray(COLORS[cfg.colors[color_ids[k]]]) + jitter, 0, 255).astype(np.uint8)
+        image[y0:y1, x0:x1][footprint] = color
+        mask[y0:y1, x0:x1][footprint] = shape_ids[k] + 1
+        instances[y0:y1, x0:x1][footprint] = k + 1
+        surface = obj_depths[k] + slant[0] * dx + slant[1] * dy  # (h_k, w_k): constant or slanted plane
+        depth[y0:y1, x0:x1][footprint] = np.broadcast_to(surface, footprint.shape)[footprint]
+
+    # Boxes of what stayed visible; objects hidden entirely (or with no pixel centre inside) are dropped.
+    boxes, keep = [], []
+    for k, (x0, y0, x1, y1) in enumerate(windows):
+        rows, cols = np.nonzero(instances[y0:y1, x0:x1] == k + 1)
+        if rows.size:
+            boxes.append((x0 + cols.min(), y0 + rows.min(), x0 + cols.max() + 1, y0 + rows.max() + 1))
+            keep.append(k)
+    if len(keep) != n:
+        lut = np.zeros(n + 1, np.int64)
+        lut[np.asarray(keep, np.int64) + 1] = np.arange(1, len(keep) + 1)
+        instances = lut[instances]
+    keep_idx = np.asarray(keep, np.int64)
+    box_labels = shape_ids[keep_idx].astype(np.int64)
+    colors = color_ids[keep_idx].astype(np.int64)
+    label = task.label(cfg, box_labels, colors)
+    return Scene(
+        image=image,
+        label=int(label),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        box_labels=box_labels,
+        mask=mask,
+        instances=instances,
+        depth=depth,
+        colors=colors,
+    )
+
+
+def render_arrays(cfg: SceneConfig, n: int, start: int = 0) -> dict[str, np.ndarray]:
+    """Scenes ``start .. start + n - 1`` stacked for training caches (``np.savez`` them; :class:`ArrayDataset` reads
+    the file back). Keys: ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``masks`` uint8 (N, H, W) (compact:
+    at most 11 values; ``.astype(np.int64)`` for losses), ``depth`` float32 (N, H, W)."""
+    h, w = cfg.hw
+    out = {
+        "images": np.empty((n, h, w, 3), np.uint8),
+        "labels": np.empty((n,), np.int64),
+        "masks": np.empty((n, h, w), np.uint8),
+        "depth": np.empty((n, h, w), np.float32),
+    }
+    for i in range(n):
+        scene = render_scene(cfg, start + i)
+        out["images"][i] = scene.image
+        out["labels"][i] = scene.label
+        out["masks"][i] = scene.mask
+        out["depth"][i] = scene.depth
+    return out
+
+
+class SyntheticScenes(Dataset):
+    """``n`` scenes of ``cfg`` as sample dicts (see :mod:`vitreg.data.loader`).
+
+    Samples have ``image``, ``index``, ``path`` ("synthetic/seed<seed>/<index>"), ``label``, ``boxes``,
+    ``box_labels``, ``colors``, ``mask``, ``instances`` and ``depth``, the last three mapped through the transform
+    (default: ImageNet normalisation at ``cfg.img_size``).
+    """
+
+    def __init__(self, n: int, cfg: SceneConfig | None = None, transform: Callable[[Image.Image], Any] | None = None):
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n = int(n)
+        self.cfg = cfg if cfg is not None else SceneConfig()
+        default = ImageTransform(self.cfg.hw, IMAGENET_MEAN, IMAGENET_STD)  # identity geometry, ImageNet statistics
+        self.transform = transform if transform is not None else default
+        self.strict = False  # scenes never fail; kept for the loader's strict check
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            index += self.n
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} scenes")
+        scene = render_scene(self.cfg, index)
+        return make_sample(
+            Image.fromarray(scene.image),
+            self.transform,
+            index=index,
+            path=f"synthetic/seed{self.cfg.seed}/{index}",
+            label=scene.label,
+            boxes=scene.boxes,
+            box_labels=scene.box_labels,
+            per_box={"colors": torch.from_numpy(scene.colors)},
+            dense={"mask": scene.mask, "instances": scene.instances, "depth": scene.depth},
+        )
+
+
+def parse_scene_options(options: str | Mapping[str, Any], base: SceneConfig | None = None) -> SceneConfig:
+    """``"task=count,img_size=96"`` (or a mapping) applied on top of ``base``.
+
+    Values are coerced to the field's type: ``img_size=96`` or ``img_size=64x96`` (H x W), ``shapes=circle+square``
+    (also ``|``-separated), ``min_size=0.2``. Unknown keys raise ``ValueError`` naming the accepted ones.
+    """
+    base = base if base is not None else SceneConfig()
+    items = split_options(options) if isinstance(options, str) else options
+    names = {f.name for f in fields(SceneConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in items.items():
+        if key not in names:
+            raise ValueError(f"unknown synthetic option {key!r}; accepted: {', '.join(sorted(names))}")
+        changes[key] = _coerce(key, value)
+    return replace(base, **changes)
+
+
+def split_options(text: str) -> dict[str, str]:
+    """``"a=1, b=x"`` -> ``{"a": "1", "b": "x"}``; an item without ``=`` raises ``ValueError``."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"synthetic option {item!r} is not key=value")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if key == "img_size":
+            parts = value.lower().split("x")
+            return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if key in ("shapes", "colors"):
+            return tuple(p for p in value.replace("|", "+").split("+") if p)
+        if key in ("min_objects", "max_objects", "seed"):
+            return int(value)
+        if key in ("min_size", "max_size"):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"bad value for synthetic option {key}: {value!r}") from None
+    return value
