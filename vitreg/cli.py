@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (UserError, ConfigError, CheckpointError, BadImageError, FileNotFoundError) as err:
+    except (UserError, ConfigError, CheckpointError, BadImageError, FileNotFoundError, ValueError) as err:
+        # Bad input (a flag, a file, a config key) is one clear line; -v shows the traceback for a bug report.
+        if args.verbose:
+            raise
         print(f"vitreg {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
