@@ -1,0 +1,219 @@
+"""LOST object discovery (Siméoni et al. 2021) on frozen ViT patch features, scored with CorLoc.
+
+For one image with patch features F (N, C) on an (h, w) grid:
+
+1. A = F F^T + bias (N, N): patch-to-patch correlations; an optional L2 normalisation of F first (cosine similarity).
+   The bias shifts every correlation: the registers paper adds one to compensate for features whose dot products are
+   all positive or all negative, which makes "positively correlated" meaningless.
+2. degree = number of positive correlations of each patch, sum(A > 0, -1): background patches correlate with much of
+   the image, an object's patches with few, so the seed is the patch of lowest degree.
+3. expansion: among the k lowest-degree patches (k = 100), keep those positively correlated with the seed,
+   then mask = sum over that set of A[set, :] > 0 (the patches that correlate positively with the seed set overall).
+4. box = the bounding box of the 4-connected component of the mask containing the seed, patch coords -> pixels.
+
+Only patch tokens form the graph: [CLS] and registers are split off by the token layout, never by slicing.
+Images with the same grid are processed as one batch of (B, N, N) matrix products.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from vitreg.eval.boxes import best_iou, corloc
+from vitreg.models import Inspector, split_tokens
+from vitreg.models.inspect import TokenLayout
+
+logger = logging.getLogger(__name__)
+
+FeatureKind = Literal["k", "q", "v", "tokens"]
+FEATURE_KINDS: tuple[str, ...] = ("k", "q", "v", "tokens")
+GRAM_BUDGET = 1 << 30  # bytes for the (B, N, N) float32 Gram matrices of one chunk of images
+
+
+@dataclass
+class LostOutput:
+    boxes: np.ndarray  # float32 (B, 4) xyxy in pixels of the model input
+    patch_boxes: np.ndarray  # int64 (B, 4) xyxy in patch units (exclusive right/bottom)
+    seeds: np.ndarray  # int64 (B, 2) (row, col) of the seed patch
+    masks: np.ndarray  # bool (B, h, w) the expanded mask before the connected component
+    degree: np.ndarray  # int64 (B, h, w) number of positive correlations per patch
+    seed_outside_mask: np.ndarray  # bool (B,) the seed's own mask value was <= 0; box = the seed patch alone
+
+
+def lost_from_patches(
+    patches: torch.Tensor,
+    patch_size: tuple[int, int] | int,
+    k: int = 100,
+    bias: float = 0.0,
+    normalize: bool = False,
+) -> LostOutput:
+    """LOST on patch features ``patches`` (B, h, w, C) of B images with the same grid; ``patch_size`` (ph, pw)."""
+    if patches.ndim != 4:
+        raise ValueError(f"expected patch features (B, h, w, C), got shape {tuple(patches.shape)}")
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    b, h, w, c = patches.shape
+    n = h * w
+    f = patches.reshape(b, n, c).float()  # (B, N, C)
+    if normalize:
+        f = F.normalize(f, dim=-1)
+    a = f @ f.transpose(1, 2) + float(bias)  # (B, N, N)
+    degree = (a > 0).sum(-1)  # (B, N)
+    order = torch.argsort(degree, dim=-1, stable=True)  # (B, N) ascending; ties broken by patch index
+    potentials = order[:, : min(int(k), n)]  # (B, k)
+    seed = order[:, 0]  # (B,)
+    ar = torch.arange(b)
+    similar = torch.gather(a[ar, seed], 1, potentials) > 0  # (B, k) potentials correlated with the seed
+    rows = torch.gather(a, 1, potentials[..., None].expand(-1, -1, n))  # (B, k, N) = A[potentials, :]
+    score = (rows * similar[..., None]).sum(1)  # (B, N)
+    mask = (score > 0).reshape(b, h, w).numpy()
+
+    seeds = np.stack([(seed // w).numpy(), (seed % w).numpy()], 1)  # (B, 2) row, col
+    patch_boxes = np.zeros((b, 4), np.int64)
+    outside = np.zeros(b, bool)
+    for i in range(b):
+        r, col = seeds[i]
+        labels, _ = scipy.ndimage.label(mask[i])  # 4-connectivity, like LOST
+        cc = labels[r, col]
+        if cc == 0:
+            # The seed's own expanded score is not positive (possible with a negative bias): LOST has no component
+            # to take; keep the seed patch so the image still gets a (poor) box, and count it.
+            outside[i] = True
+            patch_boxes[i] = (col, r, col + 1, r + 1)
+            continue
+        ys, xs = np.nonzero(labels == cc)
+        patch_boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    boxes = (patch_boxes * np.array([pw, ph, pw, ph])).astype(np.float32)
+    return LostOutput(
+        boxes=boxes,
+        patch_boxes=patch_boxes,
+        seeds=seeds.astype(np.int64),
+        masks=mask,
+        degree=degree.reshape(b, h, w).numpy().astype(np.int64),
+        seed_outside_mask=outside,
+    )
+
+
+def lost_from_tokens(tokens: torch.Tensor, layout: TokenLayout, patch_size: tuple[int, int] | int, **kw) -> LostOutput:
+    """LOST on a full token sequence (B, N_tokens, C): [CLS] and registers are dropped via the layout."""
+    return lost_from_patches(split_tokens(tokens, layout).patches, patch_size, **kw)
+
+
+def extract_features(
+    inspector: Inspector, images: torch.Tensor, layer: int, kind: FeatureKind = "k"
+) -> tuple[torch.Tensor, TokenLayout]:
+    """Features of ``layer`` for images (B, 3, H, W): keys / queries / values of all heads concatenated, or the block
+    output tokens; returns the full sequence (B, N_tokens, C) and its layout."""
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature type {kind!r}; expected one of {', '.join(FEATURE_KINDS)}")
+    depth = inspector.depth
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} out of range for a model with {depth} blocks")
+    layer = layer % depth
+    if kind == "tokens":
+        cap = inspector.run(images, layers=[layer], attention_layers=None, normed=False)
+        return cap.tokens[layer], cap.layout
+    cap = inspector.run(images, layers=None, attention_layers=None, qkv_layers=[layer], normed=False)
+    t = getattr(cap.qkv[layer], kind)  # (B, heads, N, hd)
+    b, heads, n, hd = t.shape
+    return t.permute(0, 2, 1, 3).reshape(b, n, heads * hd), cap.layout  # (B, N, heads * hd)
+
+
+def _concat(outs: list[LostOutput]) -> LostOutput:
+    if len(outs) == 1:
+        return outs[0]
+    return LostOutput(*(np.concatenate([getattr(o, f) for o in outs]) for f in LostOutput.__dataclass_fields__))
+
+
+def _groups(images: torch.Tensor | list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    """Split a batch into stacks of equal-shape images: [(positions in the batch, (b, 3, H, W))]."""
+    if isinstance(images, torch.Tensor):
+        return [(list(range(images.shape[0])), images)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(tuple(im.shape), []).append(i)
+    return [(idx, torch.stack([images[i] for i in idx])) for idx in by_shape.values()]
+
+
+def run_lost(
+    model: torch.nn.Module,
+    loader,
+    *,
+    layer: int = -1,
+    kind: FeatureKind = "k",
+    k: int = 100,
+    biases: Sequence[float] = (0.0,),
+    normalize: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    examples: int = 0,
+) -> dict:
+    """LOST over every image of ``loader`` (batches with ``image`` and ``boxes``) for each bias in ``biases``.
+
+    Returns a JSON-ready dict: the settings, CorLoc per bias, the per-image boxes and best IoU per bias, the skipped
+    files, and under ``"_examples"`` (popped by callers that save it as NPZ) arrays for the first ``examples`` images.
+    """
+    inspector = Inspector(model, dtype=dtype)
+    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    biases = [float(x) for x in biases]
+    per_image: list[dict] = []
+    preds: dict[float, list[np.ndarray]] = {bb: [] for bb in biases}
+    gts: list[np.ndarray] = []
+    bad: list[tuple[str, str]] = []
+    outside = dict.fromkeys(biases, 0)
+    ex: dict[str, list] = {"image": [], "mask": [], "degree": [], "box": [], "gt": [], "seed": []}
+    for batch in loader:
+        bad.extend(batch.get("bad", []))
+        if not len(batch.get("path", [])):
+            continue
+        for pos, imgs in _groups(batch["image"]):
+            tokens, layout = extract_features(inspector, imgs.to(device), layer, kind)
+            tokens = tokens.cpu()
+            # Full-resolution images with small patches have many thousands of patches: bound the (B, N, N) memory.
+            chunk = max(1, GRAM_BUDGET // (4 * layout.num_patches**2))
+            outs = {
+                bb: _concat(
+                    [
+                        lost_from_tokens(tokens[s : s + chunk], layout, patch, k=k, bias=bb, normalize=normalize)
+                        for s in range(0, tokens.shape[0], chunk)
+                    ]
+                )
+                for bb in biases
+            }
+            for j, i in enumerate(pos):
+                gt = np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4)
+                gts.append(gt)
+                rec = dict(path=batch["path"][i], size=[int(imgs.shape[-1]), int(imgs.shape[-2])], gt_boxes=len(gt))
+                for bb, out in outs.items():
+                    preds[bb].append(out.boxes[j])
+                    outside[bb] += int(out.seed_outside_mask[j])
+                    rec[f"bias={bb:g}"] = dict(box=out.boxes[j].tolist(), best_iou=best_iou(out.boxes[j], gt))
+                per_image.append(rec)
+                if len(ex["image"]) < examples:
+                    out0 = outs[biases[0]]
+                    ex["image"].append(imgs[j].numpy())
+                    ex["mask"].append(out0.masks[j])
+                    ex["degree"].append(out0.degree[j])
+                    ex["box"].append(out0.boxes[j])
+                    ex["gt"].append(gt)
+                    ex["seed"].append(out0.seeds[j])
+    if not gts:
+        raise ValueError("no usable images: every image was bad or the dataset was empty")
+    results = []
+    for bb in biases:
+        results.append(dict(bias=bb, seed_outside_mask=outside[bb], **corloc(preds[bb], gts)))
+    return dict(
+        settings=dict(layer=layer % inspector.depth, features=kind, k=k, normalize=normalize, patch_size=list(patch)),
+        results=results,
+        images=len(gts),
+        bad_images=[dict(path=p, reason=r) for p, r in bad],
+        per_image=per_image,
+        _examples=ex,
+    )

@@ -1,0 +1,63 @@
+"""FLOPs section: FLOP and parameter overhead of registers per resolution (paper Fig. 12), from flops.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from vitreg.report.sections import Section, img_tag, table
+
+
+def draw(run_dir: Path, data: dict) -> Path:
+    """figures/flops.png: FLOP overhead (%) against the number of registers, one line per model and resolution."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
+    for m in data["models"]:
+        for size in sorted({r["img_size"] for r in m["rows"]}):
+            rows = sorted((r for r in m["rows"] if r["img_size"] == size), key=lambda r: r["registers"])
+            ax.plot(
+                [r["registers"] for r in rows],
+                [100 * r["flops_overhead"] for r in rows],
+                "o-",
+                label=f"{m['model']} @ {size}",
+            )
+    ax.set_xlabel("registers")
+    ax.set_ylabel("FLOPs increase (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(run_dir) / "figures" / "flops.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def render(run_dir: Path) -> list[Section]:
+    path = Path(run_dir) / "flops.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    fig_path = Path(run_dir) / "figures" / "flops.png"
+    if not fig_path.is_file() or fig_path.stat().st_mtime < path.stat().st_mtime:
+        draw(run_dir, data)
+    parts = [img_tag(fig_path, "FLOP overhead against registers"), f'<p class="note">Counted: {data["counted"]}.</p>']
+    for m in data["models"]:
+        rows = [
+            dict(
+                size=r["img_size"],
+                registers=r["registers"],
+                tokens=r["tokens"],
+                GFLOPs=r["flops"] / 1e9,
+                **{"FLOPs +%": 100 * r["flops_overhead"]},
+                **{"params (M)": r["params"] / 1e6},
+                **{"added params": r["added_params"]},
+            )
+            for r in m["rows"]
+        ]
+        parts.append(table(rows, caption=f"{m['model']} (width {m['width']}, depth {m['depth']})"))
+    return [Section("flops", "FLOPs and parameters of registers", "".join(parts), order=300)]

@@ -1,0 +1,91 @@
+"""LOST section: CorLoc per Gram-matrix bias and example discoveries, from lost.json and figures/lost_examples.npz."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from vitreg.report.sections import Section, img_tag, table
+
+
+def draw(run_dir: Path) -> Path | None:
+    """figures/lost_examples.png: per example the image with the predicted (red) and ground-truth (green) boxes, the
+    seed (star), and the patch degree map (low degree = seed candidates)."""
+    src = Path(run_dir) / "figures" / "lost_examples.npz"
+    if not src.is_file():
+        return None
+    with np.load(src, allow_pickle=False) as z:
+        n = int(z["count"])
+        mean, std = z["mean"], z["std"]
+        items = [{k: z[f"{k}_{i}"] for k in ("image", "mask", "degree", "box", "gt", "seed")} for i in range(n)]
+    if not n:
+        return None
+    fig = Figure(figsize=(2.2 * n, 4.4))
+    axes = fig.subplots(2, n, squeeze=False)
+    for i, it in enumerate(items):
+        img = np.clip(it["image"].transpose(1, 2, 0) * std + mean, 0, 1)  # (H, W, 3)
+        ax = axes[0, i]
+        ax.imshow(img)
+        for b in it["gt"].reshape(-1, 4):
+            ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
+        b = it["box"]
+        ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.5))
+        ph = img.shape[0] / it["degree"].shape[0]
+        pw = img.shape[1] / it["degree"].shape[1]
+        ax.plot((it["seed"][1] + 0.5) * pw, (it["seed"][0] + 0.5) * ph, "y*", ms=8)
+        axes[1, i].imshow(it["degree"], cmap="viridis")
+        axes[1, i].contour(it["mask"].astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        for ax in axes[:, i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(run_dir) / "figures" / "lost_examples.png"
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def render(run_dir: Path) -> list[Section]:
+    path = Path(run_dir) / "lost.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    s = data["settings"]
+    rows = [
+        dict(
+            bias=r["bias"],
+            CorLoc=None if r["corloc"] is None else 100 * r["corloc"],
+            correct=r["correct"],
+            images=r["images"],
+            **{"mean best IoU": r["mean_best_iou"]},
+            **{"seed outside mask": r["seed_outside_mask"]},
+        )
+        for r in data["results"]
+    ]
+    intro = (
+        f"<p>{html.escape(str(data['model']))} ({data['registers']} registers), {data['images']} images of "
+        f"{html.escape(str(data['dataset']))}, {html.escape(data['protocol'])}; features: "
+        f"{html.escape(s['features'])} of block {s['layer']}, k = {s['k']}, "
+        f"{'L2-normalised' if s['normalize'] else 'not normalised'}; {len(data['bad_images'])} images skipped as "
+        f"bad. CorLoc (%) = images whose box has IoU ≥ 0.5 with a ground-truth box.</p>"
+    )
+    parts = [intro, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
+    fig_path = Path(run_dir) / "figures" / "lost_examples.png"
+    npz = Path(run_dir) / "figures" / "lost_examples.npz"
+    if npz.is_file() and (not fig_path.is_file() or fig_path.stat().st_mtime < npz.stat().st_mtime):
+        draw(run_dir)
+    if fig_path.is_file():
+        parts.append(img_tag(fig_path, "LOST examples"))
+        parts.append(
+            '<p class="figure-caption">Top: predicted box (red), ground-truth boxes (green), seed (star); bottom: '
+            "patch degree (positive correlations) and the expanded mask (red contour), "
+            f"bias {data['results'][0]['bias']:g}.</p>"
+        )
+    return [Section("lost", "Object discovery (LOST)", "".join(parts), order=200)]
