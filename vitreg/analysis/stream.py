@@ -1,0 +1,166 @@
+"""Streaming statistics for diagnose: everything accumulates batch by batch into fixed-size arrays, so memory does
+not grow with the number of images, and ranks merge by adding their arrays.
+
+The outlier threshold is only known once every image has been seen (the auto and percentile rules need the whole
+distribution). So everything that depends on it is kept as a *joint histogram over norm bins* and the threshold is
+applied at the end, at a bin edge: per-position counts are (gh, gw, E), neighbour similarities (E, S), background
+flags (E, 2). Exact per-bin sums keep the mean norms exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitreg.analysis.maps import patch_background, pca_first_component
+from vitreg.analysis.norms import bin_index, default_edges
+from vitreg.analysis.registers import attention_similarity
+from vitreg.distributed import all_gather_objects, all_reduce_sum
+
+SIM_BINS = 200  # neighbour-similarity bins on [-1, 1]
+
+
+@dataclass
+class Example:
+    """One picture kept for the report (arrays small: grid-sized maps plus the input image)."""
+
+    index: int
+    image: np.ndarray  # (H, W, 3) uint8
+    norm: np.ndarray  # (gh, gw) output-layer patch norms
+    attention: np.ndarray  # (Q, gh, gw) last-layer attention of [CLS] and registers
+    pca: np.ndarray  # (gh, gw) whitened first principal component of the normed patch tokens
+    mask: np.ndarray | None  # (H, W) segmentation (0 = background), when the source has one
+
+
+@dataclass
+class NormStream:
+    """Accumulator for one model. ``depth`` blocks, patch ``grid`` (gh, gw), ``registers`` R, ``query_names`` Q."""
+
+    depth: int
+    grid: tuple[int, int]
+    registers: int
+    query_names: list[str]
+    examples_k: int = 8
+    cutoff: float | None = None  # inserted as a histogram edge so a fixed cutoff is applied exactly
+    edges: np.ndarray = field(init=False)
+    sim_edges: np.ndarray = field(init=False)
+    images: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.edges = default_edges(extra=self.cutoff)  # (E+1,)
+        self.sim_edges = np.linspace(-1.0, 1.0, SIM_BINS + 1)  # (S+1,)
+        e, (gh, gw), r, q = len(self.edges) - 1, self.grid, self.registers, len(self.query_names)
+        # every array below is summed over images and over ranks
+        self.sums: dict[str, np.ndarray] = {
+            "hist_counts": np.zeros((self.depth, e), np.int64),  # patch-token norms per block output
+            "hist_sums": np.zeros((self.depth, e), np.float64),  # exact sum of the norms in each bin
+            "cls_hist": np.zeros(e, np.int64),
+            "cls_sum": np.zeros(1, np.float64),
+            "reg_hist": np.zeros((r, e), np.int64),
+            "reg_sum": np.zeros(r, np.float64),
+            "position_hist": np.zeros((gh, gw, e), np.int64),  # output layer, per grid position
+            "neighbor_hist": np.zeros((e, SIM_BINS), np.int64),  # output norm bin x input-embedding similarity
+            "neighbor_sum": np.zeros(e, np.float64),  # exact sum of similarities per norm bin
+            "background_hist": np.zeros((e, 2), np.int64),  # output norm bin x (object, background)
+            "attention_sum": np.zeros((q, gh, gw), np.float64),
+            "register_similarity_sum": np.zeros((r, r), np.float64),
+            "counts": np.zeros(2, np.int64),  # images, images with a mask
+        }
+        self.layer_max = np.zeros(self.depth, np.float64)
+
+    # -- accumulation ---------------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        patch_norms: list[torch.Tensor],
+        cls_norm: torch.Tensor | None,
+        reg_norms: torch.Tensor,
+        neighbor_sim: torch.Tensor,
+        attention: torch.Tensor,
+        normed_patches: torch.Tensor,
+        images: torch.Tensor,
+        indices: list[int],
+        denormalize: Any,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """One batch of B images. ``patch_norms``: per block (B, gh, gw) norms before the final norm; ``cls_norm``
+        (B,) or None; ``reg_norms`` (B, R); ``neighbor_sim`` (B, gh, gw); ``attention`` (B, Q, gh, gw) last-layer
+        attention of the query tokens; ``normed_patches`` (B, gh, gw, C) after the final norm (for PCA);
+        ``images`` (B, 3, H, W) normalised input; ``denormalize`` (3, H, W) -> uint8 (H, W, 3); ``mask`` (B, H, W)
+        with 0 = background, or None."""
+        s, e = self.sums, len(self.edges) - 1
+        b = images.shape[0]
+        for i, pn in enumerate(patch_norms):
+            v = pn.double().reshape(-1).numpy()
+            idx = bin_index(v, self.edges)
+            s["hist_counts"][i] += np.bincount(idx, minlength=e)
+            s["hist_sums"][i] += np.bincount(idx, weights=v, minlength=e)
+            if v.size:
+                self.layer_max[i] = max(self.layer_max[i], float(v.max()))
+        out = patch_norms[-1].double().numpy()  # (B, gh, gw)
+        out_idx = bin_index(out, self.edges)  # (B, gh, gw)
+        gh, gw = self.grid
+        pos = np.arange(gh * gw).reshape(1, gh, gw)
+        s["position_hist"] += np.bincount((pos * e + out_idx).ravel(), minlength=gh * gw * e).reshape(gh, gw, e)
+        sim = neighbor_sim.double().numpy()  # (B, gh, gw)
+        ok = np.isfinite(sim)
+        sim_idx = np.clip(np.searchsorted(self.sim_edges, sim[ok], side="right") - 1, 0, SIM_BINS - 1)
+        s["neighbor_hist"] += np.bincount(out_idx[ok] * SIM_BINS + sim_idx, minlength=e * SIM_BINS).reshape(e, SIM_BINS)
+        s["neighbor_sum"] += np.bincount(out_idx[ok], weights=sim[ok], minlength=e)
+        if cls_norm is not None:
+            c = cls_norm.double().numpy()
+            s["cls_hist"] += np.bincount(bin_index(c, self.edges), minlength=e)
+            s["cls_sum"] += c.sum()
+        if self.registers:
+            rn = reg_norms.double().numpy()  # (B, R)
+            for r in range(self.registers):
+                s["reg_hist"][r] += np.bincount(bin_index(rn[:, r], self.edges), minlength=e)
+            s["reg_sum"] += rn.sum(0)
+        if attention.shape[1]:
+            s["attention_sum"] += attention.double().sum(0).numpy()
+        if self.registers:
+            reg_maps = attention[:, len(self.query_names) - self.registers :]  # (B, R, gh, gw): registers come last
+            s["register_similarity_sum"] += attention_similarity(reg_maps).sum(0).numpy()
+        if mask is not None:
+            bg = patch_background(mask, self.grid).numpy().astype(np.int64)  # (B, gh, gw)
+            s["background_hist"] += np.bincount((out_idx * 2 + bg).ravel(), minlength=e * 2).reshape(e, 2)
+            s["counts"][1] += b
+        s["counts"][0] += b
+        self.images += b
+        self._keep_examples(indices, out, attention, normed_patches, images, denormalize, mask)
+
+    def _keep_examples(self, indices, out, attention, normed_patches, images, denormalize, mask) -> None:
+        """Keep the K lowest dataset indices seen: deterministic, so any sharding over ranks keeps the same set."""
+        for j, index in enumerate(indices):
+            if len(self.examples) >= self.examples_k and index >= self.examples[-1].index:
+                continue
+            self.examples.append(
+                Example(
+                    index=int(index),
+                    image=denormalize(images[j]),
+                    norm=out[j].astype(np.float32),
+                    attention=attention[j].float().numpy(),
+                    pca=pca_first_component(normed_patches[j]),
+                    mask=None if mask is None else mask[j].numpy().astype(np.int32),
+                )
+            )
+            self.examples.sort(key=lambda x: x.index)
+            del self.examples[self.examples_k :]
+
+    # -- merging over ranks ---------------------------------------------------------------------------------------
+
+    def merge_ranks(self) -> None:
+        """Add every rank's sums into every rank (no-op without torchrun); gather examples, maxima and bad files."""
+        for key, arr in self.sums.items():
+            self.sums[key] = np.asarray(all_reduce_sum(arr))
+        gathered = all_gather_objects((self.layer_max, self.examples, self.bad))
+        self.layer_max = np.max(np.stack([g[0] for g in gathered]), axis=0)
+        examples = [ex for g in gathered for ex in g[1]]
+        self.examples = sorted(examples, key=lambda x: x.index)[: self.examples_k]
+        self.bad = [b for g in gathered for b in g[2]]
+        self.images = int(self.sums["counts"][0])
