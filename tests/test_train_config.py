@@ -1,0 +1,82 @@
+"""`vitreg train` configs: bad keys and values fail through the CLI before any work, packaged presets load."""
+
+from __future__ import annotations
+
+import pytest
+
+from vitreg.cli import main
+from vitreg.config import ConfigError
+from vitreg.train import load_train_config, packaged_configs
+
+
+def _err(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def test_unknown_key_exits_2_naming_key_and_allowed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "stepz=5"]) == 2
+    err = _err(capsys)
+    assert "unknown config key 'stepz'" in err
+    assert "allowed keys:" in err and "steps" in err and "registers" in err
+    assert not (out / "metrics.jsonl").exists()  # nothing started
+
+
+def test_unknown_nested_data_key_names_prefix(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "data.tsk=count"]) == 2
+    err = _err(capsys)
+    assert "data.tsk" in err and "data.task" in err
+
+
+def test_bad_literal_names_allowed_values(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "opt=sgd"]) == 2
+    err = _err(capsys)
+    assert "opt='sgd'" in err and "lamb" in err and "adamw" in err
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("registers=32", "0..16"),
+        ("data.task=colour", "unknown task"),
+        ("model=vit_nope", "unknown model"),
+        ("rrc_scale=0", "rrc_scale"),
+    ],
+)
+def test_bad_values_rejected_before_work(tmp_path, capsys, override, words):
+    assert main(["train", "--out", str(tmp_path / "r"), override]) == 2
+    assert words in _err(capsys)
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_out_required_and_occupied_dir_refused(tmp_path, capsys):
+    assert main(["train", "steps=1"]) == 2
+    assert "--out" in _err(capsys)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert main(["train", "--out", str(tmp_path), "steps=1"]) == 2
+    assert "already holds a training run" in _err(capsys)
+    assert (tmp_path / "model.safetensors").read_bytes() == b"x"  # nothing lost
+
+
+def test_packaged_configs_load_and_override():
+    names = packaged_configs()
+    assert names, "vitreg/configs should ship presets"
+    for name in names:
+        cfg = load_train_config(name)
+        assert cfg.steps >= 1
+    cfg = load_train_config(names[0], ["steps=7", "data.task=count", "registers=0,4"])
+    assert cfg.steps == 7 and cfg.data.task == "count" and cfg.registers == [0, 4]
+
+
+def test_unknown_config_name():
+    with pytest.raises(ConfigError, match="neither a file nor a packaged config"):
+        load_train_config("no_such_preset")
+
+
+def test_full_registers_sweep_resolves_to_one_directory_each(tmp_path):
+    from vitreg.train.runner import resolve, run_dirs
+
+    cfg, out = resolve(None, ["registers=0,1,2,4,8,16"], tmp_path / "sweep", None)
+    assert [d.name for _, d in run_dirs(cfg, out)] == ["reg0", "reg1", "reg2", "reg4", "reg8", "reg16"]
+    with pytest.raises(ConfigError, match="repeats"):
+        resolve(None, ["registers=0,4,4"], tmp_path / "x", None)

@@ -1,0 +1,118 @@
+"""Checkpoints and faults: NaN stops cleanly, resume is exact, a SIGKILLed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vitreg.cli import main
+from vitreg.models import load_model
+from vitreg.train import TrainingDiverged, run_training
+from vitreg.train.checkpoint import STATE_NAME, read_train_state
+from vitreg.train.tracking import read_metrics
+
+TINY = [
+    "model=vit_pico_patch4_32",
+    "precision=fp32",
+    "progress=false",
+    "batch_size=16",
+    "data.train_size=64",
+    "data.eval_size=32",
+    "track_batch=8",
+    "warmup_steps=2",
+    "threads=1",
+]
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_nan_stops_keeps_last_good_checkpoint_and_resume_is_exact(tmp_path, capsys):
+    common = [*TINY, "steps=6", "checkpoint_every=3", "log_every=1", "track_every=3", "eval_every=3"]
+    broken, whole = tmp_path / "broken", tmp_path / "whole"
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*step 3\)"):
+        run_training(None, [*common, "fault_nan_at_step=5"], out=broken)
+    tensors, meta = read_train_state(broken / STATE_NAME)
+    assert meta["step"] == 3  # the last good checkpoint, not overwritten by the failing step
+    errors = [r for r in read_metrics(broken / "metrics.jsonl") if r["kind"] == "error"]
+    assert errors and errors[0]["step"] == 5 and errors[0]["loss"] == "nan"
+    # the CLI says it in one line and exits 2
+    assert main(["train", "--resume", str(broken)]) == 2
+    assert "loss is nan at step 5" in capsys.readouterr().err
+
+    run_training(None, [*common], out=whole)
+    run_training(None, ["fault_nan_at_step=none"], resume=broken)
+    _assert_same_weights(broken, whole)
+    steps = [r["step"] for r in read_metrics(broken / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # records after the checkpoint were replayed, not duplicated
+    assert load_model(broken).vitreg_config.num_classes == 8  # default task: colour of the largest object
+
+
+def test_resume_of_finished_run_changes_nothing(tmp_path):
+    out = tmp_path / "done"
+    run_training(None, [*TINY, "steps=2", "checkpoint_every=1"], out=out)
+    before = _weights(out)
+    run_training(None, [], resume=out)
+    after = _weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_refuses_missing_run(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
+KILL_RUN = [*TINY, "steps=24", "batch_size=8", "checkpoint_every=3", "track_every=12", "eval_every=24", "log_every=1"]
+
+
+def _train_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "vitreg.cli", "train", "--out", str(out), *KILL_RUN]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_resumes_to_same_weights(tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(_train_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    metrics = killed / "metrics.jsonl"
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            records = [json.loads(line) for line in metrics.read_text().splitlines()[:-1]] if metrics.exists() else []
+            if any(r.get("kind") == "train" and r["step"] >= 7 for r in records):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = read_train_state(killed / STATE_NAME)[1]["step"]
+    assert 3 <= step < 24 and not (killed / "model.safetensors").exists()
+
+    resume = [sys.executable, "-m", "vitreg.cli", "train", "--resume", str(killed)]
+    subprocess.run(resume, env=_env(), check=True, capture_output=True)
+    # the uninterrupted reference runs in this process (same ops, one thread): one interpreter start fewer
+    run_training(None, KILL_RUN, out=whole)
+    _assert_same_weights(killed, whole)
+    assert read_train_state(killed / STATE_NAME)[1]["step"] == 24

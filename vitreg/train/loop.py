@@ -1,0 +1,301 @@
+"""The training loop of one run: a ViT with N registers, trained with the DeiT-III recipe on in-memory arrays.
+
+Determinism: the data order, the augmentations, mixup and drop path of update ``t`` are drawn from generators
+seeded with (seed, t, rank), so the run is a pure function of its config; resuming from a checkpoint at step t
+replays updates t+1.. exactly as an uninterrupted run would (bitwise on CPU in fp32).
+
+Steps count completed optimiser updates: the record, checkpoint and kept model of ``step=100`` describe the
+weights after 100 updates. Under torchrun, ``batch_size`` is the global batch; rank r takes every K-th image of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vitreg import distributed as dist
+from vitreg.config import ConfigError
+from vitreg.device import autocast, resolve_device, resolve_dtype, set_threads
+from vitreg.models import create_model, model_config, save_model
+from vitreg.train.augment import AugmentConfig, augment, prepare_eval
+from vitreg.train.checkpoint import STATE_NAME, keep_model, load_train_state, save_train_state
+from vitreg.train.config import TrainConfig
+from vitreg.train.data import ArrayData, load_data
+from vitreg.train.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
+from vitreg.train.tracking import MetricsWriter, evaluate, track_norms, truncate_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the run stopped before applying that update."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for update ``step`` on ``rank`` (independent streams for every triple)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(s: int) -> torch.Generator:
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+class BatchOrder:
+    """Indices of every global batch as a function of (seed, step): epochs are fixed permutations of the training
+    set, consumed ``ceil(batch_size / repeats)`` unique images per step; each image repeated ``repeats`` times (repeated
+    augmentation) and the global batch dealt round-robin to ranks, so the copies of an image land on different
+    ranks, as timm's RepeatAugSampler does."""
+
+    def __init__(self, n: int, batch_size: int, repeats: int, seed: int):
+        self.n, self.batch_size, self.repeats, self.seed = n, batch_size, repeats, seed
+        self.unique = -(-batch_size // repeats)  # ceil: the last image's copies are cut to fit the batch
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def epoch(self, step: int) -> float:
+        return step * self.unique / self.n
+
+    def global_batch(self, step: int) -> np.ndarray:
+        k = np.arange(step * self.unique, (step + 1) * self.unique)
+        epochs = k // self.n
+        uniq = np.concatenate([self._perm(int(e))[k[epochs == e] % self.n] for e in np.unique(epochs)])
+        return np.repeat(uniq, self.repeats)[: self.batch_size]  # (batch_size,)
+
+    def rank_batch(self, step: int, rank: int, world: int) -> np.ndarray:
+        return self.global_batch(step)[rank::world]
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps: int
+    eval: dict[str, float] | None
+    images_per_s: float
+
+
+def make_batch(
+    data: ArrayData,
+    order: BatchOrder,
+    aug: AugmentConfig,
+    mixup: Any,
+    seed: int,
+    step: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's batch of update ``step``: images (B, 3, H, W) augmented, targets (B,) or mixed (B, classes).
+    Re-seeds every global generator from (seed, step, rank) first, which also fixes drop path for this update."""
+    g = seed_everything(step_seed(seed, step, rank))
+    idx = torch.from_numpy(order.rank_batch(step, rank, world))
+    x = augment(data.train_images[idx], aug, g).to(device)
+    y = data.train_labels[idx].to(device)
+    if mixup is not None:
+        x, y = mixup(x, y)
+    return x, y
+
+
+def forward_loss(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: torch.nn.Module,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Forward under autocast (bf16 where available); the loss in fp32 on the (B, classes) logits."""
+    with autocast(device, dtype):
+        logits = net(x)
+    return criterion(logits.float(), y)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _should(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def build_run_model(cfg: TrainConfig, registers: int, num_classes: int) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)  # same init for the same config, whatever ran before in this process
+    try:
+        return create_model(
+            cfg.model,
+            registers=registers,
+            img_size=cfg.img_size,
+            num_classes=num_classes,
+            global_pool=cfg.global_pool,
+            class_token=cfg.class_token,
+            init_values=cfg.init_values,
+            drop_path_rate=cfg.drop_path,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def configure_attention(model: torch.nn.Module, setting: str, device: torch.device) -> bool:
+    """Choose fused (SDPA) or explicit attention for training; returns whether fused is used. Results are the same
+    up to rounding; the Inspector recomputes attention itself, so tracking is unaffected."""
+    fused = setting == "on" or (setting == "auto" and device.type != "cpu")
+    for block in model.blocks:
+        if hasattr(block.attn, "fused_attn"):
+            block.attn.fused_attn = fused
+    return fused
+
+
+def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData | None = None) -> RunResult:
+    """Train one model (``cfg.registers`` must hold one value) into ``out``; continue from its checkpoint when
+    ``resume``. Returns the final evaluation."""
+    if len(cfg.registers) != 1:
+        raise ConfigError(f"train_run takes one registers value, got {cfg.registers}")
+    device = resolve_device(cfg.device)
+    dist.init_distributed(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this rank's GPU (LOCAL_RANK)
+    rank, world, main = dist.get_rank(), dist.get_world_size(), dist.is_main()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the {world} processes")
+    threads = set_threads(cfg.threads)
+    dtype = resolve_dtype(cfg.precision, device)
+    try:
+        hw = model_config(cfg.model, img_size=cfg.img_size).img_size
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    data = data if data is not None else load_data(cfg.data, hw)
+    model = build_run_model(cfg, cfg.registers[0], data.num_classes).to(device)
+    fused = configure_attention(model, cfg.fused_attn, device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    criterion = build_loss(cfg)
+    mixup = build_mixup(cfg, data.num_classes)
+    pcfg = model.pretrained_cfg
+    aug = AugmentConfig(cfg.rrc_scale, cfg.hflip, cfg.three_augment, cfg.color_jitter, pcfg["mean"], pcfg["std"])
+    order = BatchOrder(len(data.train_labels), cfg.batch_size, cfg.repeated_aug, cfg.seed)
+
+    start = 0
+    state_path = out / STATE_NAME
+    if resume and state_path.is_file():
+        start = int(load_train_state(state_path, model, optimizer, scheduler)["step"])
+        if start > cfg.steps:
+            raise ConfigError(f"{out} is at step {start}, beyond steps={cfg.steps}")
+    if main:
+        truncate_metrics(out / "metrics.jsonl", start)
+    writer = MetricsWriter(out, enabled=main)
+    n_params = sum(p.numel() for p in model.parameters())
+    writer.write(
+        dict(kind="start", step=start, resumed=bool(start), world_size=world, device=str(device),
+             dtype=str(dtype).replace("torch.", "") if dtype else "fp32", threads=threads, params=n_params,
+             fused_attn=fused, data=data.description, skipped_images=len(data.skipped), registers=cfg.registers[0])
+    )  # fmt: skip
+
+    net: torch.nn.Module = model
+    if dist.is_active():
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    track_x = prepare_eval(data.eval_images[: cfg.track_batch], aug).to(device)  # the fixed held-out batch
+    last_good = start if state_path.is_file() else None
+
+    def record_eval(step: int) -> dict[str, float] | None:
+        if not main:
+            return None
+        result = evaluate(model, data.eval_images, data.eval_labels, lambda u: prepare_eval(u, aug), device, dtype)
+        writer.write(dict(kind="eval", step=step, **result))
+        return result
+
+    final_eval = None
+    if start == 0 and main:
+        writer.write(dict(kind="track", step=0, **track_norms(model, track_x, dtype)))
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and main), unit="step", dynamic_ncols=True)
+    net.train()
+    # Throughput counts time inside updates only (tracking, evaluation and checkpoints excluded).
+    window_time, window_images, window_steps, rate, loss_val = 0.0, 0, 0, 0.0, float("nan")
+    try:
+        for step in range(start, cfg.steps):
+            done = step + 1
+            t0 = time.perf_counter()
+            x, y = make_batch(data, order, aug, mixup, cfg.seed, step, rank, world, device)
+            scheduler.step_update(step)
+            loss = forward_loss(net, x, y, criterion, device, dtype)
+            if cfg.fault_nan_at_step == done:
+                loss = loss * float("nan")
+            # The mean loss over ranks: every rank sees the same value, so all stop together on NaN.
+            loss_val = float(dist.all_reduce_sum(loss.detach().reshape(1).double().cpu())[0]) / world
+            if not np.isfinite(loss_val):
+                where = f"{out / STATE_NAME} (step {last_good})" if last_good is not None else "none written yet"
+                msg = f"loss is {loss_val} at step {done}; stopped before applying it; last good checkpoint: {where}"
+                writer.write(dict(kind="error", step=done, loss=loss_val, message=msg))
+                raise TrainingDiverged(msg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            window_time += time.perf_counter() - t0
+            window_images += len(x)
+            window_steps += 1
+            bar.update(1)
+
+            if _should(done, cfg.log_every, cfg.steps):
+                global_images = int(dist.all_reduce_sum(np.array([window_images], np.int64))[0])
+                rate = global_images / max(window_time, 1e-9)
+                per_step = global_images // window_steps  # images per update, summed over ranks
+                writer.write(
+                    dict(kind="train", step=done, loss=loss_val, lr=optimizer.param_groups[0]["lr"],
+                         images_per_s=rate, global_batch=per_step, epoch=order.epoch(done))
+                )  # fmt: skip
+                bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{rate:.0f}")
+                window_time, window_images, window_steps = 0.0, 0, 0
+            if main and _should(done, cfg.track_every, cfg.steps):
+                writer.write(dict(kind="track", step=done, **track_norms(model, track_x, dtype)))
+            if _should(done, cfg.eval_every, cfg.steps):
+                final_eval = record_eval(done)
+            if main and (done in cfg.keep_steps or (cfg.keep_every and done % cfg.keep_every == 0)):
+                keep_model(model, out / "checkpoints" / f"step_{done:06d}")
+            if _should(done, cfg.checkpoint_every, cfg.steps):
+                if main:
+                    save_train_state(out, model, optimizer, scheduler, done, extra=dict(epoch=order.epoch(done)))
+                last_good = done
+                dist.barrier()
+    except BaseException:
+        writer.close()
+        raise
+    finally:
+        bar.close()
+    if main and start == cfg.steps:  # resumed a finished run: evaluate what is there
+        final_eval = record_eval(cfg.steps)
+    if main:
+        save_model(model, out)
+        writer.write(dict(kind="final", step=cfg.steps, eval=final_eval, images_per_s=rate, loss=loss_val))
+    if dist.is_active():
+        # Each rank's weights digest, gathered on rank 0: DDP must leave identical replicas.
+        digests = dist.all_gather_objects(_weights_digest(model))
+        writer.write(dict(kind="ddp", step=cfg.steps, world_size=world, digests=digests,
+                          per_rank_batch=cfg.batch_size // world, global_batch=cfg.batch_size))  # fmt: skip
+    writer.close()
+    return RunResult(out, cfg.steps, final_eval, rate)
