@@ -83,3 +83,18 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def args_config(args: argparse.Namespace) -> dict:
+    """The resolved command-line settings, saved with the results so a number can be traced to how it was made."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+
+
+def write_report_if_available(out: Path) -> None:
+    """Render OUT/report.html from the saved results; a report that fails to render must not lose them."""
+    from vitreg.report.html import write_report
+
+    try:
+        print(f"wrote {write_report(out)}")
+    except Exception as err:
+        print(f"report not written ({type(err).__name__}: {err}); the results are saved in {out}")

@@ -22,7 +22,13 @@ from vitreg import __version__
 from vitreg.analysis.diagnose import diagnose_model
 from vitreg.analysis.summary import summarize
 from vitreg.cli import UserError
-from vitreg.commands._common import add_image_args, add_model_args, add_runtime_args, write_json
+from vitreg.commands._common import (
+    add_image_args,
+    add_model_args,
+    add_runtime_args,
+    write_json,
+    write_report_if_available,
+)
 from vitreg.config import ConfigError, from_dict, save_config, to_dict
 from vitreg.data import ImageTransform, make_loader, open_source
 from vitreg.device import resolve_device, resolve_dtype, set_threads
@@ -316,11 +322,5 @@ def _run(cfg: DiagnoseConfig, entries: list[ModelEntry], out_dir: Path, device: 
     if not report:
         print(f"report not rendered (--no-report): run `vitreg report {out_dir}`")
         return 0
-    try:
-        from vitreg.report.html import write_report
-    except ImportError:
-        print("report not rendered: the report module is not available (metrics.json and arrays are written)")
-        return 0
-    page = write_report(out_dir)
-    print(f"wrote {page}")
+    write_report_if_available(out_dir)
     return 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreg.commands._common import add_model_args, write_json
-from vitreg.commands.lost import args_config, write_report_if_available
+from vitreg.commands._common import add_model_args, args_config, write_json, write_report_if_available
 from vitreg.flops import DEFAULT_REGISTERS, flops_table
 from vitreg.models.presets import ModelConfig, model_config
 

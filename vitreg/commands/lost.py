@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitreg.commands._common import add_model_args, add_runtime_args, model_from_args, write_json
+from vitreg.commands._common import (
+    add_model_args,
+    add_runtime_args,
+    args_config,
+    model_from_args,
+    write_json,
+    write_report_if_available,
+)
 from vitreg.device import resolve_device, resolve_dtype, set_threads
 from vitreg.eval.lost import FEATURE_KINDS, run_lost
 from vitreg.eval.voc import AnnotationError, BoxDataset, read_box_dataset
@@ -155,19 +162,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'lost.json'}")
     write_report_if_available(out)
     return 0
-
-
-def args_config(args: argparse.Namespace) -> dict:
-    """The resolved command-line settings, saved with the results so a number can be traced to how it was made."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-
-
-def write_report_if_available(out: Path) -> None:
-    try:
-        from vitreg.report.html import write_report
-    except ImportError:
-        return
-    try:
-        print(f"wrote {write_report(out)}")
-    except Exception as err:  # the results are saved; a report that fails to render must not lose them
-        print(f"report not written: {err}")

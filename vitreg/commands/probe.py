@@ -8,8 +8,15 @@ from pathlib import Path
 
 import torch
 
-from vitreg.commands._common import add_image_args, add_model_args, add_runtime_args, model_from_args, write_json
-from vitreg.commands.lost import args_config, write_report_if_available
+from vitreg.commands._common import (
+    add_image_args,
+    add_model_args,
+    add_runtime_args,
+    args_config,
+    model_from_args,
+    write_json,
+    write_report_if_available,
+)
 from vitreg.device import resolve_device, resolve_dtype, set_threads
 
 PROBES = ("local", "global", "linear", "dense")
