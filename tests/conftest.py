@@ -17,6 +17,15 @@ def _seed():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny probes run faster on one thread than on an oversubscribed pair of cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def coco_mini() -> Path:
     if not (COCO_MINI / "annotations" / "instances_train2017.json").is_file():
         pytest.skip("../shared/data/coco-mini is not present")

@@ -14,14 +14,7 @@ from vitreg.eval.boxes import corloc
 from vitreg.eval.lost import extract_features, lost_from_patches, lost_from_tokens
 from vitreg.models import Inspector, create_model, save_model, token_layout
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The probes are tiny: one thread avoids oversubscribing a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scene(h: int, w: int, box: tuple[int, int, int, int], c: int = 8, noise: float = 0.05, seed: int = 0):

@@ -17,14 +17,7 @@ from vitreg.eval.linear import classification_probe, depth_probe, segmentation_p
 from vitreg.eval.probes import global_probe, local_probes
 from vitreg.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The probes are tiny: one thread avoids oversubscribing a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ redrawing them and know which histogram scale the user asked for.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 
 from vitreg.report import plot_maps, plot_norms
 from vitreg.report.rundir import DiagnoseRun, load_run
+from vitreg.report.sections import save_figure
 
 DPI = 100  # small figures: the page embeds them as data URIs and should stay a few MB at most
 MANIFEST = "manifest.json"
@@ -50,10 +50,7 @@ def choose_log_x(run: DiagnoseRun, log_x: bool | None) -> bool:
 def _save(fig: Figure | None, path: Path) -> Path | None:
     if fig is None:
         return None
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
-    os.replace(tmp, path)  # a re-render that fails half-way keeps the previous figure
-    return path
+    return save_figure(fig, path, DPI)
 
 
 def draw_figures(run_dir: Path, log_x: bool | None = None) -> dict[str, Any]:

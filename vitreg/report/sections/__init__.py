@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import importlib
+import os
 import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,3 +63,14 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, 
     body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG via a temporary file and a rename: a re-render that fails half-way keeps the
+    previous figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    os.replace(tmp, path)
+    return path

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vitreg.report.sections import Section, img_tag, table
+from vitreg.report.sections import Section, img_tag, save_figure, table
 
 
 def draw(run_dir: Path, data: dict) -> Path:
@@ -29,12 +28,7 @@ def draw(run_dir: Path, data: dict) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(run_dir) / "figures" / "flops.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, Path(run_dir) / "figures" / "flops.png")
 
 
 def render(run_dir: Path) -> list[Section]:

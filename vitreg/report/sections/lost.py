@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from vitreg.report.sections import Section, img_tag, table
+from vitreg.report.sections import Section, img_tag, save_figure, table
 
 
 def draw(run_dir: Path) -> Path | None:
@@ -45,11 +44,7 @@ def draw(run_dir: Path) -> Path | None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    path = Path(run_dir) / "figures" / "lost_examples.png"
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, Path(run_dir) / "figures" / "lost_examples.png")
 
 
 def render(run_dir: Path) -> list[Section]:
