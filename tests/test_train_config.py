@@ -80,3 +80,18 @@ def test_full_registers_sweep_resolves_to_one_directory_each(tmp_path):
     assert [d.name for _, d in run_dirs(cfg, out)] == ["reg0", "reg1", "reg2", "reg4", "reg8", "reg16"]
     with pytest.raises(ConfigError, match="repeats"):
         resolve(None, ["registers=0,4,4"], tmp_path / "x", None)
+
+
+def test_architecture_overrides_and_no_layerscale_reach_the_model():
+    from vitreg.config import load_config
+    from vitreg.train import TrainConfig
+    from vitreg.train.loop import build_run_model
+
+    cfg = load_config(TrainConfig, None, ["model=vit_tiny_patch16_224", "init_values=null", "depth=3", "embed_dim=96",
+                                          "num_heads=2", "patch_size=32"])  # fmt: skip
+    m = build_run_model(cfg, registers=2, num_classes=5)
+    assert len(m.blocks) == 3 and m.embed_dim == 96 and m.blocks[0].attn.num_heads == 2
+    assert m.patch_embed.patch_size == (32, 32) and m.num_reg_tokens == 2
+    assert not hasattr(m.blocks[0].ls1, "gamma")  # no LayerScale, although the preset has 1e-4
+    with_ls = build_run_model(load_config(TrainConfig, None, ["model=vit_tiny_patch16_224", "depth=1"]), 0, 5)
+    assert with_ls.blocks[0].ls1.gamma.abs().max().item() == pytest.approx(1e-4)

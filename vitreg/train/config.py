@@ -67,6 +67,11 @@ class TrainConfig:
     global_pool: Literal["token", "avg"] = "token"
     class_token: bool = True
     init_values: float | None = 1e-4  # LayerScale init (DeiT-III); None = no LayerScale
+    # Architecture overrides of the preset (None = the preset's): lets a search vary depth and width.
+    depth: int | None = None
+    embed_dim: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
     drop_path: float = 0.0
     # Objective and schedule (DeiT-III recipe, reproducibility study Table 3).
     loss: Literal["bce", "ce"] = "bce"

@@ -149,8 +149,13 @@ def build_run_model(cfg: TrainConfig, registers: int, num_classes: int) -> torch
             num_classes=num_classes,
             global_pool=cfg.global_pool,
             class_token=cfg.class_token,
-            init_values=cfg.init_values,
+            # 0.0 builds no LayerScale even for presets that have one (None would keep the preset's value).
+            init_values=cfg.init_values if cfg.init_values is not None else 0.0,
             drop_path_rate=cfg.drop_path,
+            depth=cfg.depth,
+            embed_dim=cfg.embed_dim,
+            num_heads=cfg.num_heads,
+            patch_size=cfg.patch_size,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
