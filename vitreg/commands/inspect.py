@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitreg.analysis.norms import default_edges, histogram, histogram_quantile
 from vitreg.commands._common import add_image_args, add_model_args, add_runtime_args, model_from_args, write_json
 from vitreg.data import ImageTransform, make_loader, open_source
 from vitreg.device import resolve_device, resolve_dtype, set_threads
 from vitreg.models import Inspector
-
-RESERVOIR = 200_000  # norms kept per layer for quantiles: bounded memory whatever the number of images
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,47 +24,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _Reservoir:
-    """Uniform sample of at most ``size`` values from a stream (Vitter's algorithm R, vectorised per batch)."""
+def inspect_norms(model, loader, device, dtype) -> dict:
+    """Per-layer patch-token norm quantiles (pre-final-norm), plus [CLS] and register norms at the last layer.
 
-    def __init__(self, size: int, rng: np.random.Generator):
-        self.size, self.rng, self.seen = size, rng, 0
-        self.values = np.empty(0, dtype=np.float32)
-
-    def add(self, x: np.ndarray) -> None:
-        x = x.ravel().astype(np.float32)
-        room = self.size - len(self.values)
-        if room > 0:
-            self.values = np.concatenate([self.values, x[:room]])
-            self.seen += min(room, len(x))
-            x = x[room:]
-        if len(x):
-            idx = self.rng.integers(0, self.seen + np.arange(1, len(x) + 1))  # slot for each new value
-            keep = idx < self.size
-            self.values[idx[keep]] = x[keep]
-            self.seen += len(x)
-
-
-def inspect_norms(model, loader, device, dtype, seed: int = 0) -> dict:
-    """Per-layer patch-token norm quantiles (pre-final-norm), plus [CLS] and register norms at the last layer."""
+    Norms are streamed into the fixed-edge histograms diagnose uses, so memory does not grow with the images."""
     inspector = Inspector(model, dtype=dtype)
-    rng = np.random.default_rng(seed)
     depth = len(model.blocks)
-    patch = [_Reservoir(RESERVOIR, rng) for _ in range(depth)]
+    edges = default_edges()
+    counts = np.zeros((depth, len(edges) - 1), np.int64)  # (L, E) patch-token norm histogram per block
+    maxima = np.zeros(depth)
     cls_norms, reg_norms, images, bad = [], [], 0, []
     for batch in loader:
         bad.extend(batch.get("bad", []))
         x = batch.get("image")
         if x is None or (isinstance(x, list) and not x):
             continue
-        xs = x if isinstance(x, list) else [x]
-        for xb in xs:
+        for xb in x if isinstance(x, list) else [x]:
             xb = xb.unsqueeze(0) if xb.ndim == 3 else xb
             cap = inspector.run(xb.to(device), layers="all", attention_layers=None, normed=False)
             images += xb.shape[0]
             for i in range(depth):
                 s = cap.split_tokens(i)
-                patch[i].add(s.patches.norm(dim=-1).numpy())
+                norms = s.patches.norm(dim=-1).numpy()  # (B, H, W)
+                counts[i] += histogram(norms, edges)
+                maxima[i] = max(maxima[i], float(norms.max()))
                 if i == depth - 1:
                     if s.cls is not None:
                         cls_norms.append(s.cls.norm(dim=-1).numpy())
@@ -74,16 +56,16 @@ def inspect_norms(model, loader, device, dtype, seed: int = 0) -> dict:
     if images == 0:
         raise ValueError("no usable images: every image was bad or the source was empty")
     layers = []
-    for i, r in enumerate(patch):
-        v = r.values
-        med = float(np.median(v))
+    for i in range(depth):
+        med = histogram_quantile(counts[i], edges, 0.5)
+        above = counts[i][edges[:-1] >= 3 * med].sum()  # bins wholly above 3x the median
         layers.append(
             dict(
                 layer=i,
                 median=med,
-                p98=float(np.percentile(v, 98)),
-                max=float(v.max()),
-                share_above_3x_median=float((v > 3 * med).mean()),
+                p98=histogram_quantile(counts[i], edges, 0.98),
+                max=maxima[i],
+                share_above_3x_median=float(above / counts[i].sum()),
             )
         )
     return dict(
@@ -120,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         args.images, ImageTransform.from_model(model), limit=args.limit, strict=args.strict, seed=args.seed
     )
     loader = make_loader(ds, args.batch_size, strict=args.strict, num_workers=args.workers)
-    summary = inspect_norms(model, loader, device, dtype, seed=args.seed)
+    summary = inspect_norms(model, loader, device, dtype)
     print_summary(args.model, summary)
     if args.out:
         write_json(args.out / "inspect.json", dict(model=args.model, images=args.images, **summary))
