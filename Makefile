@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/vitreg demo
+	$(BIN)/vitreg reproduce
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

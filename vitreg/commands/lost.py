@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dataset",
         default="synthetic",
         metavar="PATH",
-        help="a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or 'synthetic' (generated scenes)",
+        help="a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or 'synthetic' (generated scenes; "
+        "'synthetic:task=count,background=flat' sets scene options)",
     )
     g.add_argument(
         "--image-root", type=Path, help="image folder, when not in the standard place beside the annotations"
@@ -79,11 +81,16 @@ def build_dataset(args: argparse.Namespace, model) -> tuple[object, str]:
     """The dataset and a description of the protocol used."""
     from vitreg.data.transforms import ImageTransform
 
-    if args.dataset == "synthetic":
-        from vitreg.data.synthetic import SceneConfig, SyntheticScenes
+    keyword, _, options = str(args.dataset).partition(":")
+    if keyword == "synthetic":
+        from vitreg.data.synthetic import SceneConfig, SyntheticScenes, parse_scene_options
 
         t = ImageTransform.from_model(model, mode="resize", img_size=args.resize)
-        cfg = SceneConfig(img_size=t.input_size, seed=args.seed)
+        try:  # scene options (e.g. the training task's) apply first; the size always follows the model
+            cfg = parse_scene_options(options, SceneConfig(seed=args.seed))
+        except ValueError as err:
+            raise AnnotationError(f"--dataset {args.dataset!r}: {err}") from None
+        cfg = dataclasses.replace(cfg, img_size=t.input_size)
         return SyntheticScenes(
             args.limit or 64, cfg, transform=t
         ), f"synthetic scenes {t.input_size[0]}x{t.input_size[1]}"

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vitreg.cli import main
+from vitreg.reproduce import make_plan
+from vitreg.reproduce.collect import NOT_REPRODUCED, NOT_TESTED, REPRODUCED, agg, claim, corloc_gain
+from vitreg.reproduce.paper import ARTIFACTS, CORLOC, GLOBAL
+from vitreg.reproduce.stages import PENDING, STAMP, Stage, StageError, run_stage
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    """One real `vitreg reproduce --quick` (every stage, tiny models), shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("reproduce")
+    capture = out / "stdout.txt"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["reproduce", "--quick", "--coco", "none", "--out", str(out / "run")])
+    capture.write_text(buf.getvalue())
+    assert rc == 0, buf.getvalue()[-3000:]
+    return out / "run", buf.getvalue()
+
+
+def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
+    out, stdout = quick_run
+    results = json.loads((out / "results.json").read_text())
+    ids = [i["id"] for i in results["items"]]
+    assert ids == ["fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
+    # every stage of the plan ran once, with progress lines numbered against the total
+    kinds = [s["kind"] for s in results["stages"]]
+    assert kinds.count("train") == 2 and kinds.count("probe") == 2 and kinds.count("lost") == 2
+    assert re.search(r"\[1/\d+\] train: seed 0, 0 registers: running", stdout)
+    assert all(not s["cached"] for s in results["stages"])
+    # ours beside the paper's: the published value is the one in paper.py, ours is read from the stage outputs
+    fig3 = results["items"][0]
+    share = next(r for r in fig3["rows"] if r["quantity"].startswith("outlier share"))
+    assert share["paper"] == ARTIFACTS["outlier_ratio"]
+    diag = json.loads((out / "diagnose" / "seed0" / "metrics.json").read_text())
+    assert share["ours"]["0"]["values"] == [diag["models"][0]["output"]["outlier_ratio"]]
+    t1 = results["items"][3]
+    probe = json.loads((out / "probe" / "seed0" / "reg4" / "probe.json").read_text())
+    cls = next(r for r in t1["rows"] if r["quantity"] == "[CLS] token")
+    assert cls["paper"] == GLOBAL["top1"]["cls"]
+    assert cls["ours"]["4"]["values"] == [probe["global"]["results"]["cls"]["mean"]]
+    # every claim has a status from the three allowed, and the report shows the same marks
+    statuses = {c["status"] for c in results["claims"]}
+    assert statuses <= {REPRODUCED, NOT_REPRODUCED, NOT_TESTED}
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for c in results["claims"]:
+        assert c["claim"] in md and c["claim"] in html
+    if NOT_REPRODUCED in statuses:
+        assert "NOT REPRODUCED" in md and "NOT REPRODUCED" in html
+    # coco-mini was switched off: its claim says "not tested", not "reproduced"
+    coco = next(c for c in results["claims"] if "coco-mini" in c["claim"])
+    assert coco["status"] == NOT_TESTED
+    assert str(CORLOC["rows"]["DeiT-III"][0][2]) in md
+    # the page is self-contained: figures inline, nothing fetched
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    for f in ("fig3_norm_hist.png", "fig4a_layers.png", "fig4b_training.png", "fig12_overhead.png"):
+        assert (out / "figures" / f).is_file() and f"figures/{f}" in md
+
+
+def test_second_reproduce_run_only_rerenders(quick_run, capsys):
+    out, _ = quick_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
+    assert main(["reproduce", "--quick", "--coco", "none", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert all(s["cached"] for s in results["stages"])
+    assert stdout.count(": cached (") == len(results["stages"])
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
+
+
+def _stage(tmp_path: Path, argv: list[str], **kw) -> Stage:
+    return Stage(name="s", kind="train", directory=tmp_path / "out" / "a" / "b", argv=argv, outputs=("done",), **kw)
+
+
+def test_stage_cache_reruns_on_new_settings_and_clears_stale_output(tmp_path):
+    calls = []
+
+    def runner(argv):
+        calls.append(argv)
+        d = tmp_path / "out" / "a" / "b"
+        (d / "done").write_text(" ".join(argv))
+        return 0
+
+    s1 = _stage(tmp_path, ["x", "1"])
+    assert not run_stage(s1, 1, 1, runner, log=lambda *_: None)["cached"]
+    assert run_stage(s1, 1, 1, runner, log=lambda *_: None)["cached"]
+    assert len(calls) == 1
+    (s1.directory / "stale.txt").write_text("from the old settings")
+    s2 = _stage(tmp_path, ["x", "2"])  # changed settings: run again, old files gone
+    assert not run_stage(s2, 1, 1, runner, log=lambda *_: None)["cached"]
+    assert not (s2.directory / "stale.txt").exists() and len(calls) == 2
+    # a changed upstream stage invalidates its dependants
+    s3 = _stage(tmp_path, ["x", "2"], upstream=[s1])
+    assert not s3.is_done()
+
+
+def test_stage_resumes_an_interrupted_training_and_reports_failures(tmp_path):
+    s = _stage(tmp_path, ["train", "--out", "D"], resume_argv=["train", "--resume", "D"])
+    s.directory.mkdir(parents=True)
+    (s.directory / PENDING).write_text(json.dumps({"digest": s.digest()}))
+    (s.directory / "train_state.safetensors").write_bytes(b"state")
+    seen = []
+
+    def runner(argv):
+        seen.append(argv)
+        (s.directory / "done").write_text("ok")
+        return 0
+
+    run_stage(s, 1, 1, runner, log=lambda *_: None)
+    assert seen == [["train", "--resume", "D"]]
+    assert (s.directory / "train_state.safetensors").exists()  # resumed in place, not cleared
+    assert (s.directory / STAMP).is_file() and not (s.directory / PENDING).exists()
+
+    bad = _stage(tmp_path / "other", ["boom"])
+    with pytest.raises(StageError, match="exit status 3"):
+        run_stage(bad, 1, 1, lambda argv: 3, log=lambda *_: None)
+    assert not bad.is_done()
+
+
+def test_claims_need_evidence_beyond_noise():
+    assert agg([None, None]) is None
+    a = agg([0.2, 0.4])
+    assert a["mean"] == pytest.approx(0.3) and a["std"] == pytest.approx(0.1414, abs=1e-3) and a["n"] == 2
+    # a CorLoc gain inside two standard errors is not a reproduction
+    small = corloc_gain(agg([0.50]), agg([0.55]), images=50)
+    big = corloc_gain(agg([0.20]), agg([0.60]), images=200)
+    assert small[0] is False and big[0] is True
+    assert claim("c", None, "e", why_none="no outliers")["status"] == NOT_REPRODUCED
+    assert claim("c", None, "e", none_status=NOT_TESTED)["status"] == NOT_TESTED
+    assert claim("c", True, "e")["status"] == REPRODUCED
+
+
+def test_plan_quick_ablation_and_bad_config():
+    plan = make_plan(quick=True, ablation=True, seeds=2, coco=None)
+    assert plan.registers == [0, 1, 2, 4, 8, 16] and plan.seeds == [0, 1] and plan.coco is None
+    assert plan.train_config().model == "vit_pico_patch4_32"
+    with pytest.raises(ValueError, match="seeds"):
+        make_plan(seeds=0)
+    assert main(["reproduce", "--quick", "--coco", "none", "no_such_key=1", "--out", "runs/never"]) == 2
+    assert not Path("runs/never").exists()
