@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="same as `vitreg reproduce`: the paper's tables and figures on the embedded default")
+    p = sub.add_parser("demo", help="same as `vitreg reproduce` (the main job on the embedded default)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reproduce's)")
     p.add_argument("--quick", action="store_true", help="tiny models and few steps")
     p.set_defaults(func=run)
