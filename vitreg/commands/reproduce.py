@@ -7,6 +7,7 @@ Stages are cached in OUT: a second run only re-renders; an interrupted training 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="training config instead of the artifact-lab preset (name or YAML file)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models trained side by side, one thread each (default: 2 on a machine with 2+ cores, 1 with --quick)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides, e.g. steps=1000")
     p.set_defaults(func=run)
 
@@ -40,19 +47,21 @@ def run(args: argparse.Namespace) -> int:
     coco = None if str(args.coco).lower() == "none" else args.coco
     if coco not in (None, "auto") and not Path(coco).is_file():
         raise UserError(f"--coco {coco}: no such file (give a COCO instances JSON, 'auto' or 'none')")
+    jobs = args.jobs if args.jobs is not None else (1 if args.quick else min(2, os.cpu_count() or 1))
     plan = make_plan(
         quick=args.quick,
         ablation=args.ablation,
         seeds=args.seeds,
         coco=coco,
         threads=args.threads,
+        jobs=jobs,
         config=args.config,
         overrides=args.overrides,
     )
     out = args.out or Path("runs/reproduce") / ("quick" if args.quick else "default")
     t0 = time.perf_counter()
     try:
-        results = reproduce(plan, out)
+        results = reproduce(plan, out, jobs=plan.jobs)
     except StageError as err:
         raise UserError(str(err)) from None
     print()

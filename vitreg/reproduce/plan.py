@@ -51,6 +51,7 @@ class Plan:
     coco_resize: int = 64  # LOST on the photos at S x S (our models are trained at 32 px)
     flops_models: list[str] = field(default_factory=lambda: ["vit_small_patch14_224", "vit_large_patch14_224"])
     threads: int | None = None
+    jobs: int = 1  # trainings side by side
     scene_seed: int = 101  # generator seed of the evaluation scenes: never the training scenes
 
     @property
@@ -62,7 +63,9 @@ class Plan:
         return load_train_config(self.config, self.train_overrides(seed=self.seeds[0], registers=self.registers[0]))
 
     def train_overrides(self, seed: int, registers: int) -> list[str]:
-        extra = [f"threads={self.threads}"] if self.threads else []
+        # side-by-side trainings (jobs > 1) take one thread each unless told otherwise
+        threads = self.threads or (1 if self.jobs > 1 else None)
+        extra = [f"threads={threads}"] if threads else []
         return [*self.overrides, *extra, f"seed={seed}", f"registers={registers}", "progress=false"]
 
 
@@ -72,13 +75,16 @@ def make_plan(
     seeds: int = 1,
     coco: str | Path | None = "auto",
     threads: int | None = None,
+    jobs: int = 1,
     config: str | None = None,
     overrides: list[str] | None = None,
 ) -> Plan:
     """The default plan, shrunk by ``quick``; ``coco="auto"`` uses ../shared/data/coco-mini when it is there."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    plan = Plan(quick=quick, threads=threads, seeds=list(range(seeds)))
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)))
     if config:
         plan.config = config
     if ablation:
