@@ -106,6 +106,12 @@ TASKS: dict[str, Task] = {
         label=lambda cfg, shapes, colors: len(shapes) - cfg.min_objects,
         overlap=False,
     ),
+    # A relation over all objects: every pair must be compared, so no single patch holds the answer.
+    "distinct": Task(
+        num_classes=lambda cfg: min(cfg.max_objects, len(cfg.colors)),
+        label=lambda cfg, shapes, colors: len(set(colors.tolist())) - 1,
+        overlap=False,
+    ),
 }
 
 
@@ -121,7 +127,8 @@ class SceneConfig:
     ``img_size`` is an int (square) or (H, W). Object sizes are diameters as fractions of the shorter side: the
     labelled object gets ``min_size..max_size``, the others 35-60 % of it (overlapping tasks), or up to a grid cell
     (``count``). ``task`` names an entry of :data:`TASKS`: "shape" (shape of the largest object, ``len(shapes)``
-    classes), "color" (its colour, ``len(colors)`` classes), "count" (number of objects minus ``min_objects``).
+    classes), "color" (its colour, ``len(colors)`` classes), "count" (number of objects minus ``min_objects``),
+    "distinct" (number of distinct colours among the objects, minus one).
     """
 
     img_size: int | tuple[int, int] = 64

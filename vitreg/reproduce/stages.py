@@ -129,6 +129,8 @@ def scene_options(train_cfg, img_size: tuple[int, int], seed: int) -> str:
     }
     if d.shapes:
         opts["shapes"] = "+".join(d.shapes)
+    if d.colors:
+        opts["colors"] = "+".join(d.colors)
     return ",".join(f"{k}={v}" for k, v in opts.items())
 
 

@@ -40,6 +40,7 @@ class DataConfig:
     max_size: float = 0.6
     background: Literal["flat", "gradient", "noise"] = "noise"
     shapes: list[str] = field(default_factory=list)  # empty = every shape
+    colors: list[str] = field(default_factory=list)  # empty = every colour
     seed: int = 0  # scene generator seed, and the shuffle of a held-out split
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 from vitreg.config import ConfigError
 from vitreg.data.errors import BadImageError
 from vitreg.data.images import is_image_file, load_image
-from vitreg.data.synthetic import SHAPES, SceneConfig, render_arrays
+from vitreg.data.synthetic import COLORS, SHAPES, SceneConfig, render_arrays
 from vitreg.train.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def scene_config(dc: DataConfig, hw: tuple[int, int]) -> SceneConfig:
             max_size=dc.max_size,
             background=dc.background,
             shapes=tuple(dc.shapes) if dc.shapes else SHAPES,
+            colors=tuple(dc.colors) if dc.colors else tuple(COLORS),
             seed=dc.seed,
         )
     except ValueError as err:
