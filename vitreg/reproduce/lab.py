@@ -34,6 +34,7 @@ from vitreg.models import model_config
 from vitreg.reproduce.collect import MIN_NORM_RATIO, MIN_OUTLIER_RATIO, _diagnosed, _training
 from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, run_stage, scene_options
 from vitreg.train.config import load_train_config
+from vitreg.train.data import scene_config
 
 GRID_KEYS = {"base", "seeds", "registers", "diagnose_limit", "points", "scene_seed"}
 
@@ -61,7 +62,10 @@ def load_grid(path: Path) -> Grid:
     for name, point in grid.points.items():
         if not isinstance(point, dict):
             raise ConfigError(f"{path}: point {name!r} must be a mapping of config keys to values")
-        load_train_config(grid.base, _overrides(point))  # a bad key fails here, naming it, before any training
+        # a bad key or value fails here, naming it, before any training
+        cfg = load_train_config(grid.base, _overrides(point))
+        if cfg.data.kind == "synthetic":
+            scene_config(cfg.data, model_config(cfg.model, img_size=cfg.img_size).img_size)
     return grid
 
 
@@ -76,7 +80,10 @@ def _overrides(point: dict[str, Any]) -> list[str]:
 
 
 def _yaml_value(v: Any) -> str:
-    return "null" if v is None else json.dumps(v) if isinstance(v, (list, bool)) else str(v)
+    """A value as ``key=value`` overrides spell it (lists are comma-separated, like ``registers=0,4``)."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(_yaml_value(x) for x in v)
+    return "null" if v is None else "true" if v is True else "false" if v is False else str(v)
 
 
 def subprocess_runner(argv: list[str]) -> int:
@@ -116,9 +123,20 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
                     name=f"{name}: seed {seed}, diagnose",
                     kind="diagnose",
                     directory=d,
-                    argv=["diagnose", "--sweep", *(str(m.directory) for m in models), "--images",
-                          f"synthetic:{scenes},n={grid.diagnose_limit}", "--limit", str(grid.diagnose_limit),
-                          "--examples", "2", "--no-report", "--out", str(d)],  # fmt: skip
+                    argv=[
+                        "diagnose",
+                        "--sweep",
+                        *(str(m.directory) for m in models),
+                        "--images",
+                        f"synthetic:{scenes},n={grid.diagnose_limit}",
+                        "--limit",
+                        str(grid.diagnose_limit),
+                        "--examples",
+                        "2",
+                        "--no-report",
+                        "--out",
+                        str(d),
+                    ],  # fmt: skip
                     upstream=models,
                     outputs=("metrics.json",),
                 )

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vitreg.cli import main
+from vitreg.config import ConfigError
+from vitreg.data.synthetic import SceneConfig, render_scene
+from vitreg.reproduce.lab import load_grid
+
+TINY = """
+base: artifact_lab
+seeds: [0]
+registers: [0, 2]
+diagnose_limit: 16
+points:
+  tiny: {model: vit_pico_patch4_32, depth: null, embed_dim: null, num_heads: null, steps: 6, batch_size: 8,
+         data: {train_size: 64, eval_size: 16, colors: [red, blue]}, track_every: 3, eval_every: 6,
+         checkpoint_every: 6}
+"""
+
+
+def test_lab_trains_diagnoses_and_tabulates_a_grid(tmp_path, capsys, one_thread):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(TINY)
+    assert main(["lab", str(grid), "--out", str(tmp_path / "lab")]) == 0
+    rows = json.loads((tmp_path / "lab" / "lab.json").read_text())["rows"]
+    assert [(r["point"], r["seed"], r["registers"]) for r in rows] == [("tiny", 0, 0), ("tiny", 0, 2)]
+    diag = json.loads((tmp_path / "lab" / "tiny" / "seed0" / "diagnose" / "metrics.json").read_text())
+    assert [r["outlier_ratio"] for r in rows] == [m["output"]["outlier_ratio"] for m in diag["models"]]
+    assert [m["registers"] for m in diag["models"]] == [0, 2]
+    md = (tmp_path / "lab" / "lab.md").read_text()
+    assert "| tiny | 0 | 2 |" in md and "model=vit_pico_patch4_32" in md
+    capsys.readouterr()
+    assert main(["lab", str(grid), "--out", str(tmp_path / "lab")]) == 0  # everything cached the second time
+    assert capsys.readouterr().out.count(": cached (") == 3
+
+
+def test_lab_grid_errors_name_the_bad_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: artifact_lab\npoints: {a: {lrr: 1}}\n")
+    with pytest.raises(ConfigError, match="lrr"):
+        load_grid(bad)
+    bad.write_text("base: artifact_lab\npoints: {a: {data: {colors: [red, teal]}}}\n")
+    with pytest.raises(ConfigError, match="teal"):
+        load_grid(bad)
+    bad.write_text("base: artifact_lab\nseedz: [0]\npoints: {a: {lr: 1}}\n")
+    with pytest.raises(ConfigError, match="seedz"):
+        load_grid(bad)
+
+
+def test_distinct_task_counts_distinct_colours():
+    cfg = SceneConfig(img_size=32, task="distinct", min_objects=2, max_objects=5, colors=("red", "green", "blue"))
+    assert cfg.num_classes == 3
+    for i in range(40):
+        s = render_scene(cfg, i)
+        assert s.label == len(set(np.asarray(s.colors).tolist())) - 1
