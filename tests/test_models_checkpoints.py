@@ -184,3 +184,13 @@ def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "--weights PATH" in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 30  # interpreter + torch import; the lookup itself never waits on a network
+
+
+def test_attention_pooling_model_round_trips_and_is_inferred(tmp_path):
+    from vitreg.models.checkpoints import infer_config
+
+    m = create_model("vit_pico_patch4_32", registers=2, class_token=False, global_pool="map", num_classes=3).eval()
+    save_model(m, tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(load_model(tmp_path).eval()(x), m(x))
+    assert infer_config(m.state_dict()).global_pool == "map"

@@ -161,7 +161,7 @@ def infer_config(sd: dict[str, torch.Tensor], spec: str = "inferred") -> ModelCo
         mlp="swiglu" if swiglu else "mlp",
         init_values=1.0 if "blocks.0.ls1.gamma" in sd else None,  # the real gammas are loaded over this
         num_classes=num_classes,
-        global_pool="avg" if "fc_norm.weight" in sd else "token",
+        global_pool="map" if "attn_pool.latent" in sd else "avg" if "fc_norm.weight" in sd else "token",
         class_token=has_cls,
         qkv_bias="blocks.0.attn.qkv.bias" in sd,
     )

@@ -38,7 +38,7 @@ class ModelConfig:
     mlp: str = "mlp"  # "mlp" | "swiglu" (DINOv2 giant)
     init_values: float | None = None  # LayerScale init; None = no LayerScale
     num_classes: int = 0
-    global_pool: str = "token"  # "token" ([CLS] head) | "avg" (mean of patch tokens)
+    global_pool: str = "token"  # "token" ([CLS] head) | "avg" (mean of patch tokens) | "map" (attention pooling)
     class_token: bool = True
     qkv_bias: bool = True
     drop_path_rate: float = 0.0

@@ -65,7 +65,7 @@ class TrainConfig:
     model: str = "vit_pico_patch4_32"
     registers: list[int] = field(default_factory=lambda: [0])
     img_size: int | None = None  # None = the preset's
-    global_pool: Literal["token", "avg"] = "token"
+    global_pool: Literal["token", "avg", "map"] = "token"  # map: attention pooling (timm), e.g. without [CLS]
     class_token: bool = True
     init_values: float | None = 1e-4  # LayerScale init (DeiT-III); None = no LayerScale
     # Architecture overrides of the preset (None = the preset's): lets a search vary depth and width.
@@ -139,7 +139,7 @@ class TrainConfig:
         if min(self.mixup, self.cutmix, self.color_jitter, self.drop_path, self.lr, self.weight_decay) < 0:
             raise ConfigError("mixup, cutmix, color_jitter, drop_path, lr and weight_decay must be >= 0")
         if not self.class_token and self.global_pool == "token":
-            raise ConfigError("class_token=false needs global_pool=avg (a [CLS] head needs a [CLS] token)")
+            raise ConfigError("class_token=false needs global_pool=avg or map (a [CLS] head needs a [CLS] token)")
 
 
 def packaged_configs() -> list[str]:
