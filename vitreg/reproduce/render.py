@@ -113,6 +113,7 @@ def _ablation_figure(results: dict[str, Any]):
         ax.errorbar(range(len(regs)), ys, yerr=es, marker="o")
         ax.set_xticks(range(len(regs)), [str(n) for n in regs])
         ax.set(xlabel="registers", title=title)
+    axes[0].set_ylim(bottom=0)
     fig.tight_layout()
     return fig
 
