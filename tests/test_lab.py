@@ -25,7 +25,10 @@ points:
 def test_lab_trains_diagnoses_and_tabulates_a_grid(tmp_path, capsys, one_thread):
     grid = tmp_path / "grid.yaml"
     grid.write_text(TINY)
-    assert main(["lab", str(grid), "--out", str(tmp_path / "lab")]) == 0
+    # two trainings side by side, each in its own `python -m vitreg` process on one thread
+    assert main(["lab", str(grid), "--out", str(tmp_path / "lab"), "--jobs", "2"]) == 0
+    cfg = (tmp_path / "lab" / "tiny" / "seed0" / "reg2" / "config.yaml").read_text()
+    assert "threads: 1" in cfg
     rows = json.loads((tmp_path / "lab" / "lab.json").read_text())["rows"]
     assert [(r["point"], r["seed"], r["registers"]) for r in rows] == [("tiny", 0, 0), ("tiny", 0, 2)]
     diag = json.loads((tmp_path / "lab" / "tiny" / "seed0" / "diagnose" / "metrics.json").read_text())
@@ -34,7 +37,8 @@ def test_lab_trains_diagnoses_and_tabulates_a_grid(tmp_path, capsys, one_thread)
     md = (tmp_path / "lab" / "lab.md").read_text()
     assert "| tiny | 0 | 2 |" in md and "model=vit_pico_patch4_32" in md
     capsys.readouterr()
-    assert main(["lab", str(grid), "--out", str(tmp_path / "lab")]) == 0  # everything cached the second time
+    # everything cached the second time (the same settings, threads included)
+    assert main(["lab", str(grid), "--out", str(tmp_path / "lab"), "--jobs", "2"]) == 0
     assert capsys.readouterr().out.count(": cached (") == 3
 
 
