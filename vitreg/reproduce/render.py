@@ -187,15 +187,22 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _summary_lines(results: dict[str, Any]) -> list[str]:
     plan = results["plan"]
-    minutes = sum(s["seconds"] or 0 for s in results["stages"]) / 60
+    train = [s["seconds"] or 0 for s in results["stages"] if s["kind"] == "train"]
     cached = sum(bool(s["cached"]) for s in results["stages"])
+    timing = results.get("timing") or {}
+    last = timing.get("last_computing_run") or {}
+    time_line = (
+        f"Time: this run {timing.get('this_run_seconds', 0) / 60:.1f} min with {cached} of {len(results['stages'])} "
+        f"stages from the cache; the last run that computed stages took {last.get('wall_seconds', 0) / 60:.1f} min "
+        f"for {last.get('stages_run', 0)} stages. Training took {min(train, default=0) / 60:.1f}-"
+        f"{max(train, default=0) / 60:.1f} min per model (side by side when run with --jobs 2)."
+    )
     return [
         f"Setting: {plan['quick'] and 'quick (tiny models, few steps: the numbers mean nothing)' or 'default'}; "
         f"training config `{plan['config']}`{' + ' + ' '.join(plan['overrides']) if plan['overrides'] else ''}.",
         f"Registers {', '.join(map(str, results['registers']))}; seeds {', '.join(map(str, results['seeds']))}; "
         f"values are mean ± std over seeds where more than one seed ran.",
-        f"Stage time: {minutes:.1f} min in all when each stage was last run ({cached} of {len(results['stages'])} "
-        "stages taken from the cache this time).",
+        time_line,
         "Paper values are the published ones for ViT-S..g trained on ImageNet-scale data; ours come from a "
         "few-million-parameter ViT trained for minutes on generated scenes. Compare directions, not values.",
     ]

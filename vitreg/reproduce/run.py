@@ -16,6 +16,13 @@ from vitreg.reproduce.render import draw_figures, write_html, write_markdown
 from vitreg.reproduce.stages import _config_text, build_stages, run_stage
 
 
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def reproduce(
     plan: Plan, out: Path, runner: Callable[[list[str]], int] | None = None, log=print, jobs: int = 1
 ) -> dict:
@@ -54,6 +61,12 @@ def reproduce(
             log(f"    elapsed {(time.perf_counter() - t0) / 60:.1f} min")
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
     results = build_results(plan, out, [records[i] for i in sorted(records)], _config_text(plan.config))
+    wall = time.perf_counter() - t0
+    timing_path = out / "timing.json"
+    if any(not r["cached"] for r in records.values()):  # the last run that computed something: the real cost
+        timing_path.write_text(json.dumps({"wall_seconds": round(wall, 1), "stages_run": sum(
+            not r["cached"] for r in records.values()), "stages": len(records)}))  # fmt: skip
+    results["timing"] = {"this_run_seconds": round(wall, 1), "last_computing_run": _read(timing_path)}
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out / "results.json")
