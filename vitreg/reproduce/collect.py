@@ -424,9 +424,10 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
     coco_gain = corloc_gain(coco0, coco1, _images(table, base, "corloc_coco"))
     rows3 = [
         {"quantity": "CorLoc, generated scenes", "paper": None, "paper_reg": None,
-         "ours": {str(base): syn0, str(reg): syn1}},
+         "ours": {str(n): _corloc_series(table, n, "corloc_synthetic") for n in plan.registers}},
         {"quantity": "CorLoc, coco-mini photos" if plan.coco else "CorLoc, coco-mini photos (not present: skipped)",
-         "paper": p3[0][2], "paper_reg": p3[1][2], "ours": {str(base): coco0, str(reg): coco1}},
+         "paper": p3[0][2], "paper_reg": p3[1][2],
+         "ours": {str(n): _corloc_series(table, n, "corloc_coco") for n in plan.registers}},
     ]  # fmt: skip
     items.append(
         {
