@@ -32,7 +32,7 @@ import yaml
 from vitreg.config import ConfigError
 from vitreg.models import model_config
 from vitreg.reproduce.collect import MIN_NORM_RATIO, MIN_OUTLIER_RATIO, _diagnosed, _training
-from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, run_stage, scene_options
+from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, locked, run_stage, scene_options
 from vitreg.train.config import load_train_config
 from vitreg.train.data import scene_config
 
@@ -154,8 +154,9 @@ def run_lab(grid: Grid, out: Path, jobs: int = 1, threads: int | None = None, lo
     runner = subprocess_runner if jobs > 1 else None
     if runner is None:
         from vitreg.cli import main as runner
+    safe = locked(log)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(lambda a: run_stage(a[1], a[0], total, runner, log=log), enumerate(trains, 1)))
+        list(pool.map(lambda a: run_stage(a[1], a[0], total, runner, log=safe), enumerate(trains, 1)))
     for i, s in enumerate(diags, len(trains) + 1):
         run_stage(s, i, total, runner, log=log)
     rows = lab_rows(grid, out, index)
@@ -194,7 +195,7 @@ def _f(v: Any, spec: str = ".3g") -> str:
 
 def lab_markdown(grid: Grid, rows: list[dict[str, Any]]) -> str:
     head = ["point", "seed", "reg", "top-1", "outliers", "norm ratio", "bimodal", "Ashman D", "first layer",
-            "nbr sim out / normal", "on background out / all", "artifacts (bar)", "train min"]  # fmt: skip
+            "nbr sim out / normal", "on background out / all", "norm bar met", "train min"]  # fmt: skip
     lines = [
         f"Base config `{grid.base}`; diagnosed on {grid.diagnose_limit} held-out generated scenes "
         f"(generator seed {grid.scene_seed}). Bar for artifacts: auto rule bimodal, >= {100 * MIN_OUTLIER_RATIO:g}% "

@@ -13,7 +13,7 @@ from vitreg.models import model_config
 from vitreg.reproduce.collect import build_results
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
-from vitreg.reproduce.stages import _config_text, build_stages, run_stage
+from vitreg.reproduce.stages import _config_text, build_stages, locked, run_stage
 
 
 def _read(path: Path) -> dict | None:
@@ -51,8 +51,9 @@ def reproduce(
     if jobs > 1 and len(trains) > 1:
         from vitreg.reproduce.lab import subprocess_runner
 
+        safe = locked(log)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            done = pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, subprocess_runner, log=log)), trains)
+            done = pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, subprocess_runner, log=safe)), trains)
             records.update(done)
         log(f"    elapsed {(time.perf_counter() - t0) / 60:.1f} min")
     for i, stage in enumerate(stages, 1):

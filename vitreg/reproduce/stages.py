@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,17 @@ def _portable(arg: str, directory: Path) -> str:
     """Paths inside the output folder are digested relative to it, so a moved output folder stays cached."""
     root = directory.parents[2] if len(directory.parents) > 2 else directory
     return arg.replace(str(root), "<out>")
+
+
+def locked(log):
+    """``log`` safe to call from the threads that run stages side by side (whole lines, never interleaved)."""
+    lock = threading.Lock()
+
+    def safe(msg: str) -> None:
+        with lock:
+            log(msg)
+
+    return safe
 
 
 def _read_json(path: Path) -> dict | None:
