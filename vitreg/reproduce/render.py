@@ -147,7 +147,7 @@ def _stat(v: dict | None) -> str:
         return "n/a"
     s = f"{v['mean']:.3g}"
     if v["n"] > 1:
-        s += f" ± {v['std']:.2g} (n={v['n']})"
+        s += f" ± {v['std']:.2g} (n={v['n']}" + (f" of {v['of']} seeds)" if v["of"] > v["n"] else ")")
     elif v["of"] > 1:
         s += f" (1 of {v['of']} seeds)"
     return s
