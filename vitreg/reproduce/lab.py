@@ -193,17 +193,22 @@ def _f(v: Any, spec: str = ".3g") -> str:
     return "–" if v is None else "yes" if v is True else "no" if v is False else format(v, spec)
 
 
+def _code(text: str) -> str:
+    return f"`{text}`" if text else "(none: the base config as is)"
+
+
 def lab_markdown(grid: Grid, rows: list[dict[str, Any]]) -> str:
     head = ["point", "seed", "reg", "top-1", "outliers", "norm ratio", "bimodal", "Ashman D", "first layer",
             "nbr sim out / normal", "on background out / all", "norm bar met", "train min"]  # fmt: skip
     lines = [
         f"Base config `{grid.base}`; diagnosed on {grid.diagnose_limit} held-out generated scenes "
         f"(generator seed {grid.scene_seed}). Bar for artifacts: auto rule bimodal, >= {100 * MIN_OUTLIER_RATIO:g}% "
-        f"of patch tokens, >= {MIN_NORM_RATIO:g}x norm ratio.",
+        f"of patch tokens, >= {MIN_NORM_RATIO:g}x norm ratio. "
+        "First layer: the first block (0-based) whose own tokens the auto rule splits, even when the output has none.",
         "",
         "| point | overrides |",
         "|---|---|",
-        *[f"| {name} | `{' '.join(_overrides(p))}` |" for name, p in grid.points.items()],
+        *[f"| {name} | {_code(' '.join(_overrides(p)))} |" for name, p in grid.points.items()],
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
