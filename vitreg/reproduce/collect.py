@@ -46,7 +46,7 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-def _training(directory: Path) -> dict[str, Any]:
+def training_summary(directory: Path) -> dict[str, Any]:
     """Final held-out top-1 and the output-layer norm tracking (Fig. 4b) from metrics.jsonl."""
     evals, tracks = [], []
     for line in (directory / "metrics.jsonl").read_text().splitlines():
@@ -83,7 +83,7 @@ def _training(directory: Path) -> dict[str, Any]:
     }
 
 
-def _diagnosed(m: dict[str, Any]) -> dict[str, Any]:
+def diagnose_summary(m: dict[str, Any]) -> dict[str, Any]:
     out, rule, nb, masks = m["output"], m["rule"], m["neighbors"], m["masks"]
     depth = m.get("depth")
     first = m.get("first_outlier_layer")
@@ -147,7 +147,7 @@ def per_model(plan: Plan, out: Path) -> dict[int, dict[int, dict[str, Any]]]:
     for seed in plan.seeds:
         diag = _load(out / "diagnose" / f"seed{seed}" / "metrics.json")
         for n, m in zip(plan.registers, diag["models"], strict=True):
-            row: dict[str, Any] = {"train": _training(model_dir(out, seed, n)), **_diagnosed(m)}
+            row: dict[str, Any] = {"train": training_summary(model_dir(out, seed, n)), **diagnose_summary(m)}
             row |= _probed(_load(out / "probe" / f"seed{seed}" / f"reg{n}" / "probe.json"))
             row["corloc_synthetic"] = _corloc(out / "lost" / "synthetic" / f"seed{seed}" / f"reg{n}" / "lost.json")
             row["corloc_coco"] = _corloc(out / "lost" / "coco" / f"seed{seed}" / f"reg{n}" / "lost.json")
@@ -172,7 +172,8 @@ def _all(table: dict, n: int, test) -> bool | None:
     return None if any(g is None for g in got) else all(got)
 
 
-def _has_artifacts(r: dict) -> bool:
+def meets_norm_bar(r: dict) -> bool:
+    """The norm part of the artifact bar: bimodal under the auto rule, enough outliers, far enough apart."""
     return bool(
         r["bimodal"] and (r["outlier_ratio"] or 0) >= MIN_OUTLIER_RATIO and (r["norm_ratio"] or 0) >= MIN_NORM_RATIO
     )
@@ -215,7 +216,7 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
     items: list[dict[str, Any]] = []
 
     # Fig. 3 / 7: the norm distribution with and without registers
-    art0 = _all(table, base, _has_artifacts)
+    art0 = _all(table, base, meets_norm_bar)
     gone = _all(
         table,
         reg,

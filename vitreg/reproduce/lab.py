@@ -31,7 +31,13 @@ import yaml
 
 from vitreg.config import ConfigError
 from vitreg.models import model_config
-from vitreg.reproduce.collect import MIN_NORM_RATIO, MIN_OUTLIER_RATIO, _diagnosed, _training
+from vitreg.reproduce.collect import (
+    MIN_NORM_RATIO,
+    MIN_OUTLIER_RATIO,
+    diagnose_summary,
+    meets_norm_bar,
+    training_summary,
+)
 from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, locked, run_stage, scene_options
 from vitreg.train.config import load_train_config
 from vitreg.train.data import scene_config
@@ -108,6 +114,7 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
                     name=f"{name}: seed {seed}, {n} registers",
                     kind="train",
                     directory=d,
+                    root=out,
                     argv=[*argv, "--out", str(d)],
                     key={"config_text": _config_text(grid.base)},
                     outputs=("model.json", "model.safetensors", "metrics.jsonl"),
@@ -123,6 +130,7 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
                     name=f"{name}: seed {seed}, diagnose",
                     kind="diagnose",
                     directory=d,
+                    root=out,
                     argv=[
                         "diagnose",
                         "--sweep",
@@ -172,14 +180,10 @@ def lab_rows(grid: Grid, out: Path, index: dict) -> list[dict[str, Any]]:
             metrics = json.loads((out / name / f"seed{seed}" / "diagnose" / "metrics.json").read_text())
             for n, m in zip(grid.registers, metrics["models"], strict=True):
                 stage = index[(name, seed, n)]
-                d = _diagnosed(m)
-                t = _training(stage.directory)
+                d = diagnose_summary(m)
+                t = training_summary(stage.directory)
                 stamp = _read_json(stage.directory / STAMP) or {}
-                artifacts = bool(
-                    d["bimodal"]
-                    and (d["outlier_ratio"] or 0) >= MIN_OUTLIER_RATIO
-                    and (d["norm_ratio"] or 0) >= MIN_NORM_RATIO
-                )
+                artifacts = meets_norm_bar(d)
                 rows.append(
                     {"point": name, "overrides": " ".join(_overrides(point)), "seed": seed, "registers": n,
                      "top1": t["top1"], "minutes": (stamp.get("seconds") or 0) / 60, "artifacts": artifacts,

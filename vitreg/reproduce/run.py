@@ -13,14 +13,7 @@ from vitreg.models import model_config
 from vitreg.reproduce.collect import build_results
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
-from vitreg.reproduce.stages import _config_text, build_stages, locked, run_stage
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+from vitreg.reproduce.stages import _config_text, _read_json, build_stages, locked, run_stage
 
 
 def reproduce(
@@ -67,7 +60,7 @@ def reproduce(
     if any(not r["cached"] for r in records.values()):  # the last run that computed something: the real cost
         timing_path.write_text(json.dumps({"wall_seconds": round(wall, 1), "stages_run": sum(
             not r["cached"] for r in records.values()), "stages": len(records)}))  # fmt: skip
-    results["timing"] = {"this_run_seconds": round(wall, 1), "last_computing_run": _read(timing_path)}
+    results["timing"] = {"this_run_seconds": round(wall, 1), "last_computing_run": _read_json(timing_path)}
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out / "results.json")

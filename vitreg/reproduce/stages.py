@@ -38,10 +38,11 @@ class Stage:
     upstream: list[Stage] = field(default_factory=list)
     outputs: tuple[str, ...] = ()  # files (relative to directory) that a finished stage must have
     resume_argv: list[str] | None = None  # how to continue an interrupted run of the same settings
+    root: Path | None = None  # the output folder: paths under it are digested relative to it
 
     def digest(self) -> str:
         data = {
-            "argv": [_portable(a, self.directory) for a in self.argv],
+            "argv": [_portable(a, self.root) for a in self.argv],
             "key": self.key,
             "upstream": [u.digest() for u in self.upstream],
         }
@@ -56,10 +57,9 @@ class Stage:
         )
 
 
-def _portable(arg: str, directory: Path) -> str:
+def _portable(arg: str, root: Path | None) -> str:
     """Paths inside the output folder are digested relative to it, so a moved output folder stays cached."""
-    root = directory.parents[2] if len(directory.parents) > 2 else directory
-    return arg.replace(str(root), "<out>")
+    return arg if root is None else arg.replace(str(root), "<out>")
 
 
 def locked(log):
@@ -152,8 +152,6 @@ def model_dir(out: Path, seed: int, registers: int) -> Path:
 
 def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) -> list[Stage]:
     """Every stage of ``plan`` in the order they run. ``train_cfg``: the resolved training config (for the scenes)."""
-    from vitreg.reproduce.plan import LAB_CONFIG  # noqa: F401  (documented default)
-
     out = Path(out)
     threads = ["--threads", str(plan.threads)] if plan.threads else []
     scenes = scene_options(train_cfg, img_size, plan.scene_seed)
@@ -166,6 +164,7 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
                 name=f"train: seed {seed}, {n} registers",
                 kind="train",
                 directory=d,
+                root=out,
                 argv=["train", "--config", plan.config, *plan.train_overrides(seed, n), "--out", str(d)],
                 key={"config_text": _config_text(plan.config)},
                 outputs=("model.json", "model.safetensors", "metrics.jsonl"),
@@ -181,6 +180,7 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
                 name=f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}",
                 kind="diagnose",
                 directory=d,
+                root=out,
                 argv=[
                     "diagnose",
                     "--sweep",
@@ -208,6 +208,7 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
                     name=f"probe: seed {seed}, {n} registers",
                     kind="probe",
                     directory=d,
+                    root=out,
                     argv=[
                         "probe",
                         "--model",
@@ -242,6 +243,7 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
                         name=f"LOST on {name}: seed {seed}, {n} registers",
                         kind="lost",
                         directory=d,
+                        root=out,
                         argv=[
                             "lost",
                             "--model",
@@ -268,6 +270,7 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
             name="FLOPs and parameters",
             kind="flops",
             directory=d,
+            root=out,
             argv=[
                 "flops",
                 "--model",
