@@ -20,9 +20,6 @@ Grid file (YAML)::
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ from vitreg.reproduce.collect import (
     meets_norm_bar,
     training_summary,
 )
-from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, locked, run_stage, scene_options
+from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, run_side_by_side, run_stage, scene_options
 from vitreg.train.config import load_train_config
 from vitreg.train.data import scene_config
 
@@ -90,11 +87,6 @@ def _yaml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(_yaml_value(x) for x in v)
     return "null" if v is None else "true" if v is True else "false" if v is False else str(v)
-
-
-def subprocess_runner(argv: list[str]) -> int:
-    """One vitreg command in a fresh interpreter (what lets trainings run side by side)."""
-    return subprocess.call([sys.executable, "-m", "vitreg", *argv])
 
 
 def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage], list[Stage], dict]:
@@ -159,12 +151,9 @@ def run_lab(grid: Grid, out: Path, jobs: int = 1, threads: int | None = None, lo
         threads = 1  # side-by-side trainings each on one thread: no oversubscription
     trains, diags, index = lab_stages(grid, out, threads)
     total = len(trains) + len(diags)
-    runner = subprocess_runner if jobs > 1 else None
-    if runner is None:
-        from vitreg.cli import main as runner
-    safe = locked(log)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(lambda a: run_stage(a[1], a[0], total, runner, log=safe), enumerate(trains, 1)))
+    from vitreg.cli import main as runner
+
+    run_side_by_side(list(enumerate(trains, 1)), total, jobs, runner, log=log)
     for i, s in enumerate(diags, len(trains) + 1):
         run_stage(s, i, total, runner, log=log)
     rows = lab_rows(grid, out, index)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vitreg.config import ConfigError
@@ -13,7 +12,7 @@ from vitreg.models import model_config
 from vitreg.reproduce.collect import build_results
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
-from vitreg.reproduce.stages import _config_text, _read_json, build_stages, locked, run_stage
+from vitreg.reproduce.stages import _config_text, _read_json, build_stages, run_side_by_side, run_stage
 
 
 def reproduce(
@@ -40,15 +39,8 @@ def reproduce(
     t0 = time.perf_counter()
     total = len(stages) + 1
     trains = [(i, s) for i, s in enumerate(stages, 1) if s.kind == "train"]
-    records: dict[int, dict] = {}
-    if jobs > 1 and len(trains) > 1:
-        from vitreg.reproduce.lab import subprocess_runner
-
-        safe = locked(log)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            done = pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, subprocess_runner, log=safe)), trains)
-            records.update(done)
-        log(f"    elapsed {(time.perf_counter() - t0) / 60:.1f} min")
+    records = run_side_by_side(trains, total, jobs, runner, log=log)
+    log(f"    elapsed {(time.perf_counter() - t0) / 60:.1f} min")
     for i, stage in enumerate(stages, 1):
         if i not in records:
             records[i] = run_stage(stage, i, total, runner, log=log)

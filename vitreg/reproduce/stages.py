@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,23 @@ def run_stage(stage: Stage, index: int, total: int, runner: Callable[[list[str]]
     (d / PENDING).unlink(missing_ok=True)
     log(f"{head}: done in {seconds:.0f} s")
     return {"stage": stage.name, "kind": stage.kind, "cached": False, "seconds": round(seconds, 2)}
+
+
+def subprocess_runner(argv: list[str]) -> int:
+    """One vitreg command in a fresh interpreter (what lets trainings run side by side)."""
+    return subprocess.call([sys.executable, "-m", "vitreg", *argv])
+
+
+def run_side_by_side(
+    indexed: list[tuple[int, Stage]], total: int, jobs: int, runner: Callable[[list[str]], int], log=print
+) -> dict[int, dict]:
+    """Stages (numbered for the progress lines) ``jobs`` at a time, each in its own process when jobs > 1;
+    one after the other through ``runner`` otherwise. Returns {number: timing record}."""
+    if jobs > 1 and len(indexed) > 1:
+        safe = locked(log)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return dict(pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, subprocess_runner, log=safe)), indexed))
+    return {i: run_stage(s, i, total, runner, log=log) for i, s in indexed}
 
 
 def scene_options(train_cfg, img_size: tuple[int, int], seed: int) -> str:
