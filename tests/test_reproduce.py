@@ -8,7 +8,15 @@ import pytest
 
 from vitreg.cli import main
 from vitreg.reproduce import make_plan
-from vitreg.reproduce.collect import NOT_REPRODUCED, NOT_TESTED, REPRODUCED, agg, claim, corloc_gain
+from vitreg.reproduce.collect import (
+    NOT_REPRODUCED,
+    NOT_TESTED,
+    REPRODUCED,
+    _background_only,
+    agg,
+    claim,
+    corloc_gain,
+)
 from vitreg.reproduce.paper import ARTIFACTS, CORLOC, GLOBAL
 from vitreg.reproduce.stages import PENDING, STAMP, Stage, StageError, run_stage
 
@@ -140,6 +148,9 @@ def test_claims_need_evidence_beyond_noise():
     assert claim("c", None, "e", why_none="no outliers")["status"] == NOT_REPRODUCED
     assert claim("c", None, "e", none_status=NOT_TESTED)["status"] == NOT_TESTED
     assert claim("c", True, "e")["status"] == REPRODUCED
+    # a segmentation probe that only ever says "background" is flagged, not compared
+    assert _background_only({"0": 0.94, "1": 0.0, "2": 0.0}) is True
+    assert _background_only({"0": 0.94, "1": 0.2}) is False and _background_only(None) is None
 
 
 def test_plan_quick_ablation_and_bad_config():

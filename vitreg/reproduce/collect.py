@@ -123,6 +123,8 @@ def _probed(p: dict[str, Any]) -> dict[str, Any]:
         "linear_cls": top1.get("cls"),
         "linear_cls_mean": top1.get("cls+mean_patch"),
         "seg_miou": _get(p, "dense", "segmentation", "miou"),
+        # a probe whose every object class has IoU 0 predicts background everywhere: its mIoU compares nothing
+        "seg_background_only": _background_only(_get(p, "dense", "segmentation", "iou_per_class")),
         "depth_rmse": _get(p, "dense", "depth", "rmse"),
         "depth_rmse_baseline": _get(p, "dense", "depth", "rmse_mean_baseline"),
     }
@@ -130,6 +132,12 @@ def _probed(p: dict[str, Any]) -> dict[str, Any]:
         r[f"pixel_{name}_normal"] = _get(local, "pixel", name, "normal", "mse")
         r[f"pixel_{name}_outlier"] = _get(local, "pixel", name, "outlier", "mse")
     return r
+
+
+def _background_only(iou: dict | None) -> bool | None:
+    if not iou:
+        return None
+    return all(not v for k, v in iou.items() if str(k) != "0")
 
 
 def _corloc(path: Path) -> dict[str, Any] | None:
@@ -396,6 +404,7 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
         {
             "id": "table2",
             "title": "Table 2: linear classification and dense probes, without and with registers",
+            "note": _seg_note(table),
             "source": paper.LINEAR["source"] + "; paper values beside ours are DeiT-III's (ImageNet, ADE20k, NYUd)",
             "rows": [
                 _row("classification top-1 ([CLS])", *t2["imagenet_top1"], table, "linear_cls"),
@@ -546,6 +555,17 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
         "per_model": {str(n): {str(s): r for s, r in rows.items()} for n, rows in table.items()},
         "stages": stages,
     }
+
+
+def _seg_note(table: dict) -> str:
+    flags = [r.get("seg_background_only") for rows in table.values() for r in rows.values()]
+    bad = sum(bool(f) for f in flags)
+    if not bad:
+        return ""
+    return (
+        f"The segmentation probe predicts background everywhere for {bad} of {len(flags)} models (every object class "
+        "has IoU 0): its mIoU is the background IoU over the class count and says nothing about registers."
+    )
 
 
 def _images(table: dict, n: int, which: str) -> int | None:
