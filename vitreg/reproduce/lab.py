@@ -4,7 +4,7 @@ A grid file names a base training config and a set of points (config overrides).
 seed with each register count, then all its models are diagnosed on the same held-out scenes; the table of results
 (setting, seed, registers, top-1, outlier share, norm ratio, bimodality, where the outliers sit, minutes) is written
 to OUT/lab.md and OUT/lab.json. Stages are cached exactly like `vitreg reproduce`'s, and ``jobs`` trainings can run
-side by side (each on its own threads), which on a 2-core machine is faster than one after the other.
+side by side, each in its own process (one thread each unless ``threads`` says otherwise).
 
 Grid file (YAML)::
 

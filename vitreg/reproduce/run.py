@@ -21,8 +21,8 @@ def reproduce(
     """Every stage of ``plan`` into ``out`` (taken from the cache when unchanged), then the report.
 
     ``runner`` runs one vitreg command line (default: :func:`vitreg.cli.main` in this process). ``jobs`` > 1 trains
-    that many models side by side, each in its own process on one thread (faster than one after the other on a
-    small CPU); the other stages run one at a time. Returns the results dict also written to OUT/results.json.
+    that many models side by side, each in its own process on one thread; the other stages run one at a time.
+    Returns the results dict also written to OUT/results.json.
     """
     if runner is None:
         from vitreg.cli import main as runner
