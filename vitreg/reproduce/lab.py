@@ -35,7 +35,16 @@ from vitreg.reproduce.collect import (
     meets_norm_bar,
     training_summary,
 )
-from vitreg.reproduce.stages import STAMP, Stage, _config_text, _read_json, run_side_by_side, run_stage, scene_options
+from vitreg.reproduce.stages import (
+    STAMP,
+    Stage,
+    _read_json,
+    diagnose_stage,
+    run_side_by_side,
+    run_stage,
+    scene_options,
+    train_stage,
+)
 from vitreg.train.config import load_train_config
 from vitreg.train.data import scene_config
 
@@ -101,45 +110,24 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
             models = []
             for n in grid.registers:
                 d = out / name / f"seed{seed}" / f"reg{n}"
-                argv = ["train", "--config", grid.base, *ov, *extra, f"seed={seed}", f"registers={n}", "progress=false"]
-                s = Stage(
-                    name=f"{name}: seed {seed}, {n} registers",
-                    kind="train",
-                    directory=d,
-                    root=out,
-                    argv=[*argv, "--out", str(d)],
-                    key={"config_text": _config_text(grid.base)},
-                    outputs=("model.json", "model.safetensors", "metrics.jsonl"),
-                    resume_argv=["train", "--resume", str(d)],
-                )
+                overrides = [*ov, *extra, f"seed={seed}", f"registers={n}", "progress=false"]
+                s = train_stage(f"{name}: seed {seed}, {n} registers", d, out, grid.base, overrides)
                 trains.append(s)
                 models.append(s)
                 index[(name, seed, n)] = s
             d = out / name / f"seed{seed}" / "diagnose"
             scenes = scene_options(cfg, hw, grid.scene_seed)
             diags.append(
-                Stage(
-                    name=f"{name}: seed {seed}, diagnose",
-                    kind="diagnose",
-                    directory=d,
-                    root=out,
-                    argv=[
-                        "diagnose",
-                        "--sweep",
-                        *(str(m.directory) for m in models),
-                        "--images",
-                        f"synthetic:{scenes},n={grid.diagnose_limit}",
-                        "--limit",
-                        str(grid.diagnose_limit),
-                        "--examples",
-                        "2",
-                        "--no-report",
-                        "--out",
-                        str(d),
-                    ],  # fmt: skip
-                    upstream=models,
-                    outputs=("metrics.json",),
-                )
+                diagnose_stage(
+                    f"{name}: seed {seed}, diagnose",
+                    d,
+                    out,
+                    models,
+                    scenes,
+                    grid.diagnose_limit,
+                    ["--examples", "2"],
+                    report=False,
+                )  # fmt: skip
             )
     return trains, diags, index
 

@@ -166,6 +166,30 @@ def scene_options(train_cfg, img_size: tuple[int, int], seed: int) -> str:
     return ",".join(f"{k}={v}" for k, v in opts.items())
 
 
+def train_stage(name: str, d: Path, root: Path, config: str, overrides: list[str]) -> Stage:
+    """`vitreg train --config CONFIG OVERRIDES --out D`, resumable; editing the config file invalidates it."""
+    return Stage(
+        name=name,
+        kind="train",
+        directory=d,
+        root=root,
+        argv=["train", "--config", config, *overrides, "--out", str(d)],
+        key={"config_text": _config_text(config)},
+        outputs=("model.json", "model.safetensors", "metrics.jsonl"),
+        resume_argv=["train", "--resume", str(d)],
+    )
+
+
+def diagnose_stage(
+    name: str, d: Path, root: Path, models: list[Stage], scenes: str, limit: int, extra: list[str], report: bool
+) -> Stage:
+    """`vitreg diagnose --sweep MODELS` on ``limit`` generated scenes (``scenes``: scene options)."""
+    argv = ["diagnose", "--sweep", *(str(m.directory) for m in models), "--images", f"synthetic:{scenes},n={limit}",
+            "--limit", str(limit), *extra, *([] if report else ["--no-report"]), "--out", str(d)]  # fmt: skip
+    outputs = ("metrics.json", "report.html") if report else ("metrics.json",)
+    return Stage(name=name, kind="diagnose", directory=d, root=root, argv=argv, upstream=models, outputs=outputs)
+
+
 def model_dir(out: Path, seed: int, registers: int) -> Path:
     return out / "train" / f"seed{seed}" / f"reg{registers}"
 
@@ -180,45 +204,15 @@ def build_stages(plan: Plan, out: Path, train_cfg, img_size: tuple[int, int]) ->
     for seed in plan.seeds:
         for n in plan.registers:
             d = model_dir(out, seed, n)
-            s = Stage(
-                name=f"train: seed {seed}, {n} registers",
-                kind="train",
-                directory=d,
-                root=out,
-                argv=["train", "--config", plan.config, *plan.train_overrides(seed, n), "--out", str(d)],
-                key={"config_text": _config_text(plan.config)},
-                outputs=("model.json", "model.safetensors", "metrics.jsonl"),
-                resume_argv=["train", "--resume", str(d)],
-            )
+            s = train_stage(f"train: seed {seed}, {n} registers", d, out, plan.config, plan.train_overrides(seed, n))
             trained[(seed, n)] = s
             stages.append(s)
     for seed in plan.seeds:
         models = [trained[(seed, n)] for n in plan.registers]
         d = out / "diagnose" / f"seed{seed}"
-        stages.append(
-            Stage(
-                name=f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}",
-                kind="diagnose",
-                directory=d,
-                root=out,
-                argv=[
-                    "diagnose",
-                    "--sweep",
-                    *(str(m.directory) for m in models),
-                    "--images",
-                    f"synthetic:{scenes},n={plan.diagnose_limit}",
-                    "--limit",
-                    str(plan.diagnose_limit),
-                    "--examples",
-                    str(plan.examples),
-                    *threads,
-                    "--out",
-                    str(d),
-                ],
-                upstream=models,
-                outputs=("metrics.json", "report.html"),
-            )
-        )
+        name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"
+        extra = ["--examples", str(plan.examples), *threads]
+        stages.append(diagnose_stage(name, d, out, models, scenes, plan.diagnose_limit, extra, report=True))
     for seed in plan.seeds:
         for n in plan.registers:
             m = trained[(seed, n)]
