@@ -573,10 +573,6 @@ def _images(table: dict, n: int, which: str) -> int | None:
     return min(got) if got and all(got) else None
 
 
-def _mean(v: dict | None) -> float | None:
-    return None if v is None else v["mean"]
-
-
 def _values(table: dict, n: int, key: str) -> list:
     return [r.get(key) for r in table.get(n, {}).values()]
 
