@@ -3,16 +3,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import vitreg.cli
-from vitreg.commands import demo
+from vitreg.commands import demo, reproduce
 
 
 def test_demo_is_reproduce(monkeypatch):
     seen = []
-    monkeypatch.setattr(vitreg.cli, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(reproduce, "run", lambda args: seen.append((args.quick, args.out, args.coco, args.seeds)) or 0)
     assert demo.run(argparse.Namespace(quick=True, out=Path("x"))) == 0
     assert demo.run(argparse.Namespace(quick=False, out=None)) == 0
-    assert seen == [["reproduce", "--quick", "--out", "x"], ["reproduce"]]
+    assert seen == [(True, Path("x"), "auto", 1), (False, None, "auto", 1)]  # reproduce's own defaults
 
 
 def test_make_demo_runs_reproduce():

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vitreg.data.transforms import ImageTransform
+from vitreg.errors import AnnotationError, DataFormatError
 from vitreg.eval.boxes import box_iou
-from vitreg.eval.voc import AnnotationError, BoxDataset, parse_voc_xml, read_box_dataset, read_coco, read_voc
+from vitreg.eval.voc import BoxDataset, parse_voc_xml, read_box_dataset, read_coco, read_voc
 
 VOC_XML = """<annotation>
   <filename>000001.jpg</filename>
@@ -91,25 +92,26 @@ def test_malformed_voc_names_the_file(tmp_path, text, match):
     "content, match",
     [
         ("{not json", "malformed JSON"),
-        ('{"annotations": []}', "no 'images' list"),
-        ('{"images": [], "annotations": [{"image_id": 1, "bbox": [1, 2]}]}', "annotation 0"),
-        ('{"images": [{"id": 1}], "annotations": []}', "image entry 0"),
+        ('{"annotations": []}', "'images' list"),
+        ('{"images": [], "categories": [{"id": 1}], "annotations": [{"image_id": 1, "bbox": [1, 2], "category_id": 1}]}',
+         r"annotations\[0\] bbox"),
+        ('{"images": [{"id": 1}], "annotations": []}', r"images\[0\] lacks 'file_name'"),
     ],
 )
 def test_malformed_coco_names_the_file(tmp_path, content, match):
     path = tmp_path / "instances_val.json"
     path.write_text(content)
-    with pytest.raises(AnnotationError, match=match) as err:
+    with pytest.raises(DataFormatError, match=match) as err:
         read_coco(path, image_root=tmp_path)
     assert str(path) in str(err.value)
 
 
 def test_missing_dataset_and_missing_image_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such dataset"):
+    with pytest.raises(AnnotationError, match="no such dataset"):
         read_box_dataset(tmp_path / "nope.xml")
     path = tmp_path / "instances_train2017.json"
-    path.write_text('{"images": [], "annotations": []}')
-    with pytest.raises(FileNotFoundError, match="--image-root"):
+    path.write_text('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}')
+    with pytest.raises(DataFormatError, match="--image-root"):
         read_coco(path)
 
 

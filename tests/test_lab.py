@@ -8,7 +8,7 @@ import pytest
 from vitreg.cli import main
 from vitreg.config import ConfigError
 from vitreg.data.synthetic import SceneConfig, render_scene
-from vitreg.reproduce.lab import load_grid
+from vitreg.lab import load_grid
 
 TINY = """
 base: artifact_lab
@@ -17,7 +17,7 @@ registers: [0, 2]
 diagnose_limit: 16
 points:
   tiny: {model: vit_pico_patch4_32, depth: null, embed_dim: null, num_heads: null, steps: 6, batch_size: 8,
-         data: {train_size: 64, eval_size: 16, colors: [red, blue]}, track_every: 3, eval_every: 6,
+         data: {train_size: 64, eval_size: 16, scene: {colors: [red, blue]}}, track_every: 3, eval_every: 6,
          checkpoint_every: 6}
 """
 
@@ -47,7 +47,7 @@ def test_lab_grid_errors_name_the_bad_key(tmp_path):
     bad.write_text("base: artifact_lab\npoints: {a: {lrr: 1}}\n")
     with pytest.raises(ConfigError, match="lrr"):
         load_grid(bad)
-    bad.write_text("base: artifact_lab\npoints: {a: {data: {colors: [red, teal]}}}\n")
+    bad.write_text("base: artifact_lab\npoints: {a: {data: {scene: {colors: [red, teal]}}}}\n")
     with pytest.raises(ConfigError, match="teal"):
         load_grid(bad)
     bad.write_text("base: artifact_lab\nseedz: [0]\npoints: {a: {lr: 1}}\n")

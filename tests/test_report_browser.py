@@ -11,7 +11,7 @@ import pytest
 from report_rundir import make_run
 
 from vitreg.report.html import write_report
-from vitreg.report.rundir import load_run, outlier_count
+from vitreg.results.rundir import load_run, outlier_count
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -105,7 +105,7 @@ def test_keyboard_and_reset(page_and_run):
     assert int(page.input_value("#norm-slider")) == 1 and counts == _expected(run, t)
     page.click("#explorer-reset")
     t, counts, _ = _shown(page, run)
-    assert counts["a"] == run.models[0].result["output"]["outliers"]  # back at the run's threshold
+    assert counts["a"] == run.models[0].result.output.outliers  # back at the run's threshold
     page.click("#explorer-logx")  # redraw on linear x must not throw
     page.click("#explorer-logy")
     assert problems == []

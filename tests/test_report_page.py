@@ -14,7 +14,8 @@ from report_rundir import make_run
 from vitreg.cli import main
 from vitreg.report.explorer import explorer_data
 from vitreg.report.html import build_page, write_report
-from vitreg.report.rundir import RunDirError, load_run, outlier_count
+from vitreg.errors import RunDirError
+from vitreg.results.rundir import load_run, outlier_count
 from vitreg.report.sections import Section
 
 FIGURES = ["norm_hist", "norm_hist_logx", "layers", "positions", "neighbors"]
@@ -74,7 +75,7 @@ def test_explorer_initial_counts_match_python(rendered: Path):
     # model a: the run's threshold (100) splits the two modes, so the snapped edge counts exactly its outliers
     assert (
         outlier_count(run.models[0].arrays["hist_edges"], run.models[0].output_counts(), t0)
-        == (run.models[0].result["output"]["outliers"])
+        == (run.models[0].result.output.outliers)
     )
 
 
@@ -84,22 +85,18 @@ def test_no_outliers_starts_above_every_token(tmp_path: Path):
     m = run.models[0]
     assert data["start"] == len(data["edges"]) - 1
     assert outlier_count(m.arrays["hist_edges"], m.output_counts(), data["edges"][data["start"]]) == 0
-    assert sum(data["models"][0]["counts"]) == m.result["output"]["patch_tokens"]  # trimming dropped no token
+    assert sum(data["models"][0]["counts"]) == m.result.output.patch_tokens  # trimming dropped no token
 
 
 def test_report_command_rerenders_without_a_model(rendered: Path, tmp_path: Path, monkeypatch, capsys):
-    import vitreg.commands._common as common
-    import vitreg.models as models
-    from vitreg.cli import build_parser
+    import vitreg.models.checkpoints as checkpoints
+    import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):
         raise AssertionError("the report must not build or load a model")
 
-    build_parser()  # import every command first, so none binds the patched function for later tests
-    for mod in (models, common):
-        for name in ("load_model", "create_model"):
-            if hasattr(mod, name):
-                monkeypatch.setattr(mod, name, boom)
+    for module, name in ((checkpoints, "load_model"), (checkpoints, "build_model"), (presets, "build_model")):
+        monkeypatch.setattr(module, name, boom)
     run_dir = tmp_path / "copy"
     shutil.copytree(rendered, run_dir)
     shutil.rmtree(run_dir / "figures")
@@ -124,10 +121,10 @@ def test_sweep_draws_per_entry_summary(tmp_path: Path):
     assert run.is_sweep
     ratio_ax, norm_ax = plot_norms.sweep(run).axes
     # the plotted points are the metrics' values (percent, and NaN where a model has no outliers)
-    ratios = [100 * m.result["output"]["outlier_ratio"] for m in run.models]
+    ratios = [100 * m.result.output.outlier_ratio for m in run.models]
     np.testing.assert_allclose(ratio_ax.lines[0].get_ydata(), ratios)
     norm = norm_ax.lines[0].get_ydata()
-    assert np.isnan(norm[0]) and norm[1] == pytest.approx(run.models[1].result["output"]["norm_ratio"])
+    assert np.isnan(norm[0]) and norm[1] == pytest.approx(run.models[1].result.output.norm_ratio)
     assert not load_run(make_run(tmp_path / "cmp")).is_sweep  # keys a/b: a comparison, drawn side by side
 
 

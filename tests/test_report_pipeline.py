@@ -10,12 +10,11 @@ from test_report_browser import CHROMIUM_ARGS, _chromium
 
 from vitreg.cli import main
 from vitreg.report.explorer import explorer_data
-from vitreg.report.rundir import load_run, outlier_count
+from vitreg.results.rundir import load_run, outlier_count
 
 
 @pytest.mark.slow
 def test_diagnose_compare_then_report_without_model(tmp_path: Path, monkeypatch):
-    pytest.importorskip("vitreg.commands.diagnose", reason="`vitreg diagnose` is not available")
     out = tmp_path / "run"
     argv = ["diagnose", "--model", "vit_pico_patch4_32", "--random-init", "--compare", "vit_pico_patch4_32"]
     argv += ["--registers2", "4", "--random-init2", "--percentile", "98", "--images", "synthetic", "--limit", "8"]
@@ -27,14 +26,14 @@ def test_diagnose_compare_then_report_without_model(tmp_path: Path, monkeypatch)
     for name in ("norm_hist", "norm_hist_logx", "layers", "positions", "neighbors", "examples_a", "registers_b"):
         assert (out / "figures" / names[name]).is_file(), name
 
-    import vitreg.commands._common as common
-    import vitreg.models as models
+    import vitreg.models.checkpoints as checkpoints
+    import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):
         raise AssertionError("the report must not build or load a model")
 
-    monkeypatch.setattr(models, "load_model", boom)
-    monkeypatch.setattr(common, "load_model", boom)
+    for module, name in ((checkpoints, "load_model"), (checkpoints, "build_model"), (presets, "build_model")):
+        monkeypatch.setattr(module, name, boom)
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()

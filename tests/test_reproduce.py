@@ -2,23 +2,18 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from vitreg.cli import main
 from vitreg.reproduce import make_plan
-from vitreg.reproduce.collect import (
-    NOT_REPRODUCED,
-    NOT_TESTED,
-    REPRODUCED,
-    _background_only,
-    agg,
-    claim,
-    corloc_gain,
-)
+from vitreg.errors import StageError
+from vitreg.reproduce.claims import NOT_REPRODUCED, NOT_TESTED, REPRODUCED, agg, claim, corloc_gain
 from vitreg.reproduce.paper import ARTIFACTS, CORLOC, GLOBAL
-from vitreg.reproduce.stages import PENDING, STAMP, Stage, StageError, run_stage
+from vitreg.reproduce.table import background_only
+from vitreg.stages import PENDING, STAMP, Stage, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -88,69 +83,85 @@ def test_second_reproduce_run_only_rerenders(quick_run, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
 
 
-def _stage(tmp_path: Path, argv: list[str], **kw) -> Stage:
-    return Stage(name="s", kind="train", directory=tmp_path / "out" / "a" / "b", argv=argv, outputs=("done",), **kw)
+@dataclass
+class _Settings:
+    value: str
+
+
+def _stage(tmp_path: Path, value: str, work, **kw) -> Stage:
+    d = tmp_path / "out" / "a" / "b"
+    return Stage(name="s", kind="train", directory=d, config=_Settings(value), work=work, outputs=("done",), **kw)
 
 
 def test_stage_cache_reruns_on_new_settings_and_clears_stale_output(tmp_path):
     calls = []
 
-    def runner(argv):
-        calls.append(argv)
-        d = tmp_path / "out" / "a" / "b"
-        (d / "done").write_text(" ".join(argv))
-        return 0
+    def work(resume):
+        calls.append(resume)
+        (tmp_path / "out" / "a" / "b" / "done").write_text("ok")
 
-    s1 = _stage(tmp_path, ["x", "1"])
-    assert not run_stage(s1, 1, 1, runner, log=lambda *_: None)["cached"]
-    assert run_stage(s1, 1, 1, runner, log=lambda *_: None)["cached"]
+    s1 = _stage(tmp_path, "1", work)
+    assert not run_stage(s1, 1, 1, log=lambda *_: None)["cached"]
+    assert run_stage(s1, 1, 1, log=lambda *_: None)["cached"]
     assert len(calls) == 1
     (s1.directory / "stale.txt").write_text("from the old settings")
-    s2 = _stage(tmp_path, ["x", "2"])  # changed settings: run again, old files gone
-    assert not run_stage(s2, 1, 1, runner, log=lambda *_: None)["cached"]
+    s2 = _stage(tmp_path, "2", work)  # changed settings: run again, old files gone
+    assert not run_stage(s2, 1, 1, log=lambda *_: None)["cached"]
     assert not (s2.directory / "stale.txt").exists() and len(calls) == 2
     # a changed upstream stage invalidates its dependants
-    s3 = _stage(tmp_path, ["x", "2"], upstream=[s1])
+    s3 = _stage(tmp_path, "2", work, upstream=[s1])
     assert not s3.is_done()
+    # paths inside the output folder are digested relative to it: a moved folder stays cached
+    here, there = tmp_path / "one", tmp_path / "two"
+    a = _stage(tmp_path, str(here / "x"), work, root=here)
+    b = _stage(tmp_path, str(there / "x"), work, root=there)
+    assert a.digest() == b.digest() != _stage(tmp_path, str(here / "y"), work, root=here).digest()
 
 
 def test_stage_resumes_an_interrupted_training_and_reports_failures(tmp_path):
-    s = _stage(tmp_path, ["train", "--out", "D"], resume_argv=["train", "--resume", "D"])
+    seen = []
+
+    def work(resume):
+        seen.append(resume)
+        (s.directory / "done").write_text("ok")
+
+    s = _stage(tmp_path, "train", work)
     s.directory.mkdir(parents=True)
     (s.directory / PENDING).write_text(json.dumps({"digest": s.digest()}))
     (s.directory / "train_state.safetensors").write_bytes(b"state")
-    seen = []
-
-    def runner(argv):
-        seen.append(argv)
-        (s.directory / "done").write_text("ok")
-        return 0
-
-    run_stage(s, 1, 1, runner, log=lambda *_: None)
-    assert seen == [["train", "--resume", "D"]]
+    run_stage(s, 1, 1, log=lambda *_: None)
+    assert seen == [True]  # resumed
     assert (s.directory / "train_state.safetensors").exists()  # resumed in place, not cleared
     assert (s.directory / STAMP).is_file() and not (s.directory / PENDING).exists()
 
-    bad = _stage(tmp_path / "other", ["boom"])
+    def boom(resume):
+        raise StageError("stage 'boom' failed (exit status 3)")
+
+    bad = _stage(tmp_path / "other", "boom", boom)
     with pytest.raises(StageError, match="exit status 3"):
-        run_stage(bad, 1, 1, lambda argv: 3, log=lambda *_: None)
+        run_stage(bad, 1, 1, log=lambda *_: None)
     assert not bad.is_done()
+    silent = _stage(tmp_path / "third", "silent", lambda resume: None)
+    with pytest.raises(StageError, match="without writing done"):
+        run_stage(silent, 1, 1, log=lambda *_: None)
 
 
 def test_claims_need_evidence_beyond_noise():
     assert agg([None, None]) is None
     a = agg([0.2, 0.4])
-    assert a["mean"] == pytest.approx(0.3) and a["std"] == pytest.approx(0.1414, abs=1e-3) and a["n"] == 2
+    assert a.mean == pytest.approx(0.3)
+    assert a.std == pytest.approx(0.1414, abs=1e-3)
+    assert a.n == 2
     # a CorLoc gain inside two standard errors is not a reproduction
     small = corloc_gain(agg([0.50]), agg([0.55]), images=50)
     big = corloc_gain(agg([0.20]), agg([0.60]), images=200)
     assert small[0] is False and big[0] is True
-    assert claim("c", None, "e", why_none="no outliers")["status"] == NOT_REPRODUCED
-    assert claim("c", None, "e", none_status=NOT_TESTED)["status"] == NOT_TESTED
-    assert claim("c", True, "e")["status"] == REPRODUCED
+    assert claim("c", None, "e", why_none="no outliers").status == NOT_REPRODUCED
+    assert claim("c", None, "e", none_status=NOT_TESTED).status == NOT_TESTED
+    assert claim("c", True, "e").status == REPRODUCED
     # a segmentation probe that only ever says "background" is flagged, not compared
-    assert _background_only({"0": 0.94, "1": 0.0, "2": 0.0}) is True
-    assert _background_only({"0": 0.94, "1": 0.2}) is False and _background_only(None) is None
+    assert background_only({"0": 0.94, "1": 0.0, "2": 0.0}) is True
+    assert background_only({"0": 0.94, "1": 0.2}) is False and background_only(None) is None
 
 
 def test_plan_quick_ablation_and_bad_config():

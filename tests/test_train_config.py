@@ -23,9 +23,13 @@ def test_unknown_key_exits_2_naming_key_and_allowed(tmp_path, capsys):
 
 
 def test_unknown_nested_data_key_names_prefix(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "r"), "data.tsk=count"]) == 2
+    assert main(["train", "--out", str(tmp_path / "r"), "data.scene.tsk=count"]) == 2
     err = _err(capsys)
-    assert "data.tsk" in err and "data.task" in err
+    assert "data.scene.tsk" in err
+    assert "data.scene.task" in err
+    # a scene option given one level up is pointed to its place
+    assert main(["train", "--out", str(tmp_path / "r"), "data.task=count"]) == 2
+    assert "did you mean 'data.scene.task'?" in _err(capsys)
 
 
 def test_bad_literal_names_allowed_values(tmp_path, capsys):
@@ -38,7 +42,7 @@ def test_bad_literal_names_allowed_values(tmp_path, capsys):
     "override, words",
     [
         ("registers=32", "0..16"),
-        ("data.task=colour", "unknown task"),
+        ("data.scene.task=colour", "unknown task"),
         ("model=vit_nope", "unknown model"),
         ("rrc_scale=0", "rrc_scale"),
     ],
@@ -64,8 +68,10 @@ def test_packaged_configs_load_and_override():
     for name in names:
         cfg = load_train_config(name)
         assert cfg.steps >= 1
-    cfg = load_train_config(names[0], ["steps=7", "data.task=count", "registers=0,4"])
-    assert cfg.steps == 7 and cfg.data.task == "count" and cfg.registers == [0, 4]
+    cfg = load_train_config(names[0], ["steps=7", "data.scene.task=count", "registers=0,4"])
+    assert cfg.steps == 7
+    assert cfg.data.scene.task == "count"
+    assert cfg.registers == [0, 4]
 
 
 def test_unknown_config_name():
@@ -74,12 +80,12 @@ def test_unknown_config_name():
 
 
 def test_full_registers_sweep_resolves_to_one_directory_each(tmp_path):
-    from vitreg.train.runner import resolve, run_dirs
+    from vitreg.train.runner import run_dirs
 
-    cfg, out = resolve(None, ["registers=0,1,2,4,8,16"], tmp_path / "sweep", None)
-    assert [d.name for _, d in run_dirs(cfg, out)] == ["reg0", "reg1", "reg2", "reg4", "reg8", "reg16"]
+    cfg = load_train_config(None, ["registers=0,1,2,4,8,16"])
+    assert [d.name for _, d in run_dirs(cfg, tmp_path / "sweep")] == ["reg0", "reg1", "reg2", "reg4", "reg8", "reg16"]
     with pytest.raises(ConfigError, match="repeats"):
-        resolve(None, ["registers=0,4,4"], tmp_path / "x", None)
+        load_train_config(None, ["registers=0,4,4"])
 
 
 def test_architecture_overrides_and_no_layerscale_reach_the_model():

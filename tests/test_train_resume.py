@@ -44,21 +44,44 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-def test_nan_stops_keeps_last_good_checkpoint_and_resume_is_exact(tmp_path, capsys):
+def _nan_at_step(monkeypatch, step: int) -> None:
+    """Fault injection: the loss of update ``step`` (1-based) becomes NaN, in this process, however the run started."""
+    from vitreg.train import loop
+
+    current = {"step": 0}
+    real_batch, real_loss = loop.make_batch, loop.build_loss
+
+    def make_batch(*args, **kwargs):
+        current["step"] = args[5] + 1  # make_batch(data, order, aug, mixup, seed, step, ...)
+        return real_batch(*args, **kwargs)
+
+    def build_loss(cfg):
+        criterion = real_loss(cfg)
+        return lambda logits, y: criterion(logits, y) * (float("nan") if current["step"] == step else 1.0)
+
+    monkeypatch.setattr(loop, "make_batch", make_batch)
+    monkeypatch.setattr(loop, "build_loss", build_loss)
+
+
+def test_nan_stops_keeps_last_good_checkpoint_and_resume_is_exact(tmp_path, capsys, monkeypatch):
     common = [*TINY, "steps=6", "checkpoint_every=3", "log_every=1", "track_every=3", "eval_every=3"]
     broken, whole = tmp_path / "broken", tmp_path / "whole"
+    _nan_at_step(monkeypatch, 5)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*step 3\)"):
-        run_training(None, [*common, "fault_nan_at_step=5"], out=broken)
+        run_training(None, common, out=broken)
     tensors, meta = read_train_state(broken / STATE_NAME)
     assert meta["step"] == 3  # the last good checkpoint, not overwritten by the failing step
     errors = [r for r in read_metrics(broken / "metrics.jsonl") if r["kind"] == "error"]
-    assert errors and errors[0]["step"] == 5 and errors[0]["loss"] == "nan"
+    assert errors
+    assert errors[0]["step"] == 5
+    assert errors[0]["loss"] == "nan"
     # the CLI says it in one line and exits 2
     assert main(["train", "--resume", str(broken)]) == 2
     assert "loss is nan at step 5" in capsys.readouterr().err
 
-    run_training(None, [*common], out=whole)
-    run_training(None, ["fault_nan_at_step=none"], resume=broken)
+    monkeypatch.undo()  # the fault is gone: the run resumes and ends as if it had never happened
+    run_training(None, common, out=whole)
+    run_training(None, resume_dir=broken)
     _assert_same_weights(broken, whole)
     steps = [r["step"] for r in read_metrics(broken / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]  # records after the checkpoint were replayed, not duplicated
@@ -69,7 +92,7 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
     out = tmp_path / "done"
     run_training(None, [*TINY, "steps=2", "checkpoint_every=1"], out=out)
     before = _weights(out)
-    run_training(None, [], resume=out)
+    run_training(None, resume_dir=out)
     after = _weights(out)
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -14,11 +14,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vitreg.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot be used; the message names it and what is allowed."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -107,15 +105,42 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     types_ = _field_types(cls)
     unknown = [k for k in data if k not in types_]
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; allowed keys: {', '.join(prefix + k for k in types_)}"
+        hint = "".join(
+            f" (did you mean '{prefix}{name}.{unknown[0]}'?)"
+            for name, tp in types_.items()
+            if dataclasses.is_dataclass(tp) and unknown[0] in {f.name for f in dataclasses.fields(tp)}
         )
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'{hint}; allowed keys: {', '.join(prefix + k for k in types_)}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing config key '{prefix}{missing[0]}'")
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
     return obj
+
+
+def validate_all(obj: Any) -> None:
+    """Call ``validate()`` on ``obj`` and on every dataclass nested in it (configs built in Python, not parsed)."""
+    if isinstance(obj, list | tuple):
+        for item in obj:
+            validate_all(item)
+        return
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        validate_all(getattr(obj, f.name))
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -154,7 +179,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot be read ({err})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         data = loaded
@@ -164,9 +196,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def save_config(obj: Any, directory: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config beside the run's outputs so every result traces back to it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
+    from vitreg import atomic
+
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return atomic.write_yaml(Path(directory) / name, data)

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import torch
 
+from vitreg.errors import ConfigError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -39,7 +41,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "fp16":
         return torch.float16
     if name != "auto":
-        raise ValueError(f"unknown precision {name!r}; allowed: auto, bf16, fp16, fp32")
+        raise ConfigError(f"unknown precision {name!r}; allowed: auto, bf16, fp16, fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_has_bf16():

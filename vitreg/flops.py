@@ -17,9 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitreg.models.presets import ModelConfig, build_model, count_parameters
 
-DEFAULT_REGISTERS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
-
-
 def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict:
     """FLOPs of one forward at batch 1 and parameter count of ``cfg`` with ``registers`` registers at ``img_size``."""
     size = tuple(cfg.img_size) if img_size is None else (int(img_size), int(img_size))
@@ -43,7 +40,7 @@ def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict
 
 
 def flops_table(
-    cfg: ModelConfig, registers: Sequence[int] = DEFAULT_REGISTERS, resolutions: Sequence[int | None] = (None,)
+    cfg: ModelConfig, registers: Sequence[int], resolutions: Sequence[int | None] = (None,)
 ) -> list[dict]:
     """One row per (resolution, registers) with the overhead relative to the same model with 0 registers."""
     rows = []

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from vitreg.errors import ConfigError
+
 RULES = ("auto", "cutoff", "percentile")
 
 # Fixed, data-independent histogram edges: every batch, rank and run uses the same bins, so histograms add.
@@ -77,11 +79,11 @@ class Threshold:
 
 def _check_rule(rule: str, value: float | None) -> None:
     if rule not in RULES:
-        raise ValueError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise ConfigError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "cutoff" and (value is None or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"the cutoff rule needs a positive norm value, got {value!r}")
+        raise ConfigError(f"the cutoff rule needs a positive norm value, got {value!r}")
     if rule == "percentile" and (value is None or not 0 < value < 100):
-        raise ValueError(f"the percentile rule needs a value in (0, 100), got {value!r}")
+        raise ConfigError(f"the percentile rule needs a value in (0, 100), got {value!r}")
 
 
 def find_threshold(norms: np.ndarray, rule: str = "auto", value: float | None = None) -> Threshold:

@@ -1,13 +1,42 @@
-"""Flags shared by every command: the model flags and the image-source flags, parsed the same way everywhere."""
+"""Flags shared by every command (the model, image-source and runtime flags), parsed the same way everywhere into
+the job specs of :mod:`vitreg.jobs.specs`. Light imports only: this runs for ``--help``."""
 
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-from vitreg.models import load_model
+from vitreg.errors import ConfigError, VitregError
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime, parse_size
+
+T = TypeVar("T")
+
+
+def size_arg(text: str) -> int | tuple[int, int]:
+    """argparse type of ``--img-size``: ``S`` or ``HxW``."""
+    try:
+        size = parse_size(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    assert size is not None
+    return size
+
+
+def list_arg(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """argparse type of a comma-separated list (``--bias -1,0,1``, ``--register-counts 0,4``)."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            values = [kind(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"needs at least one of {what}, got {text!r}")
+        return values
+
+    return parse
 
 
 def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: bool = True) -> None:
@@ -21,7 +50,9 @@ def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: 
     )
     g.add_argument(f"--weights{suffix}", metavar="PATH", help="weights file (.safetensors, .pth, DINOv2 original)")
     g.add_argument(f"--registers{suffix}", type=int, metavar="N", help="number of register tokens (0-16)")
-    g.add_argument(f"--img-size{suffix}", type=int, metavar="S", help="input resolution (position embedding resampled)")
+    g.add_argument(
+        f"--img-size{suffix}", type=size_arg, metavar="S|HxW", help="input resolution (position embedding resampled)"
+    )
     g.add_argument(
         f"--random-init{suffix}",
         action="store_true",
@@ -29,23 +60,19 @@ def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: 
     )
 
 
-def model_from_args(args: argparse.Namespace, suffix: str = ""):
-    attr = suffix.replace("-", "_")
-    spec = getattr(args, f"model{attr}")
-    return load_model(
-        spec,
-        weights=getattr(args, f"weights{attr}"),
-        registers=getattr(args, f"registers{attr}"),
-        img_size=getattr(args, f"img_size{attr}"),
-        random_init=getattr(args, f"random_init{attr}"),
-    ).eval()
+def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
+    def get(name: str):
+        return getattr(args, f"{name}{suffix}")
+
+    return ModelSpec(spec=get("model"), weights=get("weights"), registers=get("registers"), img_size=get("img_size"),
+                     random_init=get("random_init"))  # fmt: skip
 
 
-def add_image_args(parser: argparse.ArgumentParser, default: str = "synthetic") -> None:
+def add_image_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("images")
     g.add_argument(
         "--images",
-        default=default,
+        default="synthetic",
         metavar="SRC",
         help="a folder, a COCO JSON, a .txt list of files, a .npz array file, 'synthetic' or 'photos'",
     )
@@ -53,6 +80,11 @@ def add_image_args(parser: argparse.ArgumentParser, default: str = "synthetic") 
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+
+
+def image_spec(args: argparse.Namespace) -> ImageSpec:
+    return ImageSpec(src=args.images, limit=args.limit, batch_size=args.batch_size, strict=args.strict,
+                     workers=args.workers)  # fmt: skip
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -63,38 +95,33 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
-def write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=_json_default))
-    return path
+def runtime(args: argparse.Namespace) -> Runtime:
+    return Runtime(device=args.device, precision=args.precision, threads=args.threads, seed=args.seed)
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def add_rule_args(parser: argparse.ArgumentParser) -> None:
+    """``--auto | --cutoff X | --percentile P``: the outlier rule on output patch-token norms."""
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument("--auto", action="store_true", help="data-driven split, none unless bimodal (default)")
+    rule.add_argument("--cutoff", type=float, metavar="X", help="outliers: output norm > X (paper: 150 for DINOv2)")
+    rule.add_argument(
+        "--percentile", type=float, metavar="P", help="outliers: above the P-th percentile (reproducibility study: 98)"
+    )
 
 
-def args_config(args: argparse.Namespace) -> dict:
-    """The resolved command-line settings, saved with the results so a number can be traced to how it was made."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+def rule_of(args: argparse.Namespace) -> tuple[str, float | None]:
+    if args.cutoff is not None:
+        return "cutoff", args.cutoff
+    if args.percentile is not None:
+        return "percentile", args.percentile
+    return "auto", None
 
 
-def write_report_if_available(out: Path) -> None:
+def report(out: Path | str) -> None:
     """Render OUT/report.html from the saved results; a report that fails to render must not lose them."""
     from vitreg.report.html import write_report
 
     try:
-        print(f"wrote {write_report(out)}")
-    except Exception as err:
-        print(f"report not written ({type(err).__name__}: {err}); the results are saved in {out}")
+        print(f"wrote {write_report(Path(out))}")
+    except VitregError as err:
+        print(f"report not written ({err}); the results are saved in {out}")

@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreg.commands import reproduce
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="same as `vitreg reproduce` (the main job on the embedded default)")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reproduce's)")
     p.add_argument("--quick", action="store_true", help="tiny models and few steps")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreg.cli import main
-
-    argv = ["reproduce", *(["--quick"] if args.quick else []), *(["--out", str(args.out)] if args.out else [])]
-    return main(argv)
+    """reproduce's own arguments with its defaults, then its run."""
+    parser = argparse.ArgumentParser()
+    reproduce.add_arguments(parser)
+    given = parser.parse_args([*(["--quick"] if args.quick else []), *(["--out", str(args.out)] if args.out else [])])
+    return reproduce.run(given)

@@ -5,33 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitreg.errors import ConfigError
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "lab",
-        help="artifact lab: which training setting grows high-norm artifacts? (a grid of trainings, diagnosed)",
-        description="Trains every point of a grid file for every seed and register count, diagnoses them on "
-        "held-out generated scenes and writes OUT/lab.md and OUT/lab.json. Cached and resumable like reproduce.",
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Trains every point of a grid file for every seed and register count, diagnoses them on held-out generated "
+        "scenes and writes OUT/lab.md and OUT/lab.json. Cached and resumable like reproduce."
     )
     p.add_argument("grid", type=Path, help="grid YAML: base, seeds, registers, diagnose_limit, points")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--jobs", type=int, default=1, help="trainings side by side, one thread each (default 1)")
     p.add_argument("--threads", type=int, help="threads per training (default: all, or 1 with --jobs > 1)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitreg.cli import UserError
-    from vitreg.reproduce.lab import load_grid, run_lab
-    from vitreg.reproduce.stages import StageError
+    from vitreg.lab import load_grid, run_lab
 
     if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    grid = load_grid(args.grid)
-    try:
-        run_lab(grid, args.out, jobs=args.jobs, threads=args.threads)
-    except StageError as err:
-        raise UserError(str(err)) from None
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    run_lab(load_grid(args.grid), args.out, jobs=args.jobs, threads=args.threads)
     print((args.out / "lab.md").read_text())
     print(f"wrote {args.out / 'lab.md'} and lab.json")
     return 0

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from vitreg.models.presets import DINOV2_ALIASES, describe_presets
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list model presets with their sizes")
-    p.set_defaults(func=run)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "The model presets with their sizes, and the other names --model takes."
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitreg.models.presets import DINOV2_ALIASES, describe_presets
+
     rows = describe_presets()
     header = f"{'preset':<24}{'img':>5}{'patch':>7}{'depth':>7}{'width':>7}{'heads':>7}{'params (M)':>12}"
     print(header)

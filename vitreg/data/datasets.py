@@ -21,10 +21,11 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from vitreg.data.errors import BadImageError
+from vitreg.data.coco import image_path, read_coco_file
 from vitreg.data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
 from vitreg.data.loader import BadSample, make_sample
 from vitreg.data.transforms import ImageTransform
+from vitreg.errors import BadImageError, DataError, DataFormatError
 
 __all__ = [
     "DataFormatError",
@@ -38,14 +39,6 @@ __all__ = [
 
 Transform = Callable[[Image.Image], Any]
 
-
-class DataFormatError(ValueError):
-    """A dataset description file (COCO JSON, .npz, list) that cannot be used; ``path`` names it."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 class _Base(Dataset):
@@ -154,7 +147,7 @@ class ImageFolder(ImageFiles):
     ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no such folder")
+            raise DataError(f"{self.root}: no such folder")
         files = scan_images(self.root)
         parts = [p.relative_to(self.root).parts for p in files]
         top = sorted({q[0] for q in parts if len(q) > 1})
@@ -208,20 +201,6 @@ def _rle_string_counts(text: str) -> list[int]:
     return counts
 
 
-def _default_coco_root(json_path: Path) -> Path:
-    """``<root>/annotations/instances_<split>.json`` -> ``<root>/<split>`` (or ``<root>/images/<split>``), else the
-    JSON's own folder."""
-    stem = json_path.stem
-    if json_path.parent.name == "annotations" and "_" in stem:
-        split = stem.split("_", 1)[1]
-        root = json_path.parent.parent
-        for candidate in (root / split, root / "images" / split):
-            if candidate.is_dir():
-                return candidate
-        return root / split
-    return json_path.parent
-
-
 class CocoDataset(_Base):
     """Images of a COCO ``instances`` JSON with their boxes and a rasterised semantic mask.
 
@@ -229,7 +208,7 @@ class CocoDataset(_Base):
     sorted by COCO category id), ``category_ids`` (the COCO ids), ``iscrowd`` (per box), ``image_id`` and, with
     ``masks=True``, ``mask``: 0 background, ``box_label + 1`` where a segmentation covers the pixel (polygons drawn
     with PIL ImageDraw, RLE decoded; larger objects first so small ones stay visible; unreadable segmentations are
-    skipped). Zero-size boxes are dropped. ``image_root`` defaults to :func:`_default_coco_root`.
+    skipped). Zero-size boxes are dropped. ``image_root`` defaults to :meth:`vitreg.data.coco.CocoFile.image_root`.
     """
 
     def __init__(
@@ -244,87 +223,26 @@ class CocoDataset(_Base):
     ):
         super().__init__(transform, strict, max_pixels)
         self.json_path = Path(json_path)
-        self.image_root = Path(image_root) if image_root is not None else _default_coco_root(self.json_path)
+        coco = read_coco_file(self.json_path)
+        self.image_root = coco.image_root(image_root)
         self.masks = masks
-        data = self._read()
-        self.categories: list[dict[str, Any]] = self._parse_categories(data)
+        self.categories: list[dict[str, Any]] = coco.categories
         self.category_ids: list[int] = [int(c["id"]) for c in self.categories]
         self.classes: list[str] = [str(c.get("name", c["id"])) for c in self.categories]
         self._cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
-        self._items = self._parse_images(data)
-        self._anns = self._parse_annotations(data, {int(img["id"]) for img in self._items})
+        self._items = coco.images
+        self._anns = coco.annotations
 
     @property
     def num_classes(self) -> int:
         return len(self.categories)
 
-    # parsing: every problem names the JSON file
-    def _fail(self, reason: str) -> DataFormatError:
-        return DataFormatError(self.json_path, reason)
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            with open(self.json_path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise self._fail("no such file") from None
-        except json.JSONDecodeError as exc:
-            raise self._fail(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise self._fail(f"cannot read COCO JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise self._fail(f"expected a COCO JSON object at the top level, got {type(data).__name__}")
-        if not isinstance(data.get("images"), list):
-            raise self._fail("not a COCO annotation file: missing the 'images' list")
-        return data
-
-    def _parse_categories(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        cats = data.get("categories")
-        if cats is None:
-            if data.get("annotations"):
-                raise self._fail("has 'annotations' but no 'categories' list")
-            return []
-        if not isinstance(cats, list):
-            raise self._fail("'categories' must be a list")
-        for i, cat in enumerate(cats):
-            if not isinstance(cat, dict) or "id" not in cat:
-                raise self._fail(f"categories[{i}] has no 'id'")
-        return sorted(cats, key=lambda c: int(c["id"]))
-
-    def _parse_images(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        images = []
-        for i, img in enumerate(data["images"]):
-            if not isinstance(img, dict):
-                raise self._fail(f"images[{i}] is not an object")
-            missing = [k for k in ("id", "file_name") if k not in img]
-            if missing:
-                raise self._fail(f"images[{i}] lacks {', '.join(repr(k) for k in missing)}")
-            images.append(img)
-        return images
-
-    def _parse_annotations(self, data: dict[str, Any], image_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
-        anns = data.get("annotations", [])
-        if not isinstance(anns, list):
-            raise self._fail("'annotations' must be a list")
-        by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
-        for i, ann in enumerate(anns):
-            if not isinstance(ann, dict):
-                raise self._fail(f"annotations[{i}] is not an object")
-            missing = [k for k in ("image_id", "bbox", "category_id") if k not in ann]
-            if missing:
-                raise self._fail(f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}")
-            bbox = ann["bbox"]
-            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-                raise self._fail(f"annotations[{i}] bbox must be [x, y, width, height], got {bbox!r}")
-            if int(ann["category_id"]) not in self._cat_index:
-                raise self._fail(f"annotations[{i}] category_id {ann['category_id']} is not in 'categories'")
-            image_id = int(ann["image_id"])
-            if image_id in by_image:  # annotations of images not listed (e.g. a filtered subset) are ignored
-                by_image[image_id].append(ann)
-        return by_image
-
     def _path(self, index: int) -> str:
         return str(self.image_root / self._items[index]["file_name"])
+
+    def _file(self, index: int) -> Path:
+        """The image file; BadImageError (a skipped file) when its name leaves the image folder."""
+        return image_path(self.image_root, self._items[index]["file_name"])
 
     def annotations(self, index: int) -> list[dict[str, Any]]:
         """The raw COCO annotations of image ``index``."""
@@ -332,7 +250,7 @@ class CocoDataset(_Base):
 
     def _build(self, index: int) -> dict[str, Any]:
         info = self._items[index]
-        path = self._path(index)
+        path = str(self._file(index))
         image = load_image(path, max_pixels=self.max_pixels)
         anns = [a for a in self.annotations(index) if float(a["bbox"][2]) > 0 and float(a["bbox"][3]) > 0]
         xywh = np.asarray([[float(v) for v in a["bbox"]] for a in anns], np.float32).reshape(-1, 4)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vitreg.data.errors import BadImageError
+from vitreg.errors import BadImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "NEUTRAL_BACKGROUND", "DEFAULT_MAX_PIXELS", "load_image", "is_image_file", "to_rgb"]
 

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vitreg.data.errors import BadImageError
+from vitreg.errors import BadImageError
 
 __all__ = [
     "BadSample",

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from vitreg.data.datasets import ArrayDataset, CocoDataset, DataFormatError, ImageFiles, ImageFolder
 from vitreg.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
 from vitreg.data.synthetic import SceneConfig, SyntheticScenes, parse_scene_options, split_options
+from vitreg.errors import DataError
 
 __all__ = ["ACCEPTED_SOURCES", "PHOTO_FILES", "DEFAULT_SYNTHETIC_N", "open_source", "bundled_photo_paths"]
 
@@ -134,7 +135,7 @@ def open_source(
     :class:`DataFormatError` (a ``ValueError``) naming the file.
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise DataError(f"limit must be >= 0, got {limit}")
     text = str(src).strip()
     keyword, _, options = text.partition(":")
     keyword = keyword.strip().lower()
@@ -146,7 +147,7 @@ def open_source(
         try:
             n = int(n_text) if n_text is not None else DEFAULT_SYNTHETIC_N
         except ValueError:
-            raise ValueError(f"bad value for synthetic option n: {n_text!r}") from None
+            raise DataError(f"bad value for synthetic option n: {n_text!r}") from None
         cfg = parse_scene_options(opts, base)
         if limit is not None:
             n = min(n, limit)
@@ -155,20 +156,20 @@ def open_source(
     if keyword == "photos" and not options:
         paths = bundled_photo_paths()
         if not paths:
-            raise ValueError("SRC 'photos': no photos found in scikit-image, scikit-learn or matplotlib")
+            raise DataError("SRC 'photos': no photos found in scikit-image, scikit-learn or matplotlib")
         return _limit(ImageFiles(paths, transform, strict=strict, max_pixels=max_pixels), limit, seed)
 
     if not text:
-        raise ValueError(f"empty SRC; accepted: {ACCEPTED_SOURCES}")
+        raise DataError(f"empty SRC; accepted: {ACCEPTED_SOURCES}")
     path = Path(text).expanduser()
     if not path.exists():
-        raise ValueError(f"SRC {src!r} is not a keyword nor an existing file or folder; accepted: {ACCEPTED_SOURCES}")
+        raise DataError(f"SRC {src!r} is not a keyword nor an existing file or folder; accepted: {ACCEPTED_SOURCES}")
     common: dict[str, Any] = {"strict": strict, "max_pixels": max_pixels}
     dataset: Any
     if path.is_dir():
         dataset = ImageFolder(path, transform, **common)
         if len(dataset) == 0:
-            raise ValueError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     elif path.suffix.lower() == ".json":
         dataset = CocoDataset(path, transform, **common)
     elif path.suffix.lower() == ".txt":
@@ -178,5 +179,5 @@ def open_source(
     elif is_image_file(path):
         dataset = ImageFiles([path], transform, **common)
     else:
-        raise ValueError(f"SRC {src!r}: unsupported file type {path.suffix or '(none)'}; accepted: {ACCEPTED_SOURCES}")
+        raise DataError(f"SRC {src!r}: unsupported file type {path.suffix or '(none)'}; accepted: {ACCEPTED_SOURCES}")
     return _limit(dataset, limit, seed)

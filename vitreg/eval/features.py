@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vitreg.errors import DataError
 from vitreg.models import Inspector
 
 
@@ -86,7 +87,7 @@ def collect_features(
             if isinstance(v, torch.Tensor):
                 keep[key].append(v.numpy())
     if not keep["prenorm"]:
-        raise ValueError("no usable images: every image was bad or the source was empty")
+        raise DataError("no usable images: every image was bad or the source was empty")
     m = sum(len(a) for a in keep["prenorm"])
 
     def cat(key: str) -> np.ndarray | None:
@@ -114,7 +115,7 @@ def collect_features(
 def split_images(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A random train / held-out split of ``n`` image indices (both non-empty when n >= 2)."""
     if n < 2:
-        raise ValueError(f"need at least 2 images for a train/test split, got {n}")
+        raise DataError(f"need at least 2 images for a train/test split, got {n}")
     perm = np.random.default_rng(seed).permutation(n)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitreg.errors import DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
 
@@ -21,7 +22,7 @@ from vitreg.eval.fit import fit_probe, predict
 def classification_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 100) -> dict:
     """Top-1 on held-out images of linear classifiers on [CLS] and on [CLS] + mean patch."""
     if feats.labels is None:
-        raise ValueError("the classification probe needs image labels (synthetic scenes or class subfolders)")
+        raise DataError("the classification probe needs image labels (synthetic scenes or class subfolders)")
     labels = feats.labels
     num_classes = int(labels.max()) + 1
     train, test = split_images(feats.num_images, test_fraction, seed)
@@ -61,7 +62,7 @@ def _upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def segmentation_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60) -> dict:
     """Linear semantic segmentation from patch tokens, mIoU at pixel resolution on held-out images."""
     if feats.masks is None:
-        raise ValueError("the segmentation probe needs masks (synthetic scenes provide them)")
+        raise DataError("the segmentation probe needs masks (synthetic scenes provide them)")
     m, h, w, c = feats.normed.shape
     masks = feats.masks.astype(np.int64)  # (M, H, W)
     num_classes = int(masks.max()) + 1
@@ -100,7 +101,7 @@ def segmentation_probe(feats: Features, *, test_fraction: float = 0.5, seed: int
 def depth_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60) -> dict:
     """Linear depth regression from patch tokens, RMSE at pixel resolution on held-out images."""
     if feats.depth is None:
-        raise ValueError("the depth probe needs depth maps (synthetic scenes provide them)")
+        raise DataError("the depth probe needs depth maps (synthetic scenes provide them)")
     m, h, w, c = feats.normed.shape
     depth = feats.depth.astype(np.float32)  # (M, H, W)
     target = _patch_pool(depth, (h, w), feats.patch_size).mean(-1)  # (M, h, w)

@@ -27,6 +27,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from vitreg.errors import ConfigError, DataError
 from vitreg.eval.boxes import best_iou, corloc
 from vitreg.models import Inspector, split_tokens
 from vitreg.models.inspect import TokenLayout
@@ -112,10 +113,10 @@ def extract_features(
     """Features of ``layer`` for images (B, 3, H, W): keys / queries / values of all heads concatenated, or the block
     output tokens; returns the full sequence (B, N_tokens, C) and its layout."""
     if kind not in FEATURE_KINDS:
-        raise ValueError(f"unknown feature type {kind!r}; expected one of {', '.join(FEATURE_KINDS)}")
+        raise ConfigError(f"unknown feature type {kind!r}; expected one of {', '.join(FEATURE_KINDS)}")
     depth = inspector.depth
     if not -depth <= layer < depth:
-        raise ValueError(f"layer {layer} out of range for a model with {depth} blocks")
+        raise ConfigError(f"layer {layer} out of range for a model with {depth} blocks")
     layer = layer % depth
     if kind == "tokens":
         cap = inspector.run(images, layers=[layer], attention_layers=None, normed=False)
@@ -205,7 +206,7 @@ def run_lost(
                     ex["gt"].append(gt)
                     ex["seed"].append(out0.seeds[j])
     if not gts:
-        raise ValueError("no usable images: every image was bad or the dataset was empty")
+        raise DataError("no usable images: every image was bad or the dataset was empty")
     results = []
     for bb in biases:
         results.append(dict(bias=bb, seed_outside_mask=outside[bb], **corloc(preds[bb], gts)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitreg.errors import ConfigError, DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
 
@@ -26,7 +27,7 @@ GROUPS = ("all", "normal", "outlier")
 
 def _tokens(feats: Features, which: str) -> np.ndarray:
     if which not in ("prenorm", "normed"):
-        raise ValueError(f"unknown token features {which!r}; expected prenorm or normed")
+        raise ConfigError(f"unknown token features {which!r}; expected prenorm or normed")
     return feats.prenorm if which == "prenorm" else feats.normed
 
 
@@ -96,9 +97,9 @@ def global_probe(
 ) -> dict:
     """Image classification from one token per image: [CLS], a random normal patch, a random outlier patch."""
     if feats.labels is None:
-        raise ValueError("the global-information probe needs image labels (synthetic scenes or class subfolders)")
+        raise DataError("the global-information probe needs image labels (synthetic scenes or class subfolders)")
     if len(seeds) < 1:
-        raise ValueError("need at least one seed")
+        raise ConfigError("need at least one seed")
     x = _tokens(feats, tokens)  # (M, h, w, C)
     m, h, w, c = x.shape
     flat = x.reshape(m, h * w, c)

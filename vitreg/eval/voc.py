@@ -6,15 +6,15 @@ pixel-edge coordinates). Conventions follow LOST's evaluation (Siméoni et al. 2
 * VOC boxes are 1-based inclusive pixel indices (``xmin=1, xmax=W`` spans the whole image), so ``xmin``/``ymin`` are
   shifted by -1 and ``xmax``/``ymax`` kept: the box becomes ``[xmin - 1, ymin - 1, xmax, ymax]``. Every object counts,
   "difficult" ones included.
-* COCO ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``; ``iscrowd`` boxes are excluded.
+* COCO ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``; ``iscrowd`` boxes are excluded (the file is read by
+  :mod:`vitreg.data.coco`, the one COCO reader).
 
-A file that cannot be parsed raises :class:`AnnotationError` naming it.
+A file that cannot be parsed raises :class:`~vitreg.errors.AnnotationError` (VOC) or
+:class:`~vitreg.errors.DataFormatError` (COCO) naming it.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitreg.data.coco import image_path, read_coco_file
 from vitreg.data.images import load_image
-
-
-class AnnotationError(ValueError):
-    """An annotation file that is missing, malformed or inconsistent; the message starts with its path."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+from vitreg.errors import AnnotationError, BadImageError
 
 
 @dataclass
@@ -42,6 +35,7 @@ class BoxRecord:
     boxes: np.ndarray  # float32 (K, 4) xyxy in original pixels; K may be 0
     labels: list[str] = field(default_factory=list)  # class name of each box
     size: tuple[int, int] | None = None  # (W, H) stated by the annotation, if any
+    error: str | None = None  # why the image must not be read (e.g. its name leaves the image folder)
 
 
 # -- VOC -----------------------------------------------------------------------------------------------------------
@@ -100,64 +94,40 @@ def read_voc(
     out = []
     for xml in xmls:
         filename, size, boxes, names = parse_voc_xml(xml)
-        out.append(BoxRecord(image=images / filename, boxes=boxes, labels=names, size=size))
+        out.append(_record(images, filename, boxes, names, size))
     return out
 
 
 # -- COCO ----------------------------------------------------------------------------------------------------------
 
 
-def _coco_image_dir(json_path: Path) -> Path:
-    """``annotations/instances_train2017.json`` -> ``../train2017`` (the layout of the COCO downloads)."""
-    m = re.match(r"(?:instances|image_info)_(\w+)\.json$", json_path.name)
-    split = m.group(1) if m else json_path.stem
-    for cand in (json_path.parent.parent / split, json_path.parent / split, json_path.parent / "images"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError(
-        f"{json_path}: no image folder found beside it (tried ../{split}/, {split}/, images/); pass --image-root"
-    )
-
-
 def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[BoxRecord]:
     """A COCO instances JSON -> one record per image (in the file's order), ``iscrowd`` boxes excluded."""
-    path = Path(path)
-    try:
-        data: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AnnotationError(path, "file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(path, f"malformed JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise AnnotationError(path, "not a COCO instances file: no 'images' list")
-    anns = data.get("annotations", [])
-    if not isinstance(anns, list):
-        raise AnnotationError(path, "'annotations' is not a list")
-    cats = {c.get("id"): c.get("name", "") for c in data.get("categories", []) if isinstance(c, dict)}
-    per_image: dict[Any, list[tuple[list[float], str]]] = {}
-    for i, a in enumerate(anns):
-        try:
-            if a.get("iscrowd", 0):
-                continue
-            x, y, w, h = (float(v) for v in a["bbox"])
-            image_id = a["image_id"]
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise AnnotationError(path, f"annotation {i} has no image_id or numeric bbox [x, y, w, h]") from None
-        if w < 0 or h < 0:
-            raise AnnotationError(path, f"annotation {i} has a negative box size {w, h}")
-        per_image.setdefault(image_id, []).append(([x, y, x + w, y + h], cats.get(a.get("category_id"), "")))
-    folder = Path(image_root) if image_root else _coco_image_dir(path)
+    coco = read_coco_file(path)
+    folder = coco.image_root(image_root)
+    names = {c["id"]: str(c.get("name", "")) for c in coco.categories}
     out = []
-    for i, im in enumerate(data["images"]):
-        try:
-            file_name, image_id = im["file_name"], im["id"]
-            size = (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
-        except (KeyError, TypeError, ValueError):
-            raise AnnotationError(path, f"image entry {i} has no file_name/id") from None
-        items = per_image.get(image_id, [])
-        boxes = np.asarray([b for b, _ in items], np.float32).reshape(-1, 4)
-        out.append(BoxRecord(image=folder / file_name, boxes=boxes, labels=[n for _, n in items], size=size))
+    for im in coco.images:
+        anns = [a for a in coco.annotations[im["id"]] if not a.get("iscrowd", 0)]
+        boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+        size = _size(im)
+        out.append(_record(folder, im["file_name"], boxes.reshape(-1, 4), [names[a["category_id"]] for a in anns], size))
     return out
+
+
+def _size(im: dict[str, Any]) -> tuple[int, int] | None:
+    try:
+        return (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _record(folder: Path, name: str, boxes: np.ndarray, labels: list[str], size: tuple[int, int] | None) -> BoxRecord:
+    """A record whose image is ``folder / name``; a name that leaves the folder makes a record that loads as bad."""
+    try:
+        return BoxRecord(image=image_path(folder, name), boxes=boxes, labels=labels, size=size)
+    except BadImageError as err:
+        return BoxRecord(image=Path(err.path), boxes=boxes, labels=labels, size=size, error=err.reason)
 
 
 def read_box_dataset(path: str | Path, image_root: str | Path | None = None) -> list[BoxRecord]:
@@ -168,7 +138,7 @@ def read_box_dataset(path: str | Path, image_root: str | Path | None = None) -> 
     if path.suffix.lower() == ".json":
         return read_coco(path, image_root)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such dataset (expected a VOC root folder or a COCO instances JSON)")
+        raise AnnotationError(path, "no such dataset (expected a VOC root folder or a COCO instances JSON)")
     raise AnnotationError(path, "expected a VOC root folder (with Annotations/) or a COCO instances .json")
 
 
@@ -191,6 +161,8 @@ class BoxDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
+        if rec.error is not None:
+            raise BadImageError(rec.image, rec.error)
         img = load_image(rec.image)
         geo = self.transform.geometry(img.size)
         sx, sy = geo.scale

@@ -1,22 +1,34 @@
-"""Models: timm VisionTransformers with N register tokens, checkpoint loading, and the Inspector."""
+"""Models: timm VisionTransformers with N register tokens, checkpoint loading, and the Inspector.
 
-from vitreg.models.checkpoints import CheckpointError, WeightsNotFoundError, load_model, save_model
-from vitreg.models.inspect import Capture, Inspector, TokenSplit, split_tokens, token_layout
-from vitreg.models.presets import PRESETS, ModelConfig, create_model, describe_presets, model_config
+Exports are loaded on first use (see :mod:`vitreg._lazy`): importing this package does not import torch."""
 
-__all__ = [
-    "PRESETS",
-    "Capture",
-    "CheckpointError",
-    "Inspector",
-    "ModelConfig",
-    "TokenSplit",
-    "WeightsNotFoundError",
-    "create_model",
-    "describe_presets",
-    "load_model",
-    "model_config",
-    "save_model",
-    "split_tokens",
-    "token_layout",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vitreg._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from vitreg.errors import CheckpointError, WeightsNotFoundError
+    from vitreg.models.checkpoints import load_model, save_model
+    from vitreg.models.inspect import Capture, Inspector, TokenSplit, split_tokens, token_layout
+    from vitreg.models.presets import PRESETS, ModelConfig, create_model, describe_presets, model_config
+
+_EXPORTS = {
+    "PRESETS": "presets",
+    "Capture": "inspect",
+    "CheckpointError": "vitreg.errors",
+    "Inspector": "inspect",
+    "ModelConfig": "presets",
+    "TokenSplit": "inspect",
+    "WeightsNotFoundError": "vitreg.errors",
+    "create_model": "presets",
+    "describe_presets": "presets",
+    "load_model": "checkpoints",
+    "model_config": "presets",
+    "save_model": "checkpoints",
+    "split_tokens": "inspect",
+    "token_layout": "inspect",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,24 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
+from vitreg import atomic
+from vitreg.errors import CheckpointError, WeightsNotFoundError
 from vitreg.models.presets import DINOV2_ALIASES, TIMM_PREFIX, ModelConfig, build_model, model_config
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
-
-
-class WeightsNotFoundError(CheckpointError):
-    """A named pretrained model whose weights are not on this machine."""
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -275,18 +269,51 @@ def load_model(
         return _finish(cfg, sd, str(path), registers, img_size, overrides)
 
     cfg = model_config(str(path_or_spec), registers=registers, img_size=img_size, **overrides)
+    source = _spec_weights(cfg, path_or_spec, weights, random_init)
     model = build_model(cfg)
+    return model if source is None else load_weights(model, read_state_dict(source), str(source))
+
+
+def _spec_weights(cfg: ModelConfig, spec: str | Path, weights: str | Path | None, random_init: bool) -> Path | None:
+    """Where a named model's weights come from (None: random on purpose); WeightsNotFoundError when nowhere."""
     if weights is not None:
-        return load_weights(model, read_state_dict(weights), str(weights))
+        if not Path(weights).is_file():
+            raise CheckpointError(f"checkpoint not found: {weights}")
+        return Path(weights)
     if random_init:
-        return model
+        return None
     cached = _cached_timm_weights(cfg)
     if cached is not None:
-        return load_weights(model, read_state_dict(cached), str(cached))
+        return cached
     raise WeightsNotFoundError(
-        f"no weights on disk for {path_or_spec!r}. Provide {_pretrained_file_hint(cfg)} with --weights PATH "
+        f"no weights on disk for {str(spec)!r}. Provide {_pretrained_file_hint(cfg)} with --weights PATH "
         f"(API: weights=PATH), or pass --random-init to use random weights on purpose. vitreg never downloads."
     )
+
+
+def check_model(
+    path_or_spec: str | Path,
+    *,
+    weights: str | Path | None = None,
+    registers: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    random_init: bool = False,
+) -> None:
+    """Raise what :func:`load_model` would raise for a missing file, an unknown name or missing weights, without
+    building the model or reading the weights (so every model of a run is checked before any work)."""
+    path = Path(str(path_or_spec))
+    if path.is_dir():
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path}: a model directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        _read_config(path / CONFIG_NAME)
+        return
+    if path.is_file() or path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return
+    cfg = model_config(str(path_or_spec), registers=registers, img_size=img_size)
+    _spec_weights(cfg, path_or_spec, weights, random_init)
 
 
 def _read_config(path: Path) -> ModelConfig:
@@ -325,15 +352,6 @@ def save_model(model: VisionTransformer, directory: str | Path) -> Path:
     if cfg is None:
         raise CheckpointError("this model was not built by vitreg (no vitreg_config); build it with create_model")
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(cfg.to_json(), indent=2)))
+    atomic.write_safetensors(directory / WEIGHTS_NAME, sd, metadata={"format": "pt"})
+    atomic.write_json(directory / CONFIG_NAME, cfg.to_json())
     return directory
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write to a temporary file, fsync, then rename: a crash never leaves a half-written file in place."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from vitreg.device import autocast
+from vitreg.errors import ConfigError
 
 
 class CaptureError(RuntimeError):
@@ -138,7 +139,7 @@ def _resolve_layers(spec: Iterable[int] | str | None, depth: int) -> list[int]:
     for i in spec:
         j = int(i) + depth if int(i) < 0 else int(i)
         if not 0 <= j < depth:
-            raise ValueError(f"layer {i} out of range for a model with {depth} blocks")
+            raise ConfigError(f"layer {i} out of range for a model with {depth} blocks")
         out.append(j)
     return sorted(set(out))
 

@@ -19,6 +19,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
+from vitreg.errors import ConfigError
+
 MAX_REGISTERS = 16
 TIMM_PREFIX = "timm:"
 
@@ -123,7 +125,7 @@ def _as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def _check_registers(n: int) -> int:
     if not 0 <= int(n) <= MAX_REGISTERS:
-        raise ValueError(f"registers must be between 0 and {MAX_REGISTERS}, got {n}")
+        raise ConfigError(f"registers must be between 0 and {MAX_REGISTERS}, got {n}")
     return int(n)
 
 
@@ -142,7 +144,7 @@ def model_config(
     if name.startswith(TIMM_PREFIX):
         return _timm_config(name, registers, img_size, overrides)
     if name not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {spec!r}; presets: {', '.join(PRESETS)}; or a timm model as 'timm:NAME' "
             f"(e.g. timm:vit_small_patch14_reg4_dinov2); or a DINOv2 name ({', '.join(DINOV2_ALIASES)})"
         )
@@ -150,7 +152,7 @@ def model_config(
     known = {f.name for f in dataclasses.fields(ModelConfig)} - {"spec"}
     bad = sorted(set(overrides) - known)
     if bad:
-        raise ValueError(f"unknown model option {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown model option {bad[0]!r}; allowed: {', '.join(sorted(known))}")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -162,14 +164,14 @@ def model_config(
 def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
     timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
-        raise ValueError(f"timm has no model named {timm_name!r} (timm {timm.__version__})")
+        raise ConfigError(f"timm has no model named {timm_name!r} (timm {timm.__version__})")
     # Build once on the meta device to read the architecture without allocating weights.
     import torch
 
     with torch.device("meta"):
         probe = timm.create_model(timm_name, pretrained=False)
     if not isinstance(probe, VisionTransformer):
-        raise ValueError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer")
+        raise ConfigError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer")
     pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
     regs = probe.num_reg_tokens if registers is None else _check_registers(registers)
     hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
@@ -209,7 +211,7 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
         if cfg.mlp == "swiglu":
             mlp_kwargs = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
         elif cfg.mlp != "mlp":
-            raise ValueError(f"unknown mlp {cfg.mlp!r}; allowed: mlp, swiglu")
+            raise ConfigError(f"unknown mlp {cfg.mlp!r}; allowed: mlp, swiglu")
         model = VisionTransformer(
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from vitreg.report.rundir import DiagnoseRun, outlier_count
+from vitreg.results.rundir import DiagnoseRun, outlier_count
 
 MARGIN_BINS = 4  # empty bins kept on each side of the occupied range so the extremes stay visible
 
@@ -42,7 +42,7 @@ def explorer_data(run: DiagnoseRun) -> dict[str, Any]:
     start = min(int(np.searchsorted(edges, thresholds[0])), hi) if thresholds else hi
     entries = []
     for m, c in zip(models, counts, strict=True):
-        out = m.result.get("output") or {}
+        out = m.result.output
         entries.append(
             dict(
                 key=dom_key(m.key),
@@ -50,10 +50,10 @@ def explorer_data(run: DiagnoseRun) -> dict[str, Any]:
                 counts=c[lo:hi].tolist(),
                 total=int(c.sum()),
                 threshold=m.threshold,
-                run_outliers=out.get("outliers"),
-                run_ratio=out.get("outlier_ratio"),
-                cls=out.get("cls_norm_mean"),
-                registers=out.get("register_norms_mean") or [],
+                run_outliers=out.outliers,
+                run_ratio=out.outlier_ratio,
+                cls=out.cls_norm_mean,
+                registers=out.register_norms_mean,
             )
         )
     skipped = [m.label for m in run.models if m not in models]

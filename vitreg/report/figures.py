@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vitreg.report import plot_maps, plot_norms
-from vitreg.report.rundir import DiagnoseRun, load_run
+from vitreg import atomic
+from vitreg.results.rundir import DiagnoseRun, load_run
 from vitreg.report.sections import save_figure
 
 DPI = 100  # small figures: the page embeds them as data URIs and should stay a few MB at most
@@ -32,7 +33,7 @@ def choose_log_x(run: DiagnoseRun, log_x: bool | None) -> bool:
     their median (high-norm tails then squeeze the normal tokens into a sliver on a linear axis)."""
     if log_x is not None:
         return bool(log_x)
-    cfg = run.metrics.get("config") or {}
+    cfg = run.metrics.config
     if isinstance(cfg.get("log_x"), bool):
         return cfg["log_x"]
     for m in run.models:
@@ -75,7 +76,7 @@ def draw_figures(run_dir: Path, log_x: bool | None = None) -> dict[str, Any]:
         if _save(fig, out / f"{name}.png") is not None:
             drawn[name] = f"{name}.png"
     manifest = {"log_x": use_log, "figures": drawn}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic.write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -10,9 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.ndimage import zoom
 
-from vitreg.report.rundir import ModelRun
+from vitreg.results.rundir import ModelRun
 
-MAX_EXAMPLES = 6  # rows shown; the run keeps a bounded set anyway, this keeps the page a few MB at most
 PANEL = 1.35  # inches per picture
 
 
@@ -31,7 +30,8 @@ def examples(m: ModelRun) -> Figure | None:
     """One row per example: input with outliers outlined, [mask], norm map, PCA 1, [CLS] and register attention."""
     if not m.has("ex_images", "ex_norm"):
         return None
-    images = m.arrays["ex_images"][:MAX_EXAMPLES]  # (K, H, W, 3) uint8
+    # every kept example is drawn (diagnose keeps at most 16, so the page stays a few MB)
+    images = m.arrays["ex_images"]  # (K, H, W, 3) uint8
     k = len(images)
     if k == 0:
         return None

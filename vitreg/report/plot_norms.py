@@ -14,7 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from vitreg.report.rundir import DiagnoseRun, ModelRun
+from vitreg.results.rundir import DiagnoseRun, ModelRun
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -58,11 +58,11 @@ def _xrange(models: list[ModelRun], log_x: bool) -> tuple[float, float]:
 
 def _marks(m: ModelRun) -> list[tuple[str, float]]:
     """[CLS] and register mean output norms from metrics.json, for markers on the histogram."""
-    out = m.result.get("output") or {}
+    out = m.result.output
     marks = []
-    if out.get("cls_norm_mean") is not None:
-        marks.append(("[CLS]", float(out["cls_norm_mean"])))
-    for i, v in enumerate(out.get("register_norms_mean") or []):
+    if out.cls_norm_mean is not None:
+        marks.append(("[CLS]", float(out.cls_norm_mean)))
+    for i, v in enumerate(out.register_norms_mean):
         if v is not None:
             marks.append((f"reg{i}", float(v)))
     return marks
@@ -109,9 +109,9 @@ def norm_histogram(run: DiagnoseRun, log_x: bool) -> Figure:
         for j, (name, v) in enumerate(_marks(m)):
             ax.plot([v], [1.0 - 0.06 * (j % 4)], marker="v", ms=6, transform=ax.get_xaxis_transform(), color=color)
             ax.annotate(name, (v, 1.0 - 0.06 * (j % 4)), xycoords=("data", "axes fraction"), fontsize=6, ha="left")
-        rule = (m.result.get("rule") or {}).get("kind", "?")
+        rule = m.result.rule.kind
         if side_by_side:
-            ratio = (m.result.get("output") or {}).get("outlier_ratio")
+            ratio = m.result.output.outlier_ratio
             ratio_txt = "–" if ratio is None else f"{100 * ratio:.2f}%"
             ax.set_title(f"{m.label}: rule {rule}, outliers {ratio_txt}", fontsize=9)
     any_tokens = any(m.output_counts().sum() > 0 for m in models)
@@ -148,28 +148,28 @@ def layer_norms(run: DiagnoseRun) -> Figure:
         mesh = ax.pcolormesh(
             np.arange(depth + 1) - 0.5, edges, share.T, norm=LogNorm(vmin=vmin, vmax=1), cmap="magma_r"
         )
-        layers = m.result.get("layers") or []
-        xs = [d.get("layer", j) for j, d in enumerate(layers)]
-        for name, style in (("median", "-"), ("p98", "--"), ("max", ":")):
-            ys = [d.get(name) for d in layers]
+        layers = m.result.layers
+        xs = [d.layer for d in layers]
+        lines = {"median": [d.median for d in layers], "p98": [d.p98 for d in layers], "max": [d.max for d in layers]}
+        for (name, ys), style in zip(lines.items(), ("-", "--", ":"), strict=True):
             if any(v is not None for v in ys):
                 ax.plot(xs, [np.nan if v is None else v for v in ys], style, color="#1f77b4", lw=1.2, label=name)
-        th = [(x, d.get("threshold")) for x, d in zip(xs, layers, strict=False) if d.get("threshold") is not None]
+        th = [(d.layer, d.threshold) for d in layers if d.threshold is not None]
         if th:
             ax.plot(*zip(*th, strict=True), "x", color="#2ca02c", ms=5, label="threshold")
-        first = m.result.get("first_outlier_layer")
+        first = m.result.first_outlier_layer
         for a in (ax, ax2):
             if first is not None:
                 a.axvline(first, color="#d62728", ls="--", lw=1)
         ax.set_yscale("log")
-        top = max([edges[-1]] + [d["max"] for d in layers if d.get("max") is not None])
+        top = max([edges[-1]] + [d.max for d in layers if d.max is not None])
         ax.set_ylim(edges[0], top * 1.15)
         ax.set_ylabel("patch-token norm")
         first_txt = "none" if first is None else str(first)
         ax.set_title(f"{m.label}: first outlier layer {first_txt}", fontsize=9)
         ax.legend(fontsize=6, loc="best", framealpha=0.6)
         fig.colorbar(mesh, ax=ax, label="share of layer's tokens", shrink=0.8)
-        ratios = [d.get("outlier_ratio") for d in layers]
+        ratios = [d.outlier_ratio for d in layers]
         ax2.bar(xs, [0.0 if v is None else 100 * v for v in ratios], color="#d62728", width=0.7)
         ax2.set_ylabel("outliers %")
         ax2.set_xlabel("block")
@@ -182,15 +182,15 @@ def layer_norms(run: DiagnoseRun) -> Figure:
 def sweep(run: DiagnoseRun) -> Figure:
     """Outlier ratio and norm ratio per entry of a sweep (checkpoints along training: Fig. 4b; sizes: Fig. 4c)."""
     labels = [m.label if len(m.label) <= 24 else f"{m.key}: {m.label[:20]}…" for m in run.models]
-    outs = [m.result.get("output") or {} for m in run.models]
+    outs = [m.result.output for m in run.models]
     fig = Figure(figsize=(max(8.0, 1.2 * len(labels) + 3), 3.6), dpi=100, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     x = np.arange(len(labels))
-    for ax, key, name, scale in (
-        (ax1, "outlier_ratio", "outlier ratio (%)", 100.0),
-        (ax2, "norm_ratio", "norm ratio (outlier / normal)", 1.0),
+    for ax, values, name, scale in (
+        (ax1, [o.outlier_ratio for o in outs], "outlier ratio (%)", 100.0),
+        (ax2, [o.norm_ratio for o in outs], "norm ratio (outlier / normal)", 1.0),
     ):
-        ys = [np.nan if o.get(key) is None else scale * float(o[key]) for o in outs]
+        ys = [np.nan if v is None else scale * float(v) for v in values]
         ax.plot(x, ys, "o-", color="#d62728")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(name)

@@ -1,18 +1,21 @@
 """What `vitreg reproduce` runs: the models to train and the size of every evaluation, for the default, ``--quick``
-and ``--ablation`` settings. A plan is plain data; the stages (:mod:`vitreg.reproduce.stages`) turn it into work."""
+and ``--ablation`` settings. A plan is plain data; :mod:`vitreg.reproduce.pipeline` turns it into stages."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitreg.train.config import load_train_config
+from vitreg.errors import ConfigError
+from vitreg.jobs.flops import REGISTER_SWEEP
+from vitreg.stages import EVAL_SCENE_SEED
+from vitreg.train.config import TrainConfig, load_train_config
 
 LAB_CONFIG = "artifact_lab"  # the artifact-lab preset (vitreg/configs/artifact_lab.yaml, docs/artifact-lab.md)
-ABLATION_REGISTERS = [0, 1, 2, 4, 8, 16]
-FLOPS_REGISTERS = [0, 1, 2, 4, 8, 16]
-COCO_MINI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini"
+COCO_JSON = Path("annotations") / "instances_train2017.json"
+COCO_ENV = "VITREG_COCO_MINI"  # a coco-mini folder anywhere
 
 # --quick: a 2-block model for a few dozen steps. The numbers mean nothing; every stage and the report run for real.
 QUICK_OVERRIDES = [
@@ -47,26 +50,40 @@ class Plan:
     probe_seeds: int = 3
     lost_limit: int = 128
     coco: str | None = None  # a COCO instances JSON; None = skipped
+    coco_searched: list[str] = field(default_factory=list)  # where --coco auto looked, when it found nothing
     coco_limit: int | None = None
     coco_resize: int = 64  # LOST on the photos at S x S (our models are trained at 32 px)
     flops_models: list[str] = field(default_factory=lambda: ["vit_small_patch14_224", "vit_large_patch14_224"])
     threads: int | None = None
     jobs: int = 1  # trainings side by side
-    scene_seed: int = 101  # generator seed of the evaluation scenes: never the training scenes
+    scene_seed: int = EVAL_SCENE_SEED
 
     @property
     def label(self) -> str:
         return "quick" if self.quick else "default"
 
-    def train_config(self):
-        """The resolved training config (raises ``ConfigError`` naming a bad key before any work)."""
-        return load_train_config(self.config, self.train_overrides(seed=self.seeds[0], registers=self.registers[0]))
-
-    def train_overrides(self, seed: int, registers: int) -> list[str]:
+    def train_config(self, seed: int | None = None, registers: int | None = None) -> TrainConfig:
+        """The resolved training config of one model (raises ``ConfigError`` naming a bad key before any work)."""
+        cfg = load_train_config(self.config, self.overrides)
         # side-by-side trainings (jobs > 1) take one thread each unless told otherwise
         threads = self.threads or (1 if self.jobs > 1 else None)
-        extra = [f"threads={threads}"] if threads else []
-        return [*self.overrides, *extra, f"seed={seed}", f"registers={registers}", "progress=false"]
+        return dataclasses.replace(
+            cfg,
+            seed=self.seeds[0] if seed is None else seed,
+            registers=[self.registers[0] if registers is None else registers],
+            threads=threads if threads else cfg.threads,
+            progress=False,
+        )
+
+
+def coco_candidates(cwd: Path | None = None) -> list[Path]:
+    """Where ``--coco auto`` looks for coco-mini, in order: $VITREG_COCO_MINI, then shared/data/coco-mini beside
+    the working directory and its parent, then beside the source tree (a clone next to ../shared)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    roots = [Path(os.environ[COCO_ENV])] if os.environ.get(COCO_ENV) else []
+    roots += [cwd / "shared/data/coco-mini", cwd.parent / "shared/data/coco-mini"]
+    roots.append(Path(__file__).resolve().parents[2].parent / "shared/data/coco-mini")
+    return list(dict.fromkeys(r.resolve() for r in roots))
 
 
 def make_plan(
@@ -79,16 +96,16 @@ def make_plan(
     config: str | None = None,
     overrides: list[str] | None = None,
 ) -> Plan:
-    """The default plan, shrunk by ``quick``; ``coco="auto"`` uses ../shared/data/coco-mini when it is there."""
+    """The default plan, shrunk by ``quick``; ``coco="auto"`` uses coco-mini where :func:`coco_candidates` finds it."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)))
     if config:
         plan.config = config
     if ablation:
-        plan.registers = list(ABLATION_REGISTERS)
+        plan.registers = list(REGISTER_SWEEP)
     if quick:
         plan = dataclasses.replace(
             plan,
@@ -104,8 +121,12 @@ def make_plan(
         )
     plan.overrides = [*plan.overrides, *(overrides or [])]
     if coco == "auto":
-        found = COCO_MINI / "annotations" / "instances_train2017.json"
-        plan.coco = str(found) if found.is_file() else None
+        candidates = coco_candidates()
+        found = next((c / COCO_JSON for c in candidates if (c / COCO_JSON).is_file()), None)
+        plan.coco = str(found) if found else None
+        plan.coco_searched = [] if found else [str(c) for c in candidates]
     elif coco:
+        if not Path(coco).is_file():
+            raise ConfigError(f"--coco {coco}: no such file (give a COCO instances JSON, 'auto' or 'none')")
         plan.coco = str(coco)
     return plan

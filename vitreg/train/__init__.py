@@ -1,16 +1,28 @@
-"""Training ViTs with 0-16 registers (DeiT-III recipe), norm tracking, exact resume, DDP under torchrun."""
+"""Training ViTs with 0-16 registers (DeiT-III recipe), norm tracking, exact resume, DDP under torchrun.
 
-from vitreg.train.config import DataConfig, TrainConfig, load_train_config, packaged_configs
-from vitreg.train.loop import RunResult, TrainingDiverged, train_run
-from vitreg.train.runner import run_training
+Exports are loaded on first use (see :mod:`vitreg._lazy`): ``vitreg.train.config`` imports without torch."""
 
-__all__ = [
-    "DataConfig",
-    "RunResult",
-    "TrainConfig",
-    "TrainingDiverged",
-    "load_train_config",
-    "packaged_configs",
-    "run_training",
-    "train_run",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vitreg._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from vitreg.errors import TrainingDiverged
+    from vitreg.train.config import DataConfig, TrainConfig, load_train_config, packaged_configs
+    from vitreg.train.loop import RunResult, train_run
+    from vitreg.train.runner import run_training
+
+_EXPORTS = {
+    "DataConfig": "config",
+    "RunResult": "loop",
+    "TrainConfig": "config",
+    "TrainingDiverged": "vitreg.errors",
+    "load_train_config": "config",
+    "packaged_configs": "config",
+    "run_training": "runner",
+    "train_run": "loop",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

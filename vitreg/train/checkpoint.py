@@ -17,30 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as st_save
 
-from vitreg.models import CheckpointError, save_model
+from vitreg import atomic
+from vitreg.errors import CheckpointError
+from vitreg.models.checkpoints import save_model
 
 STATE_NAME = "train_state.safetensors"
 FORMAT = "vitreg-train-state-1"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -102,7 +85,7 @@ def save_train_state(
     )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_NAME
-    atomic_write_bytes(path, st_save(tensors, metadata={"state": json.dumps(meta)}))
+    atomic.write_safetensors(path, tensors, metadata={"state": json.dumps(meta)})
     return path
 
 
@@ -162,5 +145,5 @@ def keep_model(model: torch.nn.Module, directory: Path) -> Path:
     if directory.exists():  # left by a run that died after writing it: same step, same weights
         shutil.rmtree(directory)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    atomic.fsync_dir(directory.parent)
     return directory

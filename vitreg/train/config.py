@@ -1,4 +1,4 @@
-"""TrainConfig: every knob of `vitreg train`, each overridable as ``key=value`` (nested: ``data.task=count``).
+"""TrainConfig: every knob of `vitreg train`, each overridable as ``key=value`` (nested: ``data.scene.task=count``).
 
 The dataclass defaults are the embedded default run: a tiny ViT on generated scenes, seconds per hundred steps on
 two CPU cores. ``batch_size`` is the GLOBAL batch: under torchrun each of K ranks gets ``batch_size / K`` images, so
@@ -12,17 +12,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from vitreg.config import ConfigError, load_config
+from vitreg.config import load_config
+from vitreg.data.scenes import SceneConfig
+from vitreg.errors import ConfigError
 
-DATA_KINDS = ("synthetic", "folder", "npz")
+def _default_scene() -> SceneConfig:
+    # the tiny default model learns colour in seconds; "shape" needs a larger model
+    return SceneConfig(task="color")
 
 
 @dataclass
 class DataConfig:
-    """Where training images come from. ``synthetic`` renders scenes (:mod:`vitreg.data.synthetic`) once into a
-    uint8 array cache: train indices ``0 .. train_size-1``, held-out indices from ``eval_start`` on (a disjoint
-    range). ``folder`` reads ``path/<class>/<image>`` (labels from sub-folders), ``npz`` a CIFAR-style file with
-    ``images`` (N, H, W, 3) uint8 and ``labels`` (N,); both hold out ``eval_fraction`` of the images unless
+    """Where training images come from. ``synthetic`` renders scenes of ``scene`` (:mod:`vitreg.data.synthetic`)
+    once into a uint8 array cache: train indices ``0 .. train_size-1``, held-out indices from ``eval_start`` on (a
+    disjoint range); ``scene.img_size`` is replaced by the model's input size. ``folder`` reads
+    ``path/<class>/<image>`` (labels from sub-folders), ``npz`` a CIFAR-style file with ``images`` (N, H, W, 3)
+    uint8 and ``labels`` (N,); both hold out ``eval_fraction`` of the images (shuffled with ``seed``) unless
     ``eval_path`` names a separate source of the same kind."""
 
     kind: Literal["synthetic", "folder", "npz"] = "synthetic"
@@ -32,16 +37,8 @@ class DataConfig:
     train_size: int = 4096
     eval_size: int = 512
     eval_start: int = 1_000_000
-    # Scene options (synthetic only), see SceneConfig.
-    task: str = "color"  # the tiny default model learns colour in seconds; "shape" needs a larger model
-    min_objects: int = 1
-    max_objects: int = 3
-    min_size: float = 0.3
-    max_size: float = 0.6
-    background: Literal["flat", "gradient", "noise"] = "noise"
-    shapes: list[str] = field(default_factory=list)  # empty = every shape
-    colors: list[str] = field(default_factory=list)  # empty = every colour
-    seed: int = 0  # scene generator seed, and the shuffle of a held-out split
+    scene: SceneConfig = field(default_factory=_default_scene)  # synthetic only: data.scene.task=count, ...
+    seed: int = 0  # the shuffle that picks a held-out split of a folder or array file
 
     def validate(self) -> None:
         if self.kind in ("folder", "npz") and not self.path:
@@ -114,7 +111,6 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_steps: list[int] = field(default_factory=list)
     keep_every: int = 0  # 0 = off
-    fault_nan_at_step: int | None = None  # fault injection for tests: the loss at this step becomes NaN
 
     def validate(self) -> None:
         if not self.registers:

@@ -6,6 +6,7 @@ Small images fit in memory (4096 scenes at 32 px = 12 MiB), so every batch is a 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vitreg.config import ConfigError
-from vitreg.data.errors import BadImageError
 from vitreg.data.images import is_image_file, load_image
-from vitreg.data.synthetic import COLORS, SHAPES, SceneConfig, render_arrays
+from vitreg.data.scenes import SceneConfig
+from vitreg.data.synthetic import render_arrays
+from vitreg.errors import BadImageError, ConfigError, DataError
 from vitreg.train.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -37,22 +38,8 @@ class ArrayData:
 
 
 def scene_config(dc: DataConfig, hw: tuple[int, int]) -> SceneConfig:
-    """The SceneConfig for ``dc`` at the model's input size; bad scene options become ConfigError."""
-    try:
-        return SceneConfig(
-            img_size=hw,
-            task=dc.task,
-            min_objects=dc.min_objects,
-            max_objects=dc.max_objects,
-            min_size=dc.min_size,
-            max_size=dc.max_size,
-            background=dc.background,
-            shapes=tuple(dc.shapes) if dc.shapes else SHAPES,
-            colors=tuple(dc.colors) if dc.colors else tuple(COLORS),
-            seed=dc.seed,
-        )
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from None
+    """The scenes of ``dc`` at the model's input size ``hw``."""
+    return dataclasses.replace(dc.scene, img_size=hw)
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,7 +94,7 @@ def _fit(im: Image.Image, hw: tuple[int, int]) -> np.ndarray:
 
 def _read_folder(root: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise DataError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ConfigError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
@@ -127,7 +114,7 @@ def _read_folder(root: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
 
 def _read_npz(path: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str, str]]]:
     if not path.is_file():
-        raise FileNotFoundError(f"array file not found: {path}")
+        raise DataError(f"array file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("images", "labels") if k in f.files}

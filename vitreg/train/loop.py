@@ -23,9 +23,10 @@ import torch
 from tqdm import tqdm
 
 from vitreg import distributed as dist
-from vitreg.config import ConfigError
 from vitreg.device import autocast, resolve_device, resolve_dtype, set_threads
-from vitreg.models import create_model, model_config, save_model
+from vitreg.errors import ConfigError, TrainingDiverged
+from vitreg.models.checkpoints import save_model
+from vitreg.models.presets import create_model, model_config
 from vitreg.train.augment import AugmentConfig, augment, prepare_eval
 from vitreg.train.checkpoint import STATE_NAME, keep_model, load_train_state, save_train_state
 from vitreg.train.config import TrainConfig
@@ -34,10 +35,6 @@ from vitreg.train.recipe import build_loss, build_mixup, build_optimizer, build_
 from vitreg.train.tracking import MetricsWriter, evaluate, track_norms, truncate_metrics
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/Inf; the run stopped before applying that update."""
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -157,8 +154,10 @@ def build_run_model(cfg: TrainConfig, registers: int, num_classes: int) -> torch
             num_heads=cfg.num_heads,
             patch_size=cfg.patch_size,
         )
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    except (ValueError, AssertionError) as err:  # timm refuses the combination (e.g. width not divisible by heads)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model={cfg.model} with these overrides cannot be built: {err}") from None
 
 
 def configure_attention(model: torch.nn.Module, setting: str, device: torch.device) -> bool:
@@ -185,10 +184,7 @@ def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData
         raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the {world} processes")
     threads = set_threads(cfg.threads)
     dtype = resolve_dtype(cfg.precision, device)
-    try:
-        hw = model_config(cfg.model, img_size=cfg.img_size).img_size
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    hw = model_config(cfg.model, img_size=cfg.img_size).img_size
     data = data if data is not None else load_data(cfg.data, hw)
     model = build_run_model(cfg, cfg.registers[0], data.num_classes).to(device)
     fused = configure_attention(model, cfg.fused_attn, device)
@@ -247,8 +243,6 @@ def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData
             x, y = make_batch(data, order, aug, mixup, cfg.seed, step, rank, world, device)
             scheduler.step_update(step)
             loss = forward_loss(net, x, y, criterion, device, dtype)
-            if cfg.fault_nan_at_step == done:
-                loss = loss * float("nan")
             # The mean loss over ranks: every rank sees the same value, so all stop together on NaN.
             loss_val = float(dist.all_reduce_sum(loss.detach().reshape(1).double().cpu())[0]) / world
             if not np.isfinite(loss_val):

@@ -1,19 +1,19 @@
 """From a config to run directories: one run, or a registers sweep (one sub-directory ``regN`` per value, same
-seed and data), fresh or resumed. Only rank 0 writes files."""
+seed and data), fresh (:func:`train`) or continued (:func:`resume`). Only rank 0 writes files."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from vitreg import distributed as dist
-from vitreg.config import ConfigError, load_config, save_config
-from vitreg.models import model_config
+from vitreg.config import load_config, save_config
+from vitreg.errors import ConfigError
+from vitreg.models.presets import model_config
 from vitreg.train.checkpoint import STATE_NAME
 from vitreg.train.config import TrainConfig, load_train_config
-from vitreg.train.data import load_data, scene_config
+from vitreg.train.data import load_data
 from vitreg.train.loop import RunResult, train_run
 
 CONFIG_NAME = "config.yaml"
@@ -30,43 +30,31 @@ def _occupied(directory: Path) -> bool:
     return (directory / STATE_NAME).is_file() or (directory / "model.safetensors").is_file()
 
 
-def resolve(
-    config: str | None, overrides: list[str], out: Path | None, resume: Path | None
-) -> tuple[TrainConfig, Path]:
-    """The config and run directory, checked before any work starts (bad keys, bad values, occupied --out)."""
-    if resume is not None:
-        if out is not None and Path(out).resolve() != Path(resume).resolve():
-            raise ConfigError("--resume DIR continues DIR; give either --resume or --out, not two directories")
-        if config is not None:
-            raise ConfigError("--resume uses DIR/config.yaml; --config cannot be combined with it")
-        saved = Path(resume) / CONFIG_NAME
-        if not saved.is_file():
-            raise FileNotFoundError(f"{resume} has no {CONFIG_NAME}: not a vitreg training run")
-        cfg = load_config(TrainConfig, saved, overrides)
-        out = Path(resume)
-    else:
-        if out is None:
-            raise ConfigError("--out DIR is required (or --resume DIR)")
-        cfg = load_train_config(config, overrides)
-        busy = [str(d) for _, d in run_dirs(cfg, Path(out)) if _occupied(d)]
-        if busy:
-            raise ConfigError(
-                f"{busy[0]} already holds a training run; continue it with --resume {out} or use a new --out"
-            )
-    try:  # model and scene options are checked here too, so a typo fails before anything is rendered
-        hw = model_config(cfg.model, img_size=cfg.img_size).img_size
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if cfg.data.kind == "synthetic":
-        scene_config(cfg.data, hw)
-    return cfg, Path(out)
+def input_size(cfg: TrainConfig) -> tuple[int, int]:
+    """The model's input size (H, W); an unknown model name is a ConfigError, before anything is rendered."""
+    return model_config(cfg.model, img_size=cfg.img_size).img_size
 
 
-def run_training(
-    config: str | None = None, overrides: list[str] | None = None, out: Path | None = None, resume: Path | None = None
-) -> list[RunResult]:
-    cfg, out = resolve(config, overrides or [], out, resume)
-    hw = model_config(cfg.model, img_size=cfg.img_size).img_size
+def train(cfg: TrainConfig, out: str | Path) -> list[RunResult]:
+    """Train ``cfg`` into ``out`` (``out/regN`` for a registers sweep); an occupied directory is refused."""
+    out = Path(out)
+    busy = [str(d) for _, d in run_dirs(cfg, out) if _occupied(d)]
+    if busy:
+        raise ConfigError(f"{busy[0]} already holds a training run; continue it with --resume {out} or use a new --out")
+    return _run(cfg, out, resumed=False)
+
+
+def resume(directory: str | Path, overrides: Sequence[str] = ()) -> list[RunResult]:
+    """Continue the run(s) in ``directory`` from their last checkpoints (its config.yaml, plus ``overrides``)."""
+    directory = Path(directory)
+    saved = directory / CONFIG_NAME
+    if not saved.is_file():
+        raise ConfigError(f"{directory} has no {CONFIG_NAME}: not a vitreg training run")
+    return _run(load_config(TrainConfig, saved, list(overrides)), directory, resumed=True)
+
+
+def _run(cfg: TrainConfig, out: Path, resumed: bool) -> list[RunResult]:
+    hw = input_size(cfg)
     if dist.is_main():
         save_config(cfg, out, CONFIG_NAME)
     data = load_data(cfg.data, hw)  # once for the whole sweep: every value sees the same images
@@ -75,9 +63,21 @@ def run_training(
         sub = dataclasses.replace(cfg, registers=[n])
         if directory != out and dist.is_main():
             save_config(sub, directory, CONFIG_NAME)
-        results.append(train_run(sub, directory, resume=resume is not None, data=data))
+        results.append(train_run(sub, directory, resume=resumed, data=data))
     return results
 
 
-def read_run_config(directory: Path) -> dict:
-    return yaml.safe_load((directory / CONFIG_NAME).read_text())
+def run_training(
+    config: str | None = None, overrides: Sequence[str] = (), out: Path | None = None, resume_dir: Path | None = None
+) -> list[RunResult]:
+    """`vitreg train` in one call: a packaged name or YAML file plus ``key=value`` overrides into ``out``, or the
+    run in ``resume_dir`` continued. Every key and value is checked before any work starts."""
+    if resume_dir is not None:
+        if out is not None and Path(out).resolve() != Path(resume_dir).resolve():
+            raise ConfigError("--resume DIR continues DIR; give either --resume or --out, not two directories")
+        if config is not None:
+            raise ConfigError("--resume uses DIR/config.yaml; --config cannot be combined with it")
+        return resume(resume_dir, overrides)
+    if out is None:
+        raise ConfigError("--out DIR is required (or --resume DIR)")
+    return train(load_train_config(config, list(overrides)), out)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitreg import atomic
 from vitreg.analysis.norms import find_threshold
 from vitreg.device import autocast
-from vitreg.models import Inspector
+from vitreg.models.inspect import Inspector
 
 QUANTILES = {"p50": 50, "p90": 90, "p98": 98, "p99": 99}
 
@@ -162,6 +163,4 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

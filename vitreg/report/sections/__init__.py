@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import importlib
-import os
 import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,9 +67,6 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, 
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG via a temporary file and a rename: a re-render that fails half-way keeps the
     previous figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
-    return path
+    from vitreg import atomic
+
+    return atomic.write_png(path, fig, dpi)

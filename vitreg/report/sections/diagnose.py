@@ -13,7 +13,7 @@ from typing import Any
 
 from vitreg.report.explorer import explorer_html
 from vitreg.report.figures import draw_figures, read_manifest, safe_key
-from vitreg.report.rundir import DiagnoseRun, ModelRun, is_diagnose_run, load_run
+from vitreg.results.rundir import DiagnoseRun, ModelRun, is_diagnose_run, load_run
 from vitreg.report.sections import Section, fmt, img_tag, table
 
 
@@ -60,43 +60,37 @@ _REGISTERS_CAPTION = (
 )
 
 
-def _g(d: dict[str, Any] | None, *path: str) -> Any:
-    """Nested get that tolerates missing levels: a run may lack an optional block."""
-    for p in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(p)
-    return d
-
-
 def _pct(v: Any) -> str | None:
     return None if v is None else f"{100 * float(v):.2f}%"
 
 
 def _rule(m: ModelRun) -> str:
-    rule = m.result.get("rule") or {}
-    kind, value = rule.get("kind", "?"), rule.get("value")
-    return f"{kind} {fmt(value)}" if value is not None else str(kind)
+    rule = m.result.rule
+    return f"{rule.kind} {fmt(rule.value)}" if rule.value is not None else rule.kind
 
 
 def _statistic(m: ModelRun) -> str | None:
-    stat = _g(m.result, "rule", "statistic")
-    if not isinstance(stat, dict) or stat.get("value") is None:
+    stat = m.result.rule.statistic
+    if stat.get("value") is None:
         return None
     return f"{stat.get('name', 'statistic')} = {fmt(stat['value'])}"
 
 
 def _statistic_details(run: DiagnoseRun) -> str:
     """Every field of each model's bimodality statistic (the summary cell shows only its headline value)."""
-    rows = []
-    for m in run.models:
-        stat = _g(m.result, "rule", "statistic")
-        if isinstance(stat, dict):
-            rows.append({"model": m.label} | {k: v for k, v in stat.items() if not isinstance(v, dict | list)})
+    rows = [
+        {"model": m.label} | {k: v for k, v in m.result.rule.statistic.items() if not isinstance(v, dict | list)}
+        for m in run.models
+        if m.result.rule.statistic
+    ]
     if not rows:
         return ""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return f"<details><summary>bimodality test details</summary>{table(rows, columns)}</details>"
+
+
+def _background(m: ModelRun, value: float | None) -> str | None:
+    return _pct(value) if m.result.masks.available else "no masks"
 
 
 def _summary(run: DiagnoseRun) -> str:
@@ -107,53 +101,49 @@ def _summary(run: DiagnoseRun) -> str:
             {
                 "model": m.label,
                 "registers": m.num_registers,
-                "images": r.get("images"),
+                "images": r.images,
                 "rule": _rule(m),
                 "threshold": "none (no outliers)" if m.threshold is None else fmt(m.threshold, 4),
-                "outlier ratio": _pct(_g(r, "output", "outlier_ratio")),
-                "norm ratio": _g(r, "output", "norm_ratio"),
-                "bimodal": _g(r, "rule", "bimodal"),
+                "outlier ratio": _pct(r.output.outlier_ratio),
+                "norm ratio": r.output.norm_ratio,
+                "bimodal": r.rule.bimodal,
                 "bimodality statistic": _statistic(m),
-                "first outlier layer": r.get("first_outlier_layer"),
-                "outliers on background": _pct(_g(r, "masks", "share_outliers_background"))
-                if _g(r, "masks", "available")
-                else "no masks",
-                "outliers on redundant patches": _pct(_g(r, "neighbors", "share_outliers_redundant")),
-                "verdict": r.get("verdict"),
+                "first outlier layer": r.first_outlier_layer,
+                "outliers on background": _background(m, r.masks.share_outliers_background),
+                "outliers on redundant patches": _pct(r.neighbors.share_outliers_redundant),
+                "verdict": r.verdict,
             }
         )
-    headline = _g(run.metrics, "summary", "verdict") or run.models[0].result.get("verdict")
+    summary = run.metrics.summary
+    headline = summary.verdict if summary is not None and summary.verdict else run.models[0].result.verdict
     out = f'<p class="verdict">{html.escape(str(headline))}</p>' if headline else ""
     out += _summary_table(rows)
     out += _statistic_details(run)
     norms = [
         {
             "model": m.label,
-            "patch tokens": _g(m.result, "output", "patch_tokens"),
-            "outliers": _g(m.result, "output", "outliers"),
-            "mean norm normal": _g(m.result, "output", "mean_norm_normal"),
-            "mean norm outlier": _g(m.result, "output", "mean_norm_outlier"),
-            "median norm normal": _g(m.result, "output", "median_norm_normal"),
-            "median norm outlier": _g(m.result, "output", "median_norm_outlier"),
-            "[CLS] norm": _g(m.result, "output", "cls_norm_mean"),
-            "register norms": ", ".join(fmt(v) for v in _g(m.result, "output", "register_norms_mean") or []) or None,
+            "patch tokens": m.result.output.patch_tokens,
+            "outliers": m.result.output.outliers,
+            "mean norm normal": m.result.output.mean_norm_normal,
+            "mean norm outlier": m.result.output.mean_norm_outlier,
+            "median norm normal": m.result.output.median_norm_normal,
+            "median norm outlier": m.result.output.median_norm_outlier,
+            "[CLS] norm": m.result.output.cls_norm_mean,
+            "register norms": ", ".join(fmt(v) for v in m.result.output.register_norms_mean) or None,
         }
         for m in run.models
     ]
     out += table(norms, caption="Output norms (last block, before the final norm: the paper's norms)")
     for m in run.models:
-        bad = m.result.get("bad_images") or []
+        bad = m.result.bad_images
         if bad:
-            items = "".join(
-                f"<li>{html.escape(str(b.get('path')))}: {html.escape(str(b.get('reason')))}</li>" for b in bad[:50]
-            )
+            items = "".join(f"<li>{html.escape(b.path)}: {html.escape(b.reason)}</li>" for b in bad[:50])
             more = f"<li>… and {len(bad) - 50} more</li>" if len(bad) > 50 else ""
-            summary = f"{html.escape(m.label)}: {len(bad)} bad images skipped"
-            out += f"<details><summary>{summary}</summary><ul>{items}{more}</ul></details>"
-    cfg = json.dumps(run.metrics.get("config") or {}, indent=2, default=str)
-    version = run.metrics.get("vitreg_version", "?")
-    summary = f"resolved config (vitreg {html.escape(str(version))})"
-    out += f"<details><summary>{summary}</summary><pre>{html.escape(cfg)}</pre></details>"
+            title = f"{html.escape(m.label)}: {len(bad)} bad images skipped"
+            out += f"<details><summary>{title}</summary><ul>{items}{more}</ul></details>"
+    cfg = json.dumps(run.metrics.config, indent=2, default=str)
+    title = f"resolved config (vitreg {html.escape(run.metrics.vitreg_version or '?')})"
+    out += f"<details><summary>{title}</summary><pre>{html.escape(cfg)}</pre></details>"
     return out
 
 
@@ -201,17 +191,17 @@ def _layers(run: DiagnoseRun, fig) -> str:
     rows = [
         {
             "model": m.label,
-            "layer": d.get("layer"),
-            "median": d.get("median"),
-            "p98": d.get("p98"),
-            "max": d.get("max"),
-            "threshold": d.get("threshold"),
-            "bimodal": d.get("bimodal"),
-            "outlier ratio": _pct(d.get("outlier_ratio")),
-            "norm ratio": d.get("norm_ratio"),
+            "layer": d.layer,
+            "median": d.median,
+            "p98": d.p98,
+            "max": d.max,
+            "threshold": d.threshold,
+            "bimodal": d.bimodal,
+            "outlier ratio": _pct(d.outlier_ratio),
+            "norm ratio": d.norm_ratio,
         }
         for m in run.models
-        for d in m.result.get("layers") or []
+        for d in m.result.layers
     ]
     if rows:
         body += f"<details><summary>per-layer numbers</summary>{table(rows)}</details>"
@@ -228,15 +218,11 @@ def _where(run: DiagnoseRun, fig) -> str:
     rows = [
         {
             "model": m.label,
-            "mean similarity, outliers": _g(m.result, "neighbors", "mean_sim_outlier"),
-            "mean similarity, normal": _g(m.result, "neighbors", "mean_sim_normal"),
-            "outliers on redundant patches": _pct(_g(m.result, "neighbors", "share_outliers_redundant")),
-            "outliers on background": _pct(_g(m.result, "masks", "share_outliers_background"))
-            if _g(m.result, "masks", "available")
-            else "no masks",
-            "patches on background": _pct(_g(m.result, "masks", "share_patches_background"))
-            if _g(m.result, "masks", "available")
-            else "no masks",
+            "mean similarity, outliers": m.result.neighbors.mean_sim_outlier,
+            "mean similarity, normal": m.result.neighbors.mean_sim_normal,
+            "outliers on redundant patches": _pct(m.result.neighbors.share_outliers_redundant),
+            "outliers on background": _background(m, m.result.masks.share_outliers_background),
+            "patches on background": _background(m, m.result.masks.share_patches_background),
         }
         for m in run.models
     ]
@@ -248,7 +234,7 @@ def _register_table(run: DiagnoseRun) -> str:
         {
             "model": m.label,
             "registers": m.num_registers,
-            "mean off-diagonal similarity": m.register_analysis.get("similarity_mean_offdiag"),
+            "mean off-diagonal similarity": m.result.register_analysis.similarity_mean_offdiag,
         }
         for m in run.models
     ]

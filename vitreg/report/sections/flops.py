@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import html
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from vitreg.report.sections import Section, img_tag, save_figure, table
+from vitreg.results.flops import FlopsResult
+from vitreg.results.rundir import has_result, read_result, result_path
 
 
-def draw(run_dir: Path, data: dict) -> Path:
+def draw(run_dir: Path, data: FlopsResult) -> Path:
     """figures/flops.png: FLOP overhead (%) against the number of registers, one line per model and resolution."""
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.subplots()
-    for m in data["models"]:
-        for size in sorted({r["img_size"] for r in m["rows"]}):
-            rows = sorted((r for r in m["rows"] if r["img_size"] == size), key=lambda r: r["registers"])
-            ax.plot(
-                [r["registers"] for r in rows],
-                [100 * r["flops_overhead"] for r in rows],
-                "o-",
-                label=f"{m['model']} @ {size}",
-            )
+    for m in data.models:
+        for size in sorted({r.img_size for r in m.rows}):
+            rows = sorted((r for r in m.rows if r.img_size == size), key=lambda r: r.registers)
+            ax.plot([r.registers for r in rows], [100 * r.flops_overhead for r in rows], "o-", label=f"{m.model} @ {size}")
     ax.set_xlabel("registers")
     ax.set_ylabel("FLOPs increase (%)")
     ax.grid(alpha=0.3)
@@ -32,26 +29,26 @@ def draw(run_dir: Path, data: dict) -> Path:
 
 
 def render(run_dir: Path) -> list[Section]:
-    path = Path(run_dir) / "flops.json"
-    if not path.is_file():
+    if not has_result(run_dir, FlopsResult):
         return []
-    data = json.loads(path.read_text())
+    path = result_path(run_dir, FlopsResult)
+    data = read_result(run_dir, FlopsResult)
     fig_path = Path(run_dir) / "figures" / "flops.png"
     if not fig_path.is_file() or fig_path.stat().st_mtime < path.stat().st_mtime:
         draw(run_dir, data)
-    parts = [img_tag(fig_path, "FLOP overhead against registers"), f'<p class="note">Counted: {data["counted"]}.</p>']
-    for m in data["models"]:
+    parts = [img_tag(fig_path, "FLOP overhead against registers"), f'<p class="note">Counted: {html.escape(data.counted)}.</p>']
+    for m in data.models:
         rows = [
-            dict(
-                size=r["img_size"],
-                registers=r["registers"],
-                tokens=r["tokens"],
-                GFLOPs=r["flops"] / 1e9,
-                **{"FLOPs +%": 100 * r["flops_overhead"]},
-                **{"params (M)": r["params"] / 1e6},
-                **{"added params": r["added_params"]},
-            )
-            for r in m["rows"]
+            {
+                "size": r.img_size,
+                "registers": r.registers,
+                "tokens": r.tokens,
+                "GFLOPs": r.flops / 1e9,
+                "FLOPs +%": 100 * r.flops_overhead,
+                "params (M)": r.params / 1e6,
+                "added params": r.added_params,
+            }
+            for r in m.rows
         ]
-        parts.append(table(rows, caption=f"{m['model']} (width {m['width']}, depth {m['depth']})"))
+        parts.append(table(rows, caption=f"{m.model} (width {m.width}, depth {m.depth})"))
     return [Section("flops", "FLOPs and parameters of registers", "".join(parts), order=300)]

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from vitreg.errors import RunDirError
 from vitreg.report.sections import Section, img_tag, save_figure, table
+from vitreg.results.lost import LostResult
+from vitreg.results.rundir import LOST_EXAMPLES, has_result, read_npz, read_result
 
 
 def draw(run_dir: Path) -> Path | None:
     """figures/lost_examples.png: per example the image with the predicted (red) and ground-truth (green) boxes, the
     seed (star), and the patch degree map (low degree = seed candidates)."""
-    src = Path(run_dir) / "figures" / "lost_examples.npz"
+    src = Path(run_dir) / LOST_EXAMPLES
     if not src.is_file():
         return None
-    with np.load(src, allow_pickle=False) as z:
-        n = int(z["count"])
-        mean, std = z["mean"], z["std"]
+    z = read_npz(src)
+    n = int(z["count"])
+    mean, std = z["mean"], z["std"]
+    try:
         items = [{k: z[f"{k}_{i}"] for k in ("image", "mask", "degree", "box", "gt", "seed")} for i in range(n)]
+    except KeyError as err:
+        raise RunDirError(f"{src} lacks {err.args[0]} (it lists {n} examples)") from None
     if not n:
         return None
     fig = Figure(figsize=(2.2 * n, 4.4))
@@ -48,32 +53,31 @@ def draw(run_dir: Path) -> Path | None:
 
 
 def render(run_dir: Path) -> list[Section]:
-    path = Path(run_dir) / "lost.json"
-    if not path.is_file():
+    if not has_result(run_dir, LostResult):
         return []
-    data = json.loads(path.read_text())
-    s = data["settings"]
+    data = read_result(run_dir, LostResult)
+    s = data.settings
     rows = [
-        dict(
-            bias=r["bias"],
-            CorLoc=None if r["corloc"] is None else 100 * r["corloc"],
-            correct=r["correct"],
-            images=r["images"],
-            **{"mean best IoU": r["mean_best_iou"]},
-            **{"seed outside mask": r["seed_outside_mask"]},
-        )
-        for r in data["results"]
+        {
+            "bias": r.bias,
+            "CorLoc": None if r.corloc is None else 100 * r.corloc,
+            "correct": r.correct,
+            "images": r.images,
+            "mean best IoU": r.mean_best_iou,
+            "seed outside mask": r.seed_outside_mask,
+        }
+        for r in data.results
     ]
     intro = (
-        f"<p>{html.escape(str(data['model']))} ({data['registers']} registers), {data['images']} images of "
-        f"{html.escape(str(data['dataset']))}, {html.escape(data['protocol'])}; features: "
-        f"{html.escape(s['features'])} of block {s['layer']}, k = {s['k']}, "
-        f"{'L2-normalised' if s['normalize'] else 'not normalised'}; {len(data['bad_images'])} images skipped as "
+        f"<p>{html.escape(data.model)} ({data.registers} registers), {data.images} images of "
+        f"{html.escape(data.dataset)}, {html.escape(data.protocol)}; features: "
+        f"{html.escape(s.features)} of block {s.layer}, k = {s.k}, "
+        f"{'L2-normalised' if s.normalize else 'not normalised'}; {len(data.bad_images)} images skipped as "
         f"bad. CorLoc (%) = images whose box has IoU ≥ 0.5 with a ground-truth box.</p>"
     )
     parts = [intro, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
     fig_path = Path(run_dir) / "figures" / "lost_examples.png"
-    npz = Path(run_dir) / "figures" / "lost_examples.npz"
+    npz = Path(run_dir) / LOST_EXAMPLES
     if npz.is_file() and (not fig_path.is_file() or fig_path.stat().st_mtime < npz.stat().st_mtime):
         draw(run_dir)
     if fig_path.is_file():
@@ -81,6 +85,6 @@ def render(run_dir: Path) -> list[Section]:
         parts.append(
             '<p class="figure-caption">Top: predicted box (red), ground-truth boxes (green), seed (star); bottom: '
             "patch degree (positive correlations) and the expanded mask (red contour), "
-            f"bias {data['results'][0]['bias']:g}.</p>"
+            f"bias {data.results[0].bias:g}.</p>"
         )
     return [Section("lost", "Object discovery (LOST)", "".join(parts), order=200)]

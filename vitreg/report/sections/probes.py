@@ -3,85 +3,77 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from vitreg.report.sections import Section, fmt, table
+from vitreg.results.probe import GlobalProbe, LocalProbes, ProbeResult
+from vitreg.results.rundir import has_result, read_result
 
 
 def _pct(v: float | None) -> float | None:
     return None if v is None else 100 * v
 
 
-def _local(loc: dict) -> str:
+def _local(loc: LocalProbes) -> str:
     rows = []
     for g in ("all", "normal", "outlier"):
-        pos = loc["position"][g]
-        row = {"tokens": g, "count": pos["count"], "position acc. (%)": _pct(pos["accuracy"])}
-        for name, v in loc["pixel"].items():
-            row[f"pixel MSE ({name})"] = v[g]["mse"]
+        pos = loc.position[g]
+        row: dict[str, object] = {"tokens": g, "count": pos.count, "position acc. (%)": _pct(pos.accuracy)}
+        for name, v in loc.pixel.items():
+            row[f"pixel MSE ({name})"] = v[g].mse
         rows.append(row)
     note = (
-        f'<p class="note">{html.escape(loc["protocol"])} ({loc["train_images"]} / {loc["test_images"]} images, '
-        f"{html.escape(loc['tokens'])} tokens); chance position accuracy {fmt(100 * loc['chance_accuracy'])}%; "
-        f"{html.escape(loc['pixel_units'])}. A dash means the group has no token.</p>"
+        f'<p class="note">{html.escape(loc.protocol)} ({loc.train_images} / {loc.test_images} images, '
+        f"{html.escape(loc.tokens)} tokens); chance position accuracy {fmt(100 * loc.chance_accuracy)}%; "
+        f"{html.escape(loc.pixel_units)}. A dash means the group has no token.</p>"
     )
     return table(rows, caption="Local information (paper Fig. 5b)") + note
 
 
-def _global(glo: dict) -> str:
-    rows = []
-    for name, r in glo["results"].items():
-        rows.append(
-            {
-                "token": name,
-                "images": r["images"],
-                "top-1 mean (%)": _pct(r.get("mean")),
-                "± std": _pct(r.get("std")),
-                "note": r.get("note", ""),
-            }
-        )
+def _global(glo: GlobalProbe) -> str:
+    rows = [
+        {"token": name, "images": r.images, "top-1 mean (%)": _pct(r.mean), "± std": _pct(r.std), "note": r.note or ""}
+        for name, r in glo.results.items()
+    ]
     note = (
-        f'<p class="note">Logistic regression on one token per image over seeds {glo["seeds"]}; '
-        f"{glo['images_without_outlier']} of {glo['images']} images have no outlier token and are left out of the "
-        f"outlier row; majority-class accuracy {fmt(100 * glo['chance_accuracy'])}%.</p>"
+        f'<p class="note">Logistic regression on one token per image over seeds {glo.seeds}; '
+        f"{glo.images_without_outlier} of {glo.images} images have no outlier token and are left out of the "
+        f"outlier row; majority-class accuracy {fmt(100 * glo.chance_accuracy)}%.</p>"
     )
     return table(rows, caption="Global information (paper Table 1)") + note
 
 
+def _dense(d: ProbeResult) -> str:
+    rows: list[dict[str, object]] = []
+    seg = d.dense.segmentation if d.dense else None
+    depth = d.dense.depth if d.dense else None
+    if seg is not None:
+        rows.append({"task": "segmentation", "metric": "mIoU (%)", "value": _pct(seg.miou), "baseline": None})
+    if depth is not None:
+        rows.append({"task": "depth", "metric": "RMSE", "value": depth.rmse, "baseline": depth.rmse_mean_baseline})
+    return table(rows, caption="Dense linear probes (baseline: the training mean everywhere)") if rows else ""
+
+
 def render(run_dir: Path) -> list[Section]:
-    path = Path(run_dir) / "probe.json"
-    if not path.is_file():
+    if not has_result(run_dir, ProbeResult):
         return []
-    d = json.loads(path.read_text())
-    t = d["threshold"]
-    o = d["outliers"]
+    d = read_result(run_dir, ProbeResult)
+    t, o = d.threshold, d.outliers
+    thr = "no threshold (none found)" if t.threshold is None else fmt(t.threshold)
     parts = [
-        f"<p>{html.escape(str(d['model']))} ({d['registers']} registers), {d['num_images']} images of "
-        f"{html.escape(str(d['images']))}; outliers: last-block patch-token norm above "
-        f"{'no threshold (none found)' if t['threshold'] is None else fmt(t['threshold'])} ({html.escape(t['rule'])}"
-        f"), {o['outliers']} of {o['patch_tokens']} tokens.</p>"
+        f"<p>{html.escape(d.model)} ({d.registers} registers), {d.num_images} images of {html.escape(d.images)}; "
+        f"outliers: last-block patch-token norm above {thr} ({html.escape(t.rule)}), {o.outliers} of "
+        f"{o.patch_tokens} tokens.</p>"
     ]
-    if "local" in d:
-        parts.append(_local(d["local"]))
-    if "global" in d:
-        parts.append(_global(d["global"]))
-    if "linear" in d:
-        lin = d["linear"]
-        rows = [{"features": k, "top-1 (%)": _pct(v)} for k, v in lin["top1"].items()]
-        parts.append(
-            table(rows, caption=f"Linear classification on frozen features ({lin['test_images']} held-out images)")
-        )
-    dense = d.get("dense", {})
-    rows = []
-    if "segmentation" in dense:
-        s = dense["segmentation"]
-        rows.append({"task": "segmentation", "metric": "mIoU (%)", "value": _pct(s["miou"]), "baseline": None})
-    if "depth" in dense:
-        s = dense["depth"]
-        rows.append({"task": "depth", "metric": "RMSE", "value": s["rmse"], "baseline": s["rmse_mean_baseline"]})
-    if rows:
-        parts.append(table(rows, caption="Dense linear probes (baseline: the training mean everywhere)"))
-    for name, why in d.get("skipped", {}).items():
+    if d.local is not None:
+        parts.append(_local(d.local))
+    if d.global_probe is not None:
+        parts.append(_global(d.global_probe))
+    if d.linear is not None:
+        rows = [{"features": k, "top-1 (%)": _pct(v)} for k, v in d.linear.top1.items()]
+        parts.append(table(rows, caption=f"Linear classification on frozen features ({d.linear.test_images} held-out "
+                                         "images)"))  # fmt: skip
+    parts.append(_dense(d))
+    for name, why in d.skipped.items():
         parts.append(f'<p class="note">{html.escape(name)}: skipped ({html.escape(why)}).</p>')
     return [Section("probes", "Token and linear probes", "".join(parts), order=150)]

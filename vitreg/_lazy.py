@@ -1,0 +1,25 @@
+"""Lazy package exports (PEP 562): ``from vitreg.models import load_model`` works, but importing a light submodule
+such as ``vitreg.train.config`` does not pull in torch and timm through the package's ``__init__``. This is what
+lets ``vitreg --help`` and argument errors answer without importing the heavy libraries."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package`` whose names live in submodules: ``{name: "submodule"}`` (a name
+    with a dot, e.g. ``"vitreg.errors"``, is an absolute module)."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module if "." in module else f"{package}.{module}"), name)
+
+    def __dir__() -> list[str]:
+        return sorted(exports)
+
+    return __getattr__, __dir__

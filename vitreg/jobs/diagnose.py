@@ -1,0 +1,136 @@
+"""Diagnose: does a model have high-norm artifact tokens, where, and how strong? (`vitreg diagnose`)
+
+One streaming pass per model over the images (memory independent of their number); under torchrun the images are
+sharded over ranks (``range(rank, n, world)``, no padding) and the statistics added, so the run directory is the
+same as with one process. Writes DIR/metrics.json, DIR/arrays_<key>.npz and DIR/config.yaml; the report is drawn
+from them by :func:`vitreg.report.html.write_report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitreg import __version__
+from vitreg.config import to_dict, validate_all
+from vitreg.errors import ConfigError, DataError
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.results.codec import from_json
+from vitreg.results.diagnose import DiagnoseResult, DiagnoseSummary, ModelResult
+
+MAX_EXAMPLES = 16  # pictures kept per model (all of them are drawn in the report)
+
+
+@dataclass(kw_only=True)
+class ModelEntry(ModelSpec):
+    key: str  # "a", "b" (a comparison) or "s0", "s1", ... (a sweep along training or size)
+
+
+@dataclass(kw_only=True)
+class DiagnoseConfig:
+    """Everything `vitreg diagnose` does (saved in metrics.json and config.yaml)."""
+
+    models: list[ModelEntry]
+    images: ImageSpec = field(default_factory=ImageSpec)
+    runtime: Runtime = field(default_factory=Runtime)
+    rule: Literal["auto", "cutoff", "percentile"] = "auto"
+    cutoff: float | None = None  # paper: 150 for DINOv2
+    percentile: float | None = None  # reproducibility study: 98
+    examples: int = 8
+    log_x: bool = False  # report option: log-scaled norm axis first
+    out: str
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("give --model SPEC (and optionally --compare SPEC2) or --sweep ENTRY [ENTRY ...]")
+        keys = [m.key for m in self.models]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"model keys must be unique, got {keys}")
+        if self.rule == "cutoff" and (self.cutoff is None or not self.cutoff > 0):
+            raise ConfigError(f"--cutoff needs a positive norm, got {self.cutoff}")
+        if self.rule == "percentile" and (self.percentile is None or not 0 < self.percentile < 100):
+            raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.percentile}")
+        if not 0 <= self.examples <= MAX_EXAMPLES:
+            raise ConfigError(f"--examples must be in 0..{MAX_EXAMPLES} (all are drawn in the report), got {self.examples}")
+
+    @property
+    def rule_value(self) -> float | None:
+        return {"auto": None, "cutoff": self.cutoff, "percentile": self.percentile}[self.rule]
+
+
+def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
+    """Run the diagnosis of every model of ``cfg`` and write its run directory; returns what metrics.json holds.
+
+    Every model is checked (names, files, weights) before any image is read, so a bad second model fails at once.
+    """
+    from vitreg import distributed as dist
+    from vitreg.config import save_config
+    from vitreg.results.rundir import write_arrays, write_result
+
+    validate_all(cfg)
+    for entry in cfg.models:
+        entry.check()
+    device, dtype = cfg.runtime.start()
+    dist.init_distributed(device)
+    out = Path(cfg.out)
+    try:
+        results = []
+        for entry in cfg.models:
+            result, arrays = _diagnose_entry(entry, cfg, device, dtype)
+            if dist.is_main():
+                write_arrays(out, entry.key, arrays)
+            results.append(result)
+        dist.barrier()
+        config = to_dict(cfg) | {"world_size": dist.get_world_size(), "resolved_device": str(device)}
+        metrics = DiagnoseResult(
+            vitreg_version=__version__, config=config, summary=DiagnoseSummary.of(results[0]), models=results
+        )
+        if dist.is_main():
+            write_result(out, metrics)
+            save_config(cfg, out)
+        return metrics
+    finally:
+        dist.cleanup()
+
+
+def _shard(ds: Any, rank: int, world: int) -> Any:
+    """Images ``rank, rank + world, ...``: every image exactly once (a DistributedSampler would pad by repeating)."""
+    from torch.utils.data import Subset
+
+    return ds if world == 1 else Subset(ds, list(range(rank, len(ds), world)))
+
+
+def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: Any) -> tuple[ModelResult, dict]:
+    import torch
+
+    from vitreg import distributed as dist
+    from vitreg.analysis.diagnose import diagnose_model
+    from vitreg.analysis.summary import summarize
+    from vitreg.data.transforms import ImageTransform
+
+    torch.manual_seed(cfg.runtime.seed)  # random-init models are the same whatever their place in the list
+    model = entry.load(device)
+    # a fixed input size gives a fixed patch grid, so per-position counts add over images
+    transform = ImageTransform.from_model(model, mode="resize")
+    ds = cfg.images.open(transform, seed=cfg.runtime.seed)
+    shard = _shard(ds, dist.get_rank(), dist.get_world_size())
+    stream = diagnose_model(
+        model,
+        cfg.images.loader(shard),
+        transform.input_size,
+        transform.denormalize,
+        dtype=dtype,
+        examples=cfg.examples,
+        cutoff=cfg.cutoff if cfg.rule == "cutoff" else None,
+        total=len(shard),
+        progress=dist.is_main(),
+        desc=f"diagnose {entry.key}",
+    )
+    stream.merge_ranks()
+    if stream.images == 0:
+        raise DataError(f"model {entry.label}: no usable images in {cfg.images.src!r} (every image was bad or none)")
+    result, arrays = summarize(stream, cfg.rule, cfg.rule_value, entry.key, entry.label, entry.spec)
+    result["input_size"] = list(transform.input_size)
+    result["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    return from_json(ModelResult, result, f"diagnose {entry.key}"), arrays

@@ -1,0 +1,66 @@
+"""FLOPs and parameters against the number of registers and the resolution, paper Fig. 12 (`vitreg flops`).
+Writes DIR/flops.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitreg.config import to_dict, validate_all
+from vitreg.errors import ConfigError
+from vitreg.jobs.specs import ModelSpec
+from vitreg.results.codec import from_json
+from vitreg.results.flops import FlopsResult
+
+#: The register counts of the paper's sweeps (Fig. 8 ablation and Fig. 12 overhead).
+REGISTER_SWEEP: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
+
+COUNTED = (
+    "one forward at batch 1 on the meta device with torch.utils.flop_counter.FlopCounterMode: "
+    "matrix products and the patch convolution, 2 FLOPs per multiply-add"
+)
+
+
+@dataclass(kw_only=True)
+class FlopsConfig:
+    models: list[ModelSpec]
+    register_counts: list[int] = field(default_factory=lambda: list(REGISTER_SWEEP))  # 0 is always added
+    resolutions: list[int] | None = None  # input sizes (None: each model's own)
+    out: str
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("--model needs at least one model")
+        if min(self.register_counts, default=0) < 0:
+            raise ConfigError(f"--register-counts needs non-negative integers, got {self.register_counts}")
+        if self.resolutions is not None and (not self.resolutions or min(self.resolutions) < 1):
+            raise ConfigError(f"--resolutions needs positive integers, got {self.resolutions}")
+
+
+def architecture(model: ModelSpec) -> Any:
+    """The model's ModelConfig: a name resolves without building anything; a run directory or weights file is
+    loaded once (on CPU) for its config. Only the architecture matters: weights never change a FLOP count."""
+    from vitreg.models.presets import model_config
+
+    if not Path(model.spec).exists():
+        return model_config(model.spec, registers=model.registers, img_size=model.img_size)
+    return model.load().vitreg_config
+
+
+def flops(cfg: FlopsConfig) -> FlopsResult:
+    from vitreg.flops import flops_table
+    from vitreg.results.rundir import write_result
+
+    validate_all(cfg)
+    counts = sorted(set(cfg.register_counts) | {0})
+    resolutions: list[int | None] = list(cfg.resolutions) if cfg.resolutions else [None]
+    models = []
+    for spec in cfg.models:
+        arch = architecture(spec)
+        rows = flops_table(arch, counts, resolutions)
+        models.append(dict(model=spec.spec, width=arch.embed_dim, depth=arch.depth, patch_size=arch.patch_size,
+                           rows=rows))  # fmt: skip
+    result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
+    write_result(Path(cfg.out), result)
+    return result

@@ -1,0 +1,113 @@
+"""LOST object discovery on a model's patch features, scored with CorLoc against ground-truth boxes (`vitreg lost`).
+Writes DIR/lost.json and DIR/figures/lost_examples.npz."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitreg.config import to_dict, validate_all
+from vitreg.data.scenes import SceneConfig, parse_scene_options
+from vitreg.errors import ConfigError
+from vitreg.jobs.specs import ModelSpec, Runtime
+from vitreg.results.codec import from_json
+from vitreg.results.lost import LostResult
+
+DEFAULT_SYNTHETIC_IMAGES = 64
+
+
+@dataclass(kw_only=True)
+class LostConfig:
+    model: ModelSpec
+    runtime: Runtime = field(default_factory=Runtime)
+    # data: a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or "synthetic[:options]"
+    dataset: str = "synthetic"
+    scenes: SceneConfig | None = None  # base scene options of "synthetic" (default: seeded by runtime.seed)
+    image_root: str | None = None  # image folder when not in the standard place beside the annotations
+    limit: int | None = None  # at most N images (synthetic: 64 by default)
+    resize: int | None = None  # S x S (the reproducibility study's 224) instead of the patch-multiple crop
+    batch_size: int = 16  # images per forward (same-size images are batched)
+    workers: int = 0
+    strict: bool = False
+    # LOST
+    layer: int = -1  # block whose features are used
+    features: Literal["k", "q", "v", "tokens"] = "k"  # paper: k for DINOv2, v for DeiT-III and CLIP
+    k: int = 100  # lowest-degree patches considered for the seed expansion
+    biases: list[float] = field(default_factory=lambda: [0.0])  # added to the Gram matrix, one result each
+    normalize: bool = False  # L2-normalise the features (cosine similarities)
+    examples: int = 6  # images kept for the report's figure
+    out: str
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"--k must be >= 1, got {self.k}")
+        if not self.biases:
+            raise ConfigError("--bias needs at least one number")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"--resize must be >= 1, got {self.resize}")
+
+
+def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
+    """The box dataset and a description of the protocol used."""
+    from vitreg.data.synthetic import SyntheticScenes
+    from vitreg.data.transforms import ImageTransform
+    from vitreg.eval.voc import BoxDataset, read_box_dataset
+
+    keyword, _, options = str(cfg.dataset).partition(":")
+    if keyword == "synthetic":
+        t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
+        # scene options (e.g. the training task's) apply first; the size always follows the model
+        scenes = parse_scene_options(options, cfg.scenes or SceneConfig(seed=cfg.runtime.seed))
+        scenes = dataclasses.replace(scenes, img_size=t.input_size)
+        n = cfg.limit or DEFAULT_SYNTHETIC_IMAGES
+        return SyntheticScenes(n, scenes, transform=t), f"synthetic scenes {t.input_size[0]}x{t.input_size[1]}"
+    records = read_box_dataset(cfg.dataset, cfg.image_root)
+    if cfg.limit is not None:
+        records = records[: cfg.limit]
+    if cfg.resize:
+        t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
+        protocol = f"resized to {cfg.resize}x{cfg.resize}"
+    else:
+        t = ImageTransform.from_model(model, mode="patch_crop")
+        protocol = "full resolution, cropped to a multiple of the patch size"
+        # Same-size images next to each other so that they share a forward and one (B, N, N) product.
+        records = sorted(records, key=lambda r: t.output_size(r.size) if r.size else (0, 0))
+    return BoxDataset(records, t), protocol
+
+
+def lost(cfg: LostConfig) -> LostResult:
+    """LOST over every image of the dataset for each bias; writes DIR/lost.json (and example arrays)."""
+    import numpy as np
+
+    from vitreg import atomic
+    from vitreg.data.loader import make_loader
+    from vitreg.eval.lost import run_lost
+    from vitreg.results.rundir import LOST_EXAMPLES, write_result
+
+    validate_all(cfg)
+    cfg.model.check()
+    device, dtype = cfg.runtime.start()
+    model = cfg.model.load(device)
+    ds, protocol = build_dataset(cfg, model)
+    loader = make_loader(ds, cfg.batch_size, strict=cfg.strict, num_workers=cfg.workers)
+    summary = run_lost(model, loader, layer=cfg.layer, kind=cfg.features, k=cfg.k, biases=cfg.biases,
+                       normalize=cfg.normalize, dtype=dtype, device=device, examples=cfg.examples)  # fmt: skip
+    ex = summary.pop("_examples")
+    data = dict(model=cfg.model.spec, registers=int(model.num_reg_tokens), dataset=str(cfg.dataset),
+                protocol=protocol, config=to_dict(cfg), **summary)  # fmt: skip
+    result = from_json(LostResult, data, "lost")
+    out = Path(cfg.out)
+    write_result(out, result)
+    if ex["image"]:
+        # One key per example and field (images differ in size): the file loads without pickle.
+        arrays = {f"{k}_{i}": np.asarray(v) for k, vs in ex.items() for i, v in enumerate(vs)}
+        arrays |= {"count": np.asarray(len(ex["image"])), "mean": np.asarray(ds.transform.mean),
+                   "std": np.asarray(ds.transform.std)}  # fmt: skip
+        atomic.write_npz(out / LOST_EXAMPLES, arrays)
+    return result

@@ -1,0 +1,119 @@
+"""Token probes (local / global information of outlier vs normal patch tokens) and linear classification / dense
+probes on frozen features (`vitreg probe`). Writes DIR/probe.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitreg.config import to_dict, validate_all
+from vitreg.errors import ConfigError, DataError
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.results.codec import from_json
+from vitreg.results.probe import ProbeResult
+
+PROBES = ("local", "global", "linear", "dense")
+
+
+@dataclass(kw_only=True)
+class ProbeConfig:
+    model: ModelSpec
+    images: ImageSpec = field(default_factory=ImageSpec)
+    runtime: Runtime = field(default_factory=Runtime)
+    # outlier rule on last-block patch-token norms, before the final norm
+    rule: Literal["auto", "cutoff", "percentile"] = "auto"
+    value: float | None = None  # the cutoff norm or the percentile
+    probes: list[str] = field(default_factory=lambda: list(PROBES))
+    tokens: Literal["prenorm", "normed"] = "prenorm"  # features of the local/global probes
+    seeds: int = 3  # seeds of the global-information probe (mean ± std)
+    test_fraction: float = 0.5  # share of the images held out for evaluation
+    epochs: int = 60  # training epochs per probe (at least 300 steps)
+    mlp: bool = True  # the MLP pixel probe besides the linear one
+    out: str
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.probes) - set(PROBES))
+        if unknown or not self.probes:
+            raise ConfigError(f"unknown probe {unknown[0] if unknown else '(none)'}; choose from {', '.join(PROBES)}")
+        if self.rule == "cutoff" and (self.value is None or not self.value > 0):
+            raise ConfigError(f"--cutoff needs a positive norm, got {self.value}")
+        if self.rule == "percentile" and (self.value is None or not 0 < self.value < 100):
+            raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.value}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.seeds < 1 or self.epochs < 1:
+            raise ConfigError("--seeds and --epochs must be >= 1")
+
+
+def probe(cfg: ProbeConfig) -> ProbeResult:
+    """Run every requested probe the data allows and write DIR/probe.json; returns its contents."""
+    from vitreg.analysis.norms import find_threshold, outlier_stats
+    from vitreg.data.transforms import ImageTransform
+    from vitreg.eval.features import collect_features
+    from vitreg.results.rundir import write_result
+
+    validate_all(cfg)
+    cfg.model.check()
+    device, dtype = cfg.runtime.start()
+    model = cfg.model.load(device)
+    ds = cfg.images.open(ImageTransform.from_model(model), seed=cfg.runtime.seed)
+    feats = collect_features(model, cfg.images.loader(ds), dtype=dtype, device=device)
+    if feats.num_images < 4:
+        raise DataError(f"probes need at least 4 usable images, got {feats.num_images}")
+    thr = find_threshold(feats.norms, cfg.rule, cfg.value)
+    data: dict[str, Any] = dict(
+        model=cfg.model.spec,
+        registers=int(model.num_reg_tokens),
+        images=cfg.images.src,
+        num_images=feats.num_images,
+        bad_images=[dict(path=p, reason=r) for p, r in feats.bad],
+        layer=feats.layer,
+        threshold=thr.to_json(),
+        outliers=outlier_stats(feats.norms, thr.threshold),
+        seed=cfg.runtime.seed,
+        config=to_dict(cfg),
+        **run_probes(feats, thr.threshold, cfg),
+    )
+    result = from_json(ProbeResult, data, "probe")
+    write_result(Path(cfg.out), result)
+    return result
+
+
+def run_probes(feats: Any, threshold: float | None, cfg: ProbeConfig) -> dict[str, Any]:
+    """Every requested probe the data allows; a probe whose annotations are missing is reported as skipped."""
+    from vitreg.eval.linear import classification_probe, depth_probe, segmentation_probe
+    from vitreg.eval.probes import global_probe, local_probes
+
+    out: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    tf, ep, seed = cfg.test_fraction, cfg.epochs, cfg.runtime.seed
+    if "local" in cfg.probes:
+        out["local"] = local_probes(feats, threshold, tokens=cfg.tokens, test_fraction=tf, seed=seed, epochs=ep,
+                                    mlp=cfg.mlp)  # fmt: skip
+    no_labels = "the images have no labels"
+    if "global" in cfg.probes:
+        if feats.labels is not None:
+            seeds = tuple(range(seed, seed + cfg.seeds))
+            out["global"] = global_probe(feats, threshold, tokens=cfg.tokens, seeds=seeds, test_fraction=tf, epochs=ep)
+        else:
+            skipped["global"] = no_labels
+    if "linear" in cfg.probes:
+        if feats.labels is not None:
+            out["linear"] = classification_probe(feats, test_fraction=tf, seed=seed, epochs=ep)
+        else:
+            skipped["linear"] = no_labels
+    if "dense" in cfg.probes:
+        dense = {}
+        for name, present, fit, what in (
+            ("segmentation", feats.masks is not None, segmentation_probe, "masks"),
+            ("depth", feats.depth is not None, depth_probe, "depth maps"),
+        ):
+            if present:
+                dense[name] = fit(feats, test_fraction=tf, seed=seed, epochs=ep)
+            else:
+                skipped[name] = f"the images have no {what}"
+        if dense:
+            out["dense"] = dense
+    out["skipped"] = skipped
+    return out

@@ -1,0 +1,131 @@
+"""The pieces every job config shares: which model (:class:`ModelSpec`), which images (:class:`ImageSpec`) and how
+to run (:class:`Runtime`). Plain dataclasses, saved in every run directory's config and digested by the stage
+cache; building a model or a dataset happens only when a job runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitreg.data.scenes import SceneConfig
+from vitreg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def parse_size(text: str | int | tuple[int, int] | list[int] | None) -> int | tuple[int, int] | None:
+    """``224`` or ``"224"`` -> 224, ``"224x320"`` (H x W) -> (224, 320); a bad value is a ConfigError."""
+    if text is None or isinstance(text, int):
+        return text
+    if isinstance(text, tuple | list):
+        if len(text) != 2:
+            raise ConfigError(f"an image size is H or HxW, got {text!r}")
+        return int(text[0]), int(text[1])
+    parts = str(text).lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"an image size is H or HxW (e.g. 224 or 224x320), got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ConfigError(f"an image size is H or HxW with positive numbers, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """A model to load: a preset, ``timm:NAME``, a DINOv2 name, a weights file or a run directory."""
+
+    spec: str
+    weights: str | None = None
+    registers: int | None = None
+    img_size: int | tuple[int, int] | None = None  # H or (H, W); the position embedding is resampled
+    random_init: bool = False  # random weights on purpose (a named model never falls back to them silently)
+
+    @property
+    def label(self) -> str:
+        """How reports name this model: the spec, and what was changed from it."""
+        parts = [self.spec]
+        if self.weights:
+            parts.append(f"({Path(self.weights).name})")
+        if self.registers is not None:
+            parts.append(f"+{self.registers} reg")
+        if self.img_size is not None:
+            h, w = (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size
+            parts.append(f"@{h}x{w}")
+        if self.random_init and not Path(self.spec).exists():  # a file or run directory has its own weights
+            parts.append("(random init)")
+        return " ".join(parts)
+
+    def check(self) -> None:
+        """Fail now, naming the file or flag, if :meth:`load` would fail for a missing file or unknown name."""
+        from vitreg.models.checkpoints import check_model
+
+        check_model(self.spec, weights=self.weights, registers=self.registers, img_size=self.img_size,
+                    random_init=self.random_init)  # fmt: skip
+
+    def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The model in eval mode on ``device``."""
+        from vitreg.models.checkpoints import load_model
+
+        model = load_model(self.spec, weights=self.weights, registers=self.registers, img_size=self.img_size,
+                           random_init=self.random_init)  # fmt: skip
+        return model.eval().to(device)
+
+
+@dataclass(kw_only=True)
+class ImageSpec:
+    """Images to run over. ``src``: a folder, a COCO JSON, a .txt list, a .npz, ``synthetic[:options]`` or
+    ``photos``; ``scenes``: the base scene options of ``synthetic`` (the SRC's own options override them)."""
+
+    src: str = "synthetic"
+    scenes: SceneConfig | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    strict: bool = False  # stop at the first bad image instead of skipping it
+    workers: int = 0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+
+    def open(self, transform: Any, seed: int = 0) -> Any:
+        """The dataset (see :func:`vitreg.data.sources.open_source`)."""
+        from vitreg.data.sources import open_source
+
+        return open_source(self.src, transform, limit=self.limit, strict=self.strict, seed=seed, synthetic=self.scenes)
+
+    def loader(self, dataset: Any) -> Any:
+        from vitreg.data.loader import make_loader
+
+        return make_loader(dataset, self.batch_size, strict=self.strict, num_workers=self.workers)
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    precision: str = "auto"  # auto (bf16 where the hardware has it), bf16, fp16, fp32
+    threads: int | None = None  # CPU threads (None: every core available)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"--precision {self.precision!r}: allowed auto, bf16, fp16, fp32")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+    def start(self) -> tuple[torch.device, torch.dtype | None]:
+        """Set threads and seed; the device and autocast dtype to run on."""
+        import torch
+
+        from vitreg.device import resolve_device, resolve_dtype, set_threads
+
+        set_threads(self.threads)
+        torch.manual_seed(self.seed)
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.precision, device)

@@ -1,0 +1,83 @@
+"""The stages of `vitreg reproduce`, each one library call with its own job config and run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
+from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
+from vitreg.jobs.lost import LostConfig
+from vitreg.jobs.probe import ProbeConfig
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.reproduce.plan import Plan
+from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage
+
+LOST_FEATURES = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
+
+
+def model_dir(out: Path, seed: int, registers: int) -> Path:
+    return out / "train" / f"seed{seed}" / f"reg{registers}"
+
+
+def diagnose_dir(out: Path, seed: int) -> Path:
+    return out / "diagnose" / f"seed{seed}"
+
+
+def probe_dir(out: Path, seed: int, registers: int) -> Path:
+    return out / "probe" / f"seed{seed}" / f"reg{registers}"
+
+
+def lost_dir(out: Path, dataset: str, seed: int, registers: int) -> Path:
+    return out / "lost" / dataset / f"seed{seed}" / f"reg{registers}"
+
+
+def flops_dir(out: Path) -> Path:
+    return out / "flops"
+
+
+def build_stages(plan: Plan, out: Path) -> list[Stage]:
+    """Every stage of ``plan`` in the order they run (trainings first)."""
+    from vitreg.jobs.flops import flops
+    from vitreg.jobs.lost import lost
+    from vitreg.jobs.probe import probe
+
+    out = Path(out)
+    scenes = evaluation_scenes(plan.train_config(), plan.scene_seed)
+    runtime = Runtime(threads=plan.threads)
+    trained: dict[tuple[int, int], Stage] = {}
+    for seed in plan.seeds:
+        for n in plan.registers:
+            cfg = plan.train_config(seed, n)
+            trained[(seed, n)] = train_stage(f"train: seed {seed}, {n} registers", cfg, model_dir(out, seed, n), out)
+    stages = list(trained.values())
+    for seed in plan.seeds:
+        models = [trained[(seed, n)] for n in plan.registers]
+        cfg = DiagnoseConfig(
+            models=[ModelEntry(key=f"s{i}", spec=str(m.directory)) for i, m in enumerate(models)],
+            images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.diagnose_limit),
+            runtime=runtime, examples=plan.examples, out=str(diagnose_dir(out, seed)),
+        )  # fmt: skip
+        name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"
+        stages.append(diagnose_stage(name, cfg, models, out, report=True))
+    for (seed, n), m in trained.items():
+        cfg = ProbeConfig(
+            model=ModelSpec(spec=str(m.directory)),
+            images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.probe_limit),
+            runtime=runtime, epochs=plan.probe_epochs, seeds=plan.probe_seeds, out=str(probe_dir(out, seed, n)),
+        )  # fmt: skip
+        stages.append(job_stage(f"probe: seed {seed}, {n} registers", "probe", cfg, probe, "probe.json", [m], out))
+    lost_sets = [("synthetic", dict(dataset="synthetic", scenes=scenes, limit=plan.lost_limit))]
+    if plan.coco:
+        lost_sets.append(("coco", dict(dataset=plan.coco, limit=plan.coco_limit, resize=plan.coco_resize)))
+    for name, data in lost_sets:
+        for (seed, n), m in trained.items():
+            cfg = LostConfig(model=ModelSpec(spec=str(m.directory)), features=LOST_FEATURES,
+                             runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
+                             out=str(lost_dir(out, name, seed, n)), **data)  # type: ignore[arg-type]  # fmt: skip
+            stages.append(job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", cfg, lost, "lost.json",
+                                    [m], out))  # fmt: skip
+    first = trained[(plan.seeds[0], plan.registers[0])]
+    models = [ModelSpec(spec=str(first.directory)), *(ModelSpec(spec=s) for s in plan.flops_models)]
+    cfg = FlopsConfig(models=models, register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
+    stages.append(job_stage("FLOPs and parameters", "flops", cfg, flops, "flops.json", [first], out))
+    return stages

@@ -1,0 +1,42 @@
+"""What `vitreg lab` writes: ``lab.json`` (a :class:`LabResult`) and the same table as ``lab.md``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitreg.results.codec import SCHEMA_VERSION
+from vitreg.results.rundir import register_result
+
+
+@dataclass(kw_only=True)
+class LabRow:
+    """One trained model of the grid (point, seed, registers) and its diagnosis on the held-out scenes."""
+
+    point: str
+    overrides: str
+    seed: int
+    registers: int
+    top1: float | None
+    minutes: float
+    artifacts: bool  # the norm bar: bimodal, enough outliers, far enough apart
+    outlier_ratio: float
+    norm_ratio: float | None = None
+    bimodal: bool | None = None
+    ashman_d: float | None = None
+    first_outlier_layer: int | None = None
+    sim_outlier: float | None = None
+    sim_normal: float | None = None
+    background_outliers: float | None = None
+    background_patches: float | None = None
+
+
+@dataclass(kw_only=True)
+class LabResult:
+    schema_version: int = SCHEMA_VERSION
+    command: str = "lab"
+    grid: dict[str, Any]
+    rows: list[LabRow]
+
+
+register_result(LabResult, "lab.json")

@@ -1,0 +1,158 @@
+"""What `vitreg reproduce` writes: ``results.json`` (a :class:`ReproduceResults`), from which report.md and
+report.html are drawn. Every number in it is read from a stage's own result file or computed from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitreg.results.codec import SCHEMA_VERSION
+from vitreg.results.lost import Corloc
+from vitreg.results.rundir import register_result
+from vitreg.results.train import TrainingSummary
+
+
+@dataclass(kw_only=True)
+class Stat:
+    """Mean ± sample std over the seeds that have a value (``n`` of ``of``)."""
+
+    mean: float
+    std: float
+    n: int
+    of: int
+    values: list[float]
+
+
+@dataclass(kw_only=True)
+class CorlocSummary:
+    corloc: float | None  # at bias 0
+    images: int
+    protocol: str | None = None
+    best: Corloc | None = None  # the bias with the highest CorLoc
+
+
+@dataclass(kw_only=True)
+class ModelRow:
+    """One trained model's numbers (one seed, one register count), read from its stages."""
+
+    train: TrainingSummary
+    # diagnose (output patch tokens)
+    outlier_ratio: float
+    norm_ratio: float | None = None
+    bimodal: bool | None = None
+    ashman_d: float | None = None
+    threshold: float | None = None
+    mean_norm_outlier: float | None = None
+    mean_norm_normal: float | None = None
+    first_outlier_layer: int | None = None
+    depth: int | None = None
+    first_layer_fraction: float | None = None
+    sim_outlier: float | None = None
+    sim_normal: float | None = None
+    share_redundant: float | None = None
+    background_outliers: float | None = None
+    background_patches: float | None = None
+    cls_norm: float | None = None
+    verdict: str | None = None
+    # probes
+    position_normal: float | None = None
+    position_outlier: float | None = None
+    position_chance: float | None = None
+    global_cls: float | None = None
+    global_normal: float | None = None
+    global_outlier: float | None = None
+    global_chance: float | None = None
+    linear_cls: float | None = None
+    linear_cls_mean: float | None = None
+    seg_miou: float | None = None
+    seg_background_only: bool | None = None  # every object class has IoU 0: the probe says "background" only
+    depth_rmse: float | None = None
+    depth_rmse_baseline: float | None = None
+    pixel_linear_normal: float | None = None
+    pixel_linear_outlier: float | None = None
+    pixel_mlp_normal: float | None = None
+    pixel_mlp_outlier: float | None = None
+    # LOST
+    corloc_synthetic: CorlocSummary | None = None
+    corloc_coco: CorlocSummary | None = None
+
+
+@dataclass(kw_only=True)
+class Row:
+    """A table row: the paper's value without / with registers, and ours per register count."""
+
+    quantity: str
+    paper: float | bool | None = None
+    paper_reg: float | bool | None = None
+    ours: dict[str, Stat | None] = field(default_factory=dict)  # registers -> aggregate over seeds
+
+
+@dataclass(kw_only=True)
+class Claim:
+    claim: str
+    status: str  # reproduced / not reproduced / not tested
+    evidence: str
+    item: str = ""  # the id of the item it belongs to
+
+
+@dataclass(kw_only=True)
+class OverheadRow:
+    model: str
+    registers: int
+    flops_overhead: float
+    added_params: int
+    tokens: int
+
+
+@dataclass(kw_only=True)
+class Item:
+    """One figure or table of the paper."""
+
+    id: str
+    title: str
+    source: str
+    rows: list[Row] = field(default_factory=list)
+    overhead: list[OverheadRow] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass(kw_only=True)
+class StageRecord:
+    stage: str
+    kind: str
+    cached: bool
+    seconds: float | None = None
+
+
+@dataclass(kw_only=True)
+class Timing:
+    this_run_seconds: float
+    last_computing_run: dict[str, Any] | None = None  # wall_seconds, stages_run, stages
+
+
+@dataclass(kw_only=True)
+class ReproduceResults:
+    """``results.json`` of a reproduce output folder."""
+
+    schema_version: int = SCHEMA_VERSION
+    command: str = "reproduce"
+    title: str
+    plan: dict[str, Any]
+    config: str  # the training config's YAML text
+    registers: list[int]
+    compared: list[int]  # (without, with) registers
+    seeds: list[int]
+    items: list[Item]
+    claims: list[Claim]
+    per_model: dict[str, dict[str, ModelRow]]  # registers -> seed -> row
+    stages: list[StageRecord]
+    timing: Timing | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. where coco-mini was looked for
+
+    def item(self, item_id: str) -> Item:
+        return next(i for i in self.items if i.id == item_id)
+
+
+register_result(ReproduceResults, "results.json")
