@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check vitreg tests bench
 	$(BIN)/ruff format --check vitreg tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

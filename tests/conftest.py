@@ -13,7 +13,6 @@ COCO_MINI = SHARED / "data" / "coco-mini"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    yield
 
 
 @pytest.fixture

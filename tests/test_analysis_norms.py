@@ -25,12 +25,15 @@ def _bimodal(rng: np.random.Generator, n: int = 20_000, share: float = 0.03) -> 
 def test_auto_finds_known_bimodal_split():
     v, high = _bimodal(np.random.default_rng(0))
     t = find_threshold(v)
-    assert t.bimodal is True and t.threshold is not None
+    assert t.bimodal is True
+    assert t.threshold is not None
     assert 15 < t.threshold < 70  # between the modes, not inside either
     assert np.array_equal(v > t.threshold, high)  # the split recovers the planted labels exactly
-    assert t.statistic["ashman_d"] > 2 and t.statistic["dip_ratio"] < 0.1
+    assert t.statistic["ashman_d"] > 2
+    assert t.statistic["dip_ratio"] < 0.1
     s = outlier_stats(v, t.threshold)
-    assert s["outliers"] == high.sum() and s["norm_ratio"] == pytest.approx(10, rel=0.1)
+    assert s["outliers"] == high.sum()
+    assert s["norm_ratio"] == pytest.approx(10, rel=0.1)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +61,8 @@ def test_auto_gives_no_outliers_on_unimodal(name: str):
 def test_cutoff_and_percentile_exact():
     v = np.arange(1, 101, dtype=float)  # 1..100
     t = find_threshold(v, "cutoff", 150)
-    assert t.threshold == 150 and outlier_stats(v, t.threshold)["outliers"] == 0
+    assert t.threshold == 150
+    assert outlier_stats(v, t.threshold)["outliers"] == 0
     assert outlier_stats(v, find_threshold(v, "cutoff", 90).threshold)["outliers"] == 10
     p = find_threshold(v, "percentile", 98)
     assert p.threshold == pytest.approx(np.percentile(v, 98))

@@ -23,7 +23,8 @@ def test_neighbor_similarity_uniform_region_is_one():
     sim = neighbor_similarity(as_grid(store["emb"], (8, 8)))[0]  # (8, 8)
     # columns 0..2 only have uniform neighbours; column 3 touches the noise on its right
     assert torch.allclose(sim[:, :3], torch.ones(8, 3), atol=1e-5)
-    assert (sim[:, 3] < 0.999).all() and (sim[:, 4:] < 0.9).all()
+    assert (sim[:, 3] < 0.999).all()
+    assert (sim[:, 4:] < 0.9).all()
 
 
 def test_neighbor_similarity_counts_existing_neighbours_only():
@@ -41,8 +42,12 @@ def test_pca_first_component_whitened_and_split():
     patches[:, :2, 0] = 5.0  # two halves along feature 0
     patches += 0.01 * torch.randn(4, 4, 8)
     pc = pca_first_component(patches)
-    assert pc.shape == (4, 4) and np.isclose(pc.mean(), 0, atol=1e-5) and np.isclose(pc.std(), 1, atol=1e-3)
-    assert np.sign(pc[:, :2]).std() == 0 and np.sign(pc[:, 2:]).std() == 0 and pc[0, 0] * pc[0, 3] < 0
+    assert pc.shape == (4, 4)
+    assert np.isclose(pc.mean(), 0, atol=1e-5)
+    assert np.isclose(pc.std(), 1, atol=1e-3)
+    assert np.sign(pc[:, :2]).std() == 0
+    assert np.sign(pc[:, 2:]).std() == 0
+    assert pc[0, 0] * pc[0, 3] < 0
 
 
 def test_patch_background_majority():
@@ -86,21 +91,28 @@ def test_planted_artifacts_are_found_where_planted():
     stream, n = _planted_stream()
     result, arrays = summarize(stream, "auto", None, "a", "planted", "planted")
     out = result["output"]
-    assert result["rule"]["bimodal"] is True and result["rule"]["threshold"] is not None
-    assert out["outliers"] == n and out["norm_ratio"] == pytest.approx(10, rel=0.1)
+    assert result["rule"]["bimodal"] is True
+    assert result["rule"]["threshold"] is not None
+    assert out["outliers"] == n
+    assert out["norm_ratio"] == pytest.approx(10, rel=0.1)
     assert result["first_outlier_layer"] == 1
     # per-position counts sum to the totals, and the outliers sit at the planted position
-    assert arrays["position_totals"].sum() == out["patch_tokens"] and (arrays["position_totals"] == n).all()
-    assert arrays["position_counts"].sum() == out["outliers"] and arrays["position_counts"][0, 0] == n
+    assert arrays["position_totals"].sum() == out["patch_tokens"]
+    assert (arrays["position_totals"] == n).all()
+    assert arrays["position_counts"].sum() == out["outliers"]
+    assert arrays["position_counts"][0, 0] == n
     assert arrays["neighbor_hist_outlier"].sum() == n
     assert result["neighbors"]["share_outliers_redundant"] == pytest.approx(1.0)
     assert result["masks"]["share_outliers_background"] == 1.0
     assert result["masks"]["share_patches_background"] == pytest.approx(0.5)
-    assert "background artifacts" in result["verdict"] and "object evidence rather" not in result["verdict"]
+    assert "background artifacts" in result["verdict"]
+    assert "object evidence rather" not in result["verdict"]
     assert arrays["ex_index"].tolist() == [0, 1, 2]  # the K lowest indices, whatever the arrival order
-    assert arrays["ex_outlier"][:, 0, 0].all() and arrays["ex_outlier"].sum() == 3
+    assert arrays["ex_outlier"][:, 0, 0].all()
+    assert arrays["ex_outlier"].sum() == 3
     assert arrays["register_similarity"].shape == (2, 2)
-    assert out["register_norms_mean"] == pytest.approx([80.0, 80.0]) and out["cls_norm_mean"] == pytest.approx(50.0)
+    assert out["register_norms_mean"] == pytest.approx([80.0, 80.0])
+    assert out["cls_norm_mean"] == pytest.approx(50.0)
 
 
 def test_stream_batches_add_up_like_one_batch():

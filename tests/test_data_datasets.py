@@ -31,6 +31,7 @@ from vitreg.data import (
     render_arrays,
 )
 from vitreg.data.datasets import rle_decode
+from vitreg.errors import DataError
 
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared/data/coco-mini"
 RNG = np.random.default_rng(1)
@@ -64,7 +65,9 @@ def _mixed_folder(root: Path) -> tuple[list[Path], list[Path]]:
 def test_folder_with_bad_files_yields_only_good_images(tmp_path, caplog):
     good, bad = _mixed_folder(tmp_path)
     ds = open_source(str(tmp_path), ImageTransform(32))
-    assert isinstance(ds, ImageFolder) and len(ds) == 6 and ds.classes == []
+    assert isinstance(ds, ImageFolder)
+    assert len(ds) == 6
+    assert ds.classes == []
     loader = make_loader(ds, batch_size=2)
     skipped: list[tuple[str, str]] = []
     seen: list[str] = []
@@ -74,17 +77,19 @@ def test_folder_with_bad_files_yields_only_good_images(tmp_path, caplog):
                 assert batch["image"].shape[1:] == (3, 32, 32)
                 assert batch["image"].shape[0] == len(batch["path"]) >= 1
                 seen.extend(batch["path"])
-    assert sorted(set(seen)) == [str(p) for p in good] and len(seen) == 2 * len(good)
+    assert sorted(set(seen)) == [str(p) for p in good]
+    assert len(seen) == 2 * len(good)
     assert sorted({p for p, _ in skipped}) == [str(p) for p in bad]
     assert all(reason for _, reason in skipped)
     assert loader.skipped.keys() == {str(p) for p in bad}
     for path in bad:
         records = [r for r in caplog.records if str(path) in r.getMessage()]
-        assert len(records) == 1 and records[0].levelno == logging.WARNING
+        assert len(records) == 1
+        assert records[0].levelno == logging.WARNING
 
 
 def test_strict_raises_naming_first_bad_file(tmp_path):
-    good, bad = _mixed_folder(tmp_path)
+    _good, bad = _mixed_folder(tmp_path)
     first_bad = min(bad, key=lambda p: p.relative_to(tmp_path).parts)  # the loader's order: sorted relative paths
     with pytest.raises(BadImageError) as info:
         for _ in make_loader(ImageFolder(tmp_path, ImageTransform(32)), batch_size=4, strict=True):
@@ -109,19 +114,26 @@ def test_non_strict_dataset_returns_markers(tmp_path):
     ds = ImageFiles([good[0], bad[1], tmp_path / "missing.png"], ImageTransform(16))
     assert isinstance(ds[0], dict)
     marker = ds[1]
-    assert isinstance(marker, BadSample) and marker.path == str(bad[1]) and "empty" in marker.reason
+    assert isinstance(marker, BadSample)
+    assert marker.path == str(bad[1])
+    assert "empty" in marker.reason
     assert "not found" in ds[2].reason
     batch = collate([ds[0], ds[1], ds[2]])
-    assert batch["image"].shape == (1, 3, 16, 16) and [p for p, _ in batch["bad"]] == [str(bad[1]), str(ds[2].path)]
+    assert batch["image"].shape == (1, 3, 16, 16)
+    assert [p for p, _ in batch["bad"]] == [str(bad[1]), str(ds[2].path)]
     only_bad = collate([ds[1]])
-    assert len(only_bad["index"]) == 0 and only_bad["path"] == [] and len(only_bad["bad"]) == 1
+    assert len(only_bad["index"]) == 0
+    assert only_bad["path"] == []
+    assert len(only_bad["bad"]) == 1
 
 
 def test_transform_failure_is_a_bad_sample(tmp_path):
     tiny = _save(tmp_path / "tiny.png", (8, 8))
     ds = ImageFiles([tiny], ImageTransform(mode="patch_crop", patch_size=16))
     marker = ds[0]
-    assert isinstance(marker, BadSample) and marker.path == str(tiny) and "patch" in marker.reason
+    assert isinstance(marker, BadSample)
+    assert marker.path == str(tiny)
+    assert "patch" in marker.reason
 
 
 def test_class_subfolders_give_labels(tmp_path):
@@ -129,7 +141,8 @@ def test_class_subfolders_give_labels(tmp_path):
         for i in range(n):
             _save(tmp_path / name / f"{i}.png")
     ds = ImageFolder(tmp_path, ImageTransform(16))
-    assert ds.classes == ["cat", "dog"] and ds.num_classes == 2
+    assert ds.classes == ["cat", "dog"]
+    assert ds.num_classes == 2
     assert [ds[i]["label"] for i in range(5)] == [0, 0, 1, 1, 1]
     batch = next(iter(make_loader(ds, batch_size=5)))
     assert batch["label"].tolist() == [0, 0, 1, 1, 1]
@@ -141,8 +154,10 @@ def test_mixed_sizes_collate_to_lists(tmp_path):
     paths = [_save(tmp_path / "a.png", (64, 32)), _save(tmp_path / "b.png", (48, 48))]
     ds = ImageFiles(paths, ImageTransform(mode="patch_crop", patch_size=16))
     batch = next(iter(make_loader(ds, batch_size=2)))
-    assert isinstance(batch["image"], list) and [t.shape for t in batch["image"]] == [(3, 32, 64), (3, 48, 48)]
-    assert batch["index"].tolist() == [0, 1] and batch["orig_size"] == [(64, 32), (48, 48)]
+    assert isinstance(batch["image"], list)
+    assert [t.shape for t in batch["image"]] == [(3, 32, 64), (3, 48, 48)]
+    assert batch["index"].tolist() == [0, 1]
+    assert batch["orig_size"] == [(64, 32), (48, 48)]
 
 
 def test_distributed_sampler_shards(tmp_path):
@@ -159,7 +174,8 @@ def test_distributed_sampler_shards(tmp_path):
 def test_shuffle_is_seeded():
     ds = open_source("synthetic:img_size=16,n=12")
     order = [[i for b in make_loader(ds, 4, shuffle=True, seed=s) for i in b["index"].tolist()] for s in (1, 1, 2)]
-    assert order[0] == order[1] != order[2] and sorted(order[0]) == list(range(12))
+    assert order[0] == order[1] != order[2]
+    assert sorted(order[0]) == list(range(12))
 
 
 # -- COCO ----------------------------------------------------------------------------------------------------------
@@ -213,21 +229,31 @@ def _rle_rect(h: int, w: int, x: int, y: int, bw: int, bh: int) -> list[int]:
 def test_coco_json_parses(tmp_path):
     path = _coco_fixture(tmp_path)
     ds = open_source(str(path), ImageTransform((40, 60)))  # same size: boxes stay in original pixels
-    assert isinstance(ds, CocoDataset) and ds.image_root == tmp_path / "val"
-    assert ds.classes == ["cat", "dog"] and ds.category_ids == [3, 9] and len(ds) == 2
+    assert isinstance(ds, CocoDataset)
+    assert ds.image_root == tmp_path / "val"
+    assert ds.classes == ["cat", "dog"]
+    assert ds.category_ids == [3, 9]
+    assert len(ds) == 2
     sample = ds[0]
-    assert sample["path"] == str(tmp_path / "val" / "one.png") and sample["image_id"] == 7
+    assert sample["path"] == str(tmp_path / "val" / "one.png")
+    assert sample["image_id"] == 7
     np.testing.assert_allclose(sample["boxes"].numpy(), [[10, 5, 30, 15], [40, 20, 44, 26]])  # zero-width box dropped
-    assert sample["box_labels"].tolist() == [1, 0] and sample["category_ids"].tolist() == [9, 3]
-    assert sample["iscrowd"].tolist() == [False, True] and sample["ann_ids"].tolist() == [1, 2]
+    assert sample["box_labels"].tolist() == [1, 0]
+    assert sample["category_ids"].tolist() == [9, 3]
+    assert sample["iscrowd"].tolist() == [False, True]
+    assert sample["ann_ids"].tolist() == [1, 2]
     mask = sample["mask"].numpy()
-    assert mask.shape == (40, 60) and mask.dtype == np.int64
-    assert (mask[5:15, 10:30] == 2).all() and (mask[20:26, 40:44] == 1).all()  # dog = 1 + 1, cat crowd = 0 + 1
+    assert mask.shape == (40, 60)
+    assert mask.dtype == np.int64
+    assert (mask[5:15, 10:30] == 2).all()
+    assert (mask[20:26, 40:44] == 1).all()
     assert (mask > 0).sum() == 200 + 24
     missing = ds[1]
-    assert isinstance(missing, BadSample) and missing.path.endswith("missing.png")
+    assert isinstance(missing, BadSample)
+    assert missing.path.endswith("missing.png")
     batch = next(iter(make_loader(ds, batch_size=2)))
-    assert len(batch["boxes"]) == 1 and batch["bad"][0][0].endswith("missing.png")
+    assert len(batch["boxes"]) == 1
+    assert batch["bad"][0][0].endswith("missing.png")
 
 
 def test_coco_boxes_follow_the_transform(tmp_path):
@@ -241,7 +267,8 @@ def test_coco_image_root_defaults_to_json_folder_and_can_be_given(tmp_path):
     _save(tmp_path / "x.png")
     path = tmp_path / "labels.json"
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png"}]}))
-    assert CocoDataset(path).image_root == tmp_path and CocoDataset(path)[0]["boxes"].shape == (0, 4)
+    assert CocoDataset(path).image_root == tmp_path
+    assert CocoDataset(path)[0]["boxes"].shape == (0, 4)
     assert CocoDataset(path, image_root=tmp_path / "elsewhere").image_root == tmp_path / "elsewhere"
 
 
@@ -266,7 +293,8 @@ def test_malformed_coco_json_errors_with_path(tmp_path, content, words):
     path.write_text(content)
     with pytest.raises(DataFormatError) as info:
         open_source(str(path))
-    assert str(path) in str(info.value) and words in str(info.value)
+    assert str(path) in str(info.value)
+    assert words in str(info.value)
 
 
 def test_rle_decode_compressed_string():
@@ -296,7 +324,9 @@ def test_rle_decode_compressed_string():
 def test_coco_mini_real_images():
     json_path = COCO_MINI / "annotations" / "instances_train2017.json"
     ds = open_source(str(json_path), ImageTransform(224), limit=4, seed=3)
-    assert isinstance(ds, CocoDataset) and len(ds) == 4 and ds.num_classes == 80
+    assert isinstance(ds, CocoDataset)
+    assert len(ds) == 4
+    assert ds.num_classes == 80
     assert ds.image_root == COCO_MINI / "train2017"
     info = {img["id"]: img for img in json.loads(json_path.read_text())["images"]}
     n_boxes = 0
@@ -306,9 +336,11 @@ def test_coco_mini_real_images():
         meta = info[sample["image_id"]]
         assert sample["orig_size"] == (meta["width"], meta["height"])
         boxes = sample["boxes"].numpy()
-        assert ((boxes >= 0) & (boxes <= 224)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert ((boxes >= 0) & (boxes <= 224)).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert len(boxes) == len(sample["box_labels"]) == len(sample["iscrowd"])
-        assert sample["mask"].shape == (224, 224) and sample["mask"].max() > 0
+        assert sample["mask"].shape == (224, 224)
+        assert sample["mask"].max() > 0
         n_boxes += len(boxes)
     assert n_boxes > 0
     # Crowd regions are RLE: the decoded footprint must match the annotated box.
@@ -331,14 +363,16 @@ def test_array_dataset_roundtrip_with_render_arrays(tmp_path):
     path = tmp_path / "scenes.npz"
     np.savez(path, **arrays)
     ds = open_source(str(path), ImageTransform(24), limit=3, seed=0)
-    assert isinstance(ds, ArrayDataset) and len(ds) == 3
+    assert isinstance(ds, ArrayDataset)
+    assert len(ds) == 3
     sample = ds[1]
     row = int(sample["path"].rsplit("#", 1)[1])
     assert sample["label"] == arrays["labels"][row]
     np.testing.assert_array_equal(sample["mask"].numpy(), arrays["masks"][row])
     np.testing.assert_array_equal(sample["depth"].numpy(), arrays["depth"][row])
     full = ArrayDataset(path)
-    assert len(full) == 6 and full[0]["image"].shape == (3, 224, 224)  # default transform: 224 resize
+    assert len(full) == 6
+    assert full[0]["image"].shape == (3, 224, 224)
 
 
 def test_array_dataset_cifar_style_and_errors(tmp_path):
@@ -346,8 +380,10 @@ def test_array_dataset_cifar_style_and_errors(tmp_path):
     np.savez(path, images=(RNG.random((5, 32, 32, 3)) * 255).astype(np.uint8), labels=np.arange(5) % 3)
     ds = ArrayDataset(path, ImageTransform(32))
     batch = next(iter(make_loader(ds, batch_size=5)))
-    assert batch["image"].shape == (5, 3, 32, 32) and batch["label"].tolist() == [0, 1, 2, 0, 1]
-    assert ds.num_classes == 3 and batch["path"][2] == f"{path}#2"
+    assert batch["image"].shape == (5, 3, 32, 32)
+    assert batch["label"].tolist() == [0, 1, 2, 0, 1]
+    assert ds.num_classes == 3
+    assert batch["path"][2] == f"{path}#2"
     bad = tmp_path / "nolabels.npz"
     np.savez(bad, images=np.zeros((2, 4, 4, 3), np.uint8))
     with pytest.raises(DataFormatError, match="labels") as info:
@@ -364,18 +400,22 @@ def test_text_list_and_single_image(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# my images\nimgs/a.png\n\n{b}\nimgs/gone.png\n")
     ds = open_source(str(listing), ImageTransform(16))
-    assert isinstance(ds, ImageFiles) and ds.paths == [a, b, tmp_path / "imgs" / "gone.png"]
+    assert isinstance(ds, ImageFiles)
+    assert ds.paths == [a, b, tmp_path / "imgs" / "gone.png"]
     assert isinstance(ds[2], BadSample)  # listed but missing: reported when loaded, not at open
     single = open_source(str(a), ImageTransform(16))
-    assert len(single) == 1 and single[0]["path"] == str(a)
+    assert len(single) == 1
+    assert single[0]["path"] == str(a)
 
 
 def test_limit_is_a_seeded_nested_subset(tmp_path):
     for i in range(12):
         _save(tmp_path / f"{i:02d}.png", (8, 8))
-    paths = lambda ds: [str(p) for p in ds.paths]  # noqa: E731
+    paths = lambda ds: [str(p) for p in ds.paths]
     five, ten = open_source(str(tmp_path), limit=5, seed=1), open_source(str(tmp_path), limit=10, seed=1)
-    assert len(five) == 5 and set(paths(five)) < set(paths(ten)) and paths(five) == sorted(paths(five))
+    assert len(five) == 5
+    assert set(paths(five)) < set(paths(ten))
+    assert paths(five) == sorted(paths(five))
     assert paths(open_source(str(tmp_path), limit=5, seed=1)) == paths(five)
     assert paths(open_source(str(tmp_path), limit=5, seed=2)) != paths(five)
     assert len(open_source(str(tmp_path), limit=50)) == 12
@@ -383,9 +423,10 @@ def test_limit_is_a_seeded_nested_subset(tmp_path):
 
 def test_unknown_sources_explain_what_is_accepted(tmp_path):
     for src in ("imagenet", str(tmp_path / "nope"), ""):
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(DataError) as info:
             open_source(src)
-        assert "synthetic" in str(info.value) and "photos" in str(info.value)
+        assert "synthetic" in str(info.value)
+        assert "photos" in str(info.value)
     other = tmp_path / "data.csv"
     other.write_text("a,b")
     with pytest.raises(ValueError, match="unsupported file type"):
@@ -405,8 +446,10 @@ def test_bundled_photos_load_as_rgb():
     assert not names & {"logo.png", "chessboard_RGB.png", "text.png", "horse.png"}  # drawings are not photos
     for path in paths:
         im = load_image(path)
-        assert im.mode == "RGB" and min(im.size) >= 100
+        assert im.mode == "RGB"
+        assert min(im.size) >= 100
     ds = open_source("photos", ImageTransform(32), limit=3)
     batch = next(iter(make_loader(ds, batch_size=3)))
-    assert batch["image"].shape == (3, 3, 32, 32) and batch["bad"] == []
+    assert batch["image"].shape == (3, 3, 32, 32)
+    assert batch["bad"] == []
     assert torch.isfinite(batch["image"]).all()

@@ -42,7 +42,8 @@ def test_rgb_png_is_exact_and_detached_from_file(tmp_path):
     path = _write(tmp_path / "rgb.png", _png_bytes(Image.fromarray(PHOTO)))
     im = load_image(path)
     path.unlink()  # the pixels must already be in memory
-    assert im.mode == "RGB" and im.size == (56, 40)
+    assert im.mode == "RGB"
+    assert im.size == (56, 40)
     np.testing.assert_array_equal(np.asarray(im), PHOTO)
 
 
@@ -53,7 +54,8 @@ def test_rgb_jpeg_upper_case_extension(tmp_path):
     smooth[..., 2] = 90
     path = _write(tmp_path / "PHOTO.JPG", _jpeg_bytes(Image.fromarray(smooth)))
     im = load_image(path)
-    assert im.mode == "RGB" and im.size == (56, 40)
+    assert im.mode == "RGB"
+    assert im.size == (56, 40)
     assert np.abs(np.asarray(im).astype(int) - smooth).mean() < 3  # lossy, but the same picture
 
 
@@ -61,7 +63,8 @@ def test_grayscale_l(tmp_path):
     gray = np.array([[0, 50], [200, 255]], np.uint8)
     im = load_image(_write(tmp_path / "l.png", _png_bytes(Image.fromarray(gray))))
     arr = np.asarray(im)
-    assert im.mode == "RGB" and arr.shape == (2, 2, 3)
+    assert im.mode == "RGB"
+    assert arr.shape == (2, 2, 3)
     for c in range(3):
         np.testing.assert_array_equal(arr[:, :, c], gray)
 
@@ -156,7 +159,8 @@ def test_one_bit_image(tmp_path):
 def test_to_rgb_keeps_rgb_values():
     im = Image.fromarray(PHOTO)
     out = to_rgb(im)
-    assert out is not im and out.mode == "RGB"
+    assert out is not im
+    assert out.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(out), PHOTO)
 
 
@@ -248,7 +252,8 @@ IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # output = pixel /
 def test_transform_output_shapes(mode, size, orig, expected_hw):
     tf = ImageTransform(size, mode=mode, patch_size=16)
     out = tf(Image.new("RGB", orig))
-    assert out.dtype == torch.float32 and out.shape[0] == 3
+    assert out.dtype == torch.float32
+    assert out.shape[0] == 3
     assert tuple(out.shape[1:]) == (expected_hw if expected_hw else (64, 96))
 
 
@@ -258,7 +263,8 @@ def test_patch_crop_multiples_of_patch(patch, orig):
     tf = ImageTransform(mode="patch_crop", patch_size=patch)
     out = tf(Image.fromarray((RNG.random((orig[1], orig[0], 3)) * 255).astype(np.uint8)))
     h, w = out.shape[1:]
-    assert h % patch == 0 and w % patch == 0
+    assert h % patch == 0
+    assert w % patch == 0
     assert (w, h) == (orig[0] // patch * patch, orig[1] // patch * patch)  # the largest multiple: nothing resized
     assert tf.output_size(orig) == (w, h)
 
@@ -316,7 +322,8 @@ def test_map_boxes_matches_drawn_box(tf):
     box = (42, 30, 118, 96)
     out = tf(_box_image(orig, box))
     mapped = tf.map_boxes(np.array([box], float), orig)
-    assert mapped.shape == (1, 4) and mapped.dtype == np.float32
+    assert mapped.shape == (1, 4)
+    assert mapped.dtype == np.float32
     np.testing.assert_allclose(mapped[0], _bright_box(out), atol=1.01)
 
 
@@ -324,8 +331,10 @@ def test_map_boxes_clips_to_the_crop():
     tf = ImageTransform(64, mode="center_crop", crop_pct=0.5)  # keeps the central half
     mapped = tf.map_boxes(np.array([[0, 0, 10, 10], [0, 0, 200, 100], [90, 40, 110, 60]]), (200, 100))
     out_w, out_h = tf.output_size((200, 100))
-    assert (mapped[:, 0::2] >= 0).all() and (mapped[:, 0::2] <= out_w).all()
-    assert (mapped[:, 1::2] >= 0).all() and (mapped[:, 1::2] <= out_h).all()
+    assert (mapped[:, 0::2] >= 0).all()
+    assert (mapped[:, 0::2] <= out_w).all()
+    assert (mapped[:, 1::2] >= 0).all()
+    assert (mapped[:, 1::2] <= out_h).all()
     assert mapped[0, 2] <= mapped[0, 0]  # the corner box is cropped away: zero width
     np.testing.assert_allclose(mapped[1], [0, 0, out_w, out_h])
     assert tf.map_boxes(np.zeros((0, 4)), (200, 100)).shape == (0, 4)
@@ -340,7 +349,8 @@ def test_map_mask_aligned_with_image(mode):
     mask[20:70, 30:90] = 7
     out_img = tf(_box_image(orig, box))
     out_mask = tf.map_mask(mask, orig)
-    assert out_mask.shape == tuple(out_img.shape[1:]) and out_mask.dtype == np.int64
+    assert out_mask.shape == tuple(out_img.shape[1:])
+    assert out_mask.dtype == np.int64
     assert set(np.unique(out_mask)) <= {0, 7}  # nearest neighbour: no blended ids
     bright = out_img[0].numpy() > 0.5
     assert (bright == (out_mask == 7)).mean() > 0.97  # only edge pixels may disagree
@@ -374,8 +384,11 @@ def test_from_model_reads_pretrained_cfg_and_patch_size():
         patch_embed=SimpleNamespace(patch_size=(14, 14)),
     )
     tf = ImageTransform.from_model(model, mode="center_crop")
-    assert tf.input_size == (70, 84) and tf.patch_size == (14, 14) and tf.crop_pct == 0.9
-    assert tf.mean == (0.5, 0.5, 0.5) and tf.std == (0.25, 0.25, 0.25)
+    assert tf.input_size == (70, 84)
+    assert tf.patch_size == (14, 14)
+    assert tf.crop_pct == 0.9
+    assert tf.mean == (0.5, 0.5, 0.5)
+    assert tf.std == (0.25, 0.25, 0.25)
     assert ImageTransform.from_model(model, img_size=28).input_size == (28, 28)
     assert ImageTransform.from_model(model, mode="patch_crop").output_size((100, 75)) == (98, 70)
     model.patch_embed.img_size = (56, 56)  # the model was built at another size than its pretrained config
@@ -388,6 +401,7 @@ def test_from_model_with_a_timm_vit():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=0)
     tf = ImageTransform.from_model(model)
     out = tf(Image.fromarray(PHOTO))
-    assert out.shape == (3, 64, 64) and tf.patch_size == (16, 16)
+    assert out.shape == (3, 64, 64)
+    assert tf.patch_size == (16, 16)
     with torch.no_grad():
         assert model(out[None]).shape == (1, model.num_features)

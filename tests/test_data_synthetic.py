@@ -50,11 +50,15 @@ def test_shapes_dtypes_and_annotation_consistency(size, background):
     for index in range(12):
         s = render_scene(cfg, index)
         k = len(s.boxes)
-        assert s.image.shape == (h, w, 3) and s.image.dtype == np.uint8
+        assert s.image.shape == (h, w, 3)
+        assert s.image.dtype == np.uint8
         assert s.mask.shape == s.instances.shape == s.depth.shape == (h, w)
-        assert s.mask.dtype == s.instances.dtype == np.int64 and s.depth.dtype == np.float32
-        assert s.boxes.shape == (k, 4) and s.boxes.dtype == np.float32
-        assert s.box_labels.shape == s.colors.shape == (k,) and s.box_labels.dtype == np.int64
+        assert s.mask.dtype == s.instances.dtype == np.int64
+        assert s.depth.dtype == np.float32
+        assert s.boxes.shape == (k, 4)
+        assert s.boxes.dtype == np.float32
+        assert s.box_labels.shape == s.colors.shape == (k,)
+        assert s.box_labels.dtype == np.int64
         assert 1 <= k <= 4
         np.testing.assert_array_equal(np.unique(s.instances), np.arange(k + 1))  # ids 0..K, none missing
         assert np.array_equal(s.mask == 0, s.instances == 0)  # same foreground
@@ -63,8 +67,10 @@ def test_shapes_dtypes_and_annotation_consistency(size, background):
             # Tight box around the visible pixels, exclusive right/bottom edge.
             np.testing.assert_array_equal(s.boxes[obj], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             assert (s.mask[ys, xs] == s.box_labels[obj] + 1).all()
-            assert (s.box_labels[obj] >= 0) and (s.box_labels[obj] < len(cfg.shapes))
-        assert (s.boxes[:, 2] <= w).all() and (s.boxes[:, 3] <= h).all()
+            assert s.box_labels[obj] >= 0
+            assert s.box_labels[obj] < len(cfg.shapes)
+        assert (s.boxes[:, 2] <= w).all()
+        assert (s.boxes[:, 3] <= h).all()
 
 
 def test_objects_overlap_and_boxes_cover_only_visible_parts():
@@ -84,8 +90,11 @@ def test_depth_layout():
     for index in range(10):
         s = render_scene(cfg, index)
         bg, fg = s.depth[s.instances == 0], s.depth[s.instances > 0]
-        assert s.depth.min() >= 0.08 and s.depth.max() <= 1.0
-        assert bg.min() >= 0.425 and fg.max() <= 0.42 and fg.max() < bg.min()  # objects are nearer
+        assert s.depth.min() >= 0.08
+        assert s.depth.max() <= 1.0
+        assert bg.min() >= 0.425
+        assert fg.max() <= 0.42
+        assert fg.max() < bg.min()
         for x in range(0, 60, 7):  # the ground recedes toward the top: row 0 is farthest in every column
             column = s.depth[:, x][s.instances[:, x] == 0]
             assert np.all(np.diff(column) < 0)
@@ -106,7 +115,8 @@ def test_backgrounds_are_smooth(background):
 def test_labels_within_num_classes_and_all_classes_appear(task):
     cfg = SceneConfig(task=task, img_size=32, min_objects=1, max_objects=4)
     labels = [render_scene(cfg, i).label for i in range(300)]
-    assert min(labels) >= 0 and max(labels) < cfg.num_classes
+    assert min(labels) >= 0
+    assert max(labels) < cfg.num_classes
     assert set(labels) == set(range(cfg.num_classes))
     assert cfg.num_classes == {"shape": 10, "color": 8, "count": 4}[task]
 
@@ -123,9 +133,11 @@ def test_label_rules():
 
 
 def test_shape_subset_and_ten_shapes():
-    assert len(SHAPES) == 10 and SceneConfig().num_classes == 10
+    assert len(SHAPES) == 10
+    assert SceneConfig().num_classes == 10
     cfg = SceneConfig(shapes=("ring", "star"), max_objects=1)
-    assert cfg.num_classes == 2 and cfg.num_mask_classes == 3
+    assert cfg.num_classes == 2
+    assert cfg.num_mask_classes == 3
     assert {render_scene(cfg, i).label for i in range(20)} == {0, 1}
 
 
@@ -149,8 +161,11 @@ def test_config_validation_and_options():
     with pytest.raises(ValueError, match="background"):
         SceneConfig(background="photo")
     cfg = parse_scene_options("task=count,img_size=48x64,shapes=circle+bar,min_size=0.2,seed=7")
-    assert cfg.task == "count" and cfg.hw == (48, 64) and cfg.shapes == ("circle", "bar")
-    assert cfg.min_size == 0.2 and cfg.seed == 7
+    assert cfg.task == "count"
+    assert cfg.hw == (48, 64)
+    assert cfg.shapes == ("circle", "bar")
+    assert cfg.min_size == 0.2
+    assert cfg.seed == 7
     with pytest.raises(ValueError, match="accepted"):
         parse_scene_options("colour=red")
 
@@ -172,8 +187,10 @@ def test_register_task():
 def test_render_arrays_matches_render_scene():
     cfg = SceneConfig(img_size=(24, 32), seed=2)
     arrays = render_arrays(cfg, 5, start=10)
-    assert arrays["images"].shape == (5, 24, 32, 3) and arrays["images"].dtype == np.uint8
-    assert arrays["labels"].shape == (5,) and arrays["masks"].shape == arrays["depth"].shape == (5, 24, 32)
+    assert arrays["images"].shape == (5, 24, 32, 3)
+    assert arrays["images"].dtype == np.uint8
+    assert arrays["labels"].shape == (5,)
+    assert arrays["masks"].shape == arrays["depth"].shape == (5, 24, 32)
     for i in range(5):
         s = render_scene(cfg, 10 + i)
         np.testing.assert_array_equal(arrays["images"][i], s.image)
@@ -187,13 +204,18 @@ def test_dataset_samples_default_transform():
     ds = SyntheticScenes(6, cfg)
     sample = ds[4]
     scene = render_scene(cfg, 4)
-    assert sample["path"] == "synthetic/seed0/4" and sample["index"] == 4 and sample["label"] == scene.label
-    assert sample["image"].shape == (3, 40, 40) and sample["image"].dtype == torch.float32
+    assert sample["path"] == "synthetic/seed0/4"
+    assert sample["index"] == 4
+    assert sample["label"] == scene.label
+    assert sample["image"].shape == (3, 40, 40)
+    assert sample["image"].dtype == torch.float32
     np.testing.assert_array_equal(denormalize(sample["image"]), scene.image)  # ImageNet normalisation, no resize
-    assert sample["mask"].dtype == torch.long and sample["depth"].dtype == torch.float32
+    assert sample["mask"].dtype == torch.long
+    assert sample["depth"].dtype == torch.float32
     np.testing.assert_array_equal(sample["boxes"].numpy(), scene.boxes)
     np.testing.assert_array_equal(sample["instances"].numpy(), scene.instances)
-    assert len(ds) == 6 and ds[-1]["index"] == 5
+    assert len(ds) == 6
+    assert ds[-1]["index"] == 5
     with pytest.raises(IndexError):
         ds[6]
 
@@ -203,19 +225,25 @@ def test_dataset_with_resizing_transform_maps_annotations():
     ds = SyntheticScenes(4, cfg, transform=ImageTransform(64))
     for i in range(4):
         sample, scene = ds[i], render_scene(cfg, i)
-        assert sample["image"].shape == (3, 64, 64) and sample["mask"].shape == (64, 64)
+        assert sample["image"].shape == (3, 64, 64)
+        assert sample["mask"].shape == (64, 64)
         np.testing.assert_allclose(sample["boxes"].numpy(), scene.boxes * 2)
         np.testing.assert_array_equal(sample["mask"].numpy(), np.kron(scene.mask, np.ones((2, 2), np.int64)))
 
 
 def test_loader_batches_scenes():
     ds = open_source("synthetic:task=count,img_size=32,n=10", seed=5)
-    assert len(ds) == 10 and ds.cfg.seed == 5 and ds.cfg.task == "count"
+    assert len(ds) == 10
+    assert ds.cfg.seed == 5
+    assert ds.cfg.task == "count"
     batches = list(make_loader(ds, batch_size=4))
     assert [len(b["index"]) for b in batches] == [4, 4, 2]
     first = batches[0]
-    assert first["image"].shape == (4, 3, 32, 32) and first["mask"].shape == (4, 32, 32)
-    assert first["label"].dtype == torch.long and first["bad"] == []
-    assert isinstance(first["boxes"], list) and len(first["boxes"]) == 4
+    assert first["image"].shape == (4, 3, 32, 32)
+    assert first["mask"].shape == (4, 32, 32)
+    assert first["label"].dtype == torch.long
+    assert first["bad"] == []
+    assert isinstance(first["boxes"], list)
+    assert len(first["boxes"]) == 4
     assert first["path"][1] == "synthetic/seed5/1"
     assert len(open_source("synthetic", limit=7)) == 7

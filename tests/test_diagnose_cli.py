@@ -42,33 +42,45 @@ CONTRACT_ARRAYS = {
 def compare_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("diag") / "run"
     args = ["diagnose", *TINY, "--compare", "vit_pico_patch4_32", "--registers2", "4", "--random-init2"]
-    rc = main([*args, "--images", "synthetic", "--limit", "16", "--percentile", "90", "--examples", "4"] + [
-        "--batch-size", "8", "--no-report", "--out", str(out)
-    ])  # fmt: skip
+    args += ["--images", "synthetic", "--limit", "16", "--percentile", "90", "--examples", "4", "--batch-size", "8"]
+    rc = main([*args, "--no-report", "--out", str(out)])
     assert rc == 0
     return out
 
 
 def test_contract_files(compare_run: Path):
     m = json.loads((compare_run / "metrics.json").read_text())
-    assert m["command"] == "diagnose" and m["config"]["rule"] == "percentile" and m["config"]["percentile"] == 90
+    assert m["command"] == "diagnose"
+    assert m["config"]["rule"] == "percentile"
+    assert m["config"]["percentile"] == 90
     assert [r["key"] for r in m["models"]] == ["a", "b"]
-    assert m["summary"]["images"] == 16 and m["summary"]["rule"] == "percentile"
+    assert m["summary"]["images"] == 16
+    assert m["summary"]["rule"] == "percentile"
     a, b = m["models"]
-    assert a["registers"] == 0 and b["registers"] == 4 and a["grid"] == [8, 8] and a["depth"] == 2
+    assert a["registers"] == 0
+    assert b["registers"] == 4
+    assert a["grid"] == [8, 8]
+    assert a["depth"] == 2
     assert a["output"]["outlier_ratio"] == pytest.approx(0.1, abs=0.03)  # 90th percentile at bin resolution
-    assert len(a["layers"]) == 2 and a["masks"]["available"] is True
-    assert isinstance(a["verdict"], str) and a["verdict"].endswith(".")
+    assert len(a["layers"]) == 2
+    assert a["masks"]["available"] is True
+    assert isinstance(a["verdict"], str)
+    assert a["verdict"].endswith(".")
     for key, reg in (("a", 0), ("b", 4)):
         z = np.load(compare_run / f"arrays_{key}.npz")
-        assert set(z.files) >= CONTRACT_ARRAYS and "ex_mask" in z.files
+        assert set(z.files) >= CONTRACT_ARRAYS
+        assert "ex_mask" in z.files
         assert z["hist_counts"].shape == (2, len(z["hist_edges"]) - 1)
-        assert z["reg_hist"].shape[0] == reg and z["register_similarity"].shape == (reg, reg)
+        assert z["reg_hist"].shape[0] == reg
+        assert z["register_similarity"].shape == (reg, reg)
         assert list(z["query_names"]) == ["cls"] + [f"reg{i}" for i in range(reg)]
         assert z["mean_attention"].shape == (1 + reg, 8, 8)
-        assert z["ex_images"].shape == (4, 32, 32, 3) and z["ex_images"].dtype == np.uint8
-        assert z["ex_attention"].shape == (4, 1 + reg, 8, 8) and z["ex_outlier"].dtype == bool
-        assert np.isfinite(z["ex_pca"]).all() and np.isfinite(z["ex_norm"]).all()
+        assert z["ex_images"].shape == (4, 32, 32, 3)
+        assert z["ex_images"].dtype == np.uint8
+        assert z["ex_attention"].shape == (4, 1 + reg, 8, 8)
+        assert z["ex_outlier"].dtype == bool
+        assert np.isfinite(z["ex_pca"]).all()
+        assert np.isfinite(z["ex_norm"]).all()
 
 
 def test_position_counts_sum_to_totals(compare_run: Path):
@@ -88,14 +100,15 @@ def test_auto_on_random_model_says_no_outliers(tmp_path: Path, capsys):
     rc = main(["diagnose", *TINY, "--images", "synthetic", "--limit", "8", "--out", str(tmp_path)])
     assert rc == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["summary"]["threshold"] is None and m["summary"]["outlier_ratio"] == 0
+    assert m["summary"]["threshold"] is None
+    assert m["summary"]["outlier_ratio"] == 0
     assert m["summary"]["verdict"].startswith("No high-norm outliers")
     assert "verdict: No high-norm outliers" in capsys.readouterr().out
     assert (tmp_path / "report.html").is_file()  # diagnose renders the report at the end
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    ("extra", "message"),
     [
         (["--cutoff", "-3"], "cutoff"),
         (["--percentile", "100"], "percentile"),
@@ -106,7 +119,8 @@ def test_auto_on_random_model_says_no_outliers(tmp_path: Path, capsys):
 def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, extra: list[str], message: str):
     assert main(["diagnose", *TINY, "--limit", "2", "--out", str(tmp_path / "r"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    assert len(err) == 1
+    assert message in err[0]
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
@@ -119,9 +133,8 @@ def test_bad_images_are_skipped_and_reported(tmp_path: Path):
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert main(["diagnose", *TINY, "--images", str(src), "--out", str(tmp_path / "r")]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert m["summary"]["images"] == 3 and [Path(b["path"]).name for b in m["models"][0]["bad_images"]] == [
-        "broken.png"
-    ]
+    assert m["summary"]["images"] == 3
+    assert [Path(b["path"]).name for b in m["models"][0]["bad_images"]] == ["broken.png"]
     assert m["models"][0]["masks"]["available"] is False
     assert main(["diagnose", *TINY, "--images", str(src), "--strict", "--out", str(tmp_path / "s")]) == 2
 
@@ -154,7 +167,8 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path):
         assert done.returncode == 0, done.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert two["config"]["world_size"] == 2 and one["config"]["world_size"] == 1
+    assert two["config"]["world_size"] == 2
+    assert one["config"]["world_size"] == 1
     _metrics_close(one, two)
     za, zb = np.load(tmp_path / "one" / "arrays_a.npz"), np.load(tmp_path / "two" / "arrays_a.npz")
     assert set(za.files) == set(zb.files)
@@ -173,7 +187,8 @@ def test_sweep_and_cutoff(tmp_path: Path):
     assert [(r["key"], r["registers"]) for r in m["models"]] == [("s0", 0), ("s1", 2)]
     for r in m["models"]:
         z = np.load(tmp_path / f"arrays_{r['key']}.npz")
-        assert r["rule"]["threshold"] == 3.5 and 3.5 in z["hist_edges"]  # the cutoff is an exact bin edge
+        assert r["rule"]["threshold"] == 3.5
+        assert 3.5 in z["hist_edges"]
         assert r["output"]["outliers"] == int((z["hist_counts"][-1][z["hist_edges"][:-1] >= 3.5]).sum())
         assert r["output"]["outliers"] == int(z["position_counts"].sum())
 
@@ -182,5 +197,43 @@ def test_coco_masks(tmp_path: Path, coco_mini: Path):
     src = coco_mini / "annotations" / "instances_train2017.json"
     assert main(["diagnose", *TINY, "--images", str(src), "--limit", "4", "--no-report", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "metrics.json").read_text())["models"][0]
-    assert r["images"] == 4 and r["masks"]["available"] is True and r["masks"]["images_with_mask"] == 4
+    assert r["images"] == 4
+    assert r["masks"]["available"] is True
+    assert r["masks"]["images_with_mask"] == 4
     assert 0 <= r["masks"]["share_patches_background"] <= 1
+
+
+def test_compare_labels_say_what_differs(compare_run: Path):
+    """--compare M --registers2 4 names the second model by its registers, not by the spec both share."""
+    labels = [m["label"] for m in json.loads((compare_run / "metrics.json").read_text())["models"]]
+    assert labels == ["vit_pico_patch4_32 (random init)", "vit_pico_patch4_32 +4 reg (random init)"]
+
+
+def test_every_model_is_checked_before_any_work(tmp_path: Path, capsys, monkeypatch):
+    """A second model without weights fails at once, before the first model reads a single image."""
+    import vitreg.jobs.diagnose as job
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the first model's pass must not start")
+
+    monkeypatch.setattr(job, "_diagnose_entry", no_pass)
+    rc = main(["diagnose", *TINY, "--compare", "vit_pico_patch4_32", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no weights on disk for 'vit_pico_patch4_32'" in err
+    assert "--random-init" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_kept_example_is_drawn(tmp_path: Path):
+    """--examples 8 keeps 8 pictures and the figure shows all 8 (it used to stop at 6 without saying so)."""
+    from vitreg.report import plot_maps
+    from vitreg.results import load_run
+
+    assert main(["diagnose", *TINY, "--limit", "10", "--examples", "8", "--no-report", "--out", str(tmp_path)]) == 0
+    m = load_run(tmp_path).models[0]
+    assert len(m.arrays["ex_images"]) == 8
+    fig = plot_maps.examples(m)
+    rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
+    assert len(rows) == 8
+    assert main(["diagnose", *TINY, "--examples", "17", "--out", str(tmp_path / "x")]) == 2  # more is refused

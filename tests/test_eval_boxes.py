@@ -35,11 +35,14 @@ def _voc_root(tmp_path, xml: str = VOC_XML):
 def test_voc_xml_one_based_conversion(tmp_path):
     root = _voc_root(tmp_path)
     name, size, boxes, names = parse_voc_xml(root / "Annotations" / "000001.xml")
-    assert name == "000001.jpg" and size == (40, 30) and names == ["dog", "cat"]
+    assert name == "000001.jpg"
+    assert size == (40, 30)
+    assert names == ["dog", "cat"]
     # xmin=1..xmax=40 spans the whole 40 px image: [0, 40) in pixel-edge coordinates; difficult objects count too.
     np.testing.assert_array_equal(boxes, [[0, 0, 40, 30], [10, 5, 20, 15]])
     recs = read_voc(root)
-    assert len(recs) == 1 and recs[0].image == root / "JPEGImages" / "000001.jpg"
+    assert len(recs) == 1
+    assert recs[0].image == root / "JPEGImages" / "000001.jpg"
 
 
 def test_voc_image_set_listing(tmp_path):
@@ -67,14 +70,15 @@ def test_coco_json_iscrowd_excluded_and_xywh(tmp_path):
     recs = read_coco(path)  # images found in ../train2017 by the standard layout
     assert [r.image for r in recs] == [tmp_path / "train2017" / "a.jpg", tmp_path / "train2017" / "b.jpg"]
     np.testing.assert_array_equal(recs[0].boxes, [[5, 6, 15, 26]])
-    assert recs[0].labels == ["person"] and recs[0].size == (50, 40)
+    assert recs[0].labels == ["person"]
+    assert recs[0].size == (50, 40)
     assert recs[1].boxes.shape == (0, 4)  # only a crowd box: no ground truth left
     other = tmp_path / "elsewhere"
     assert read_box_dataset(path, image_root=other)[0].image == other / "a.jpg"
 
 
 @pytest.mark.parametrize(
-    "text, match",
+    ("text", "match"),
     [
         ("<annotation><filename>x.jpg", "malformed XML"),
         ("<annotation><object><bndbox><xmin>a</xmin></bndbox></object><filename>x</filename></annotation>", "object 0"),
@@ -89,12 +93,15 @@ def test_malformed_voc_names_the_file(tmp_path, text, match):
 
 
 @pytest.mark.parametrize(
-    "content, match",
+    ("content", "match"),
     [
         ("{not json", "malformed JSON"),
         ('{"annotations": []}', "'images' list"),
-        ('{"images": [], "categories": [{"id": 1}], "annotations": [{"image_id": 1, "bbox": [1, 2], "category_id": 1}]}',
-         r"annotations\[0\] bbox"),
+        (
+            '{"images": [], "categories": [{"id": 1}], '
+            '"annotations": [{"image_id": 1, "bbox": [1, 2], "category_id": 1}]}',
+            r"annotations\[0\] bbox",
+        ),
         ('{"images": [{"id": 1}], "annotations": []}', r"images\[0\] lacks 'file_name'"),
     ],
 )

@@ -32,7 +32,8 @@ def test_flops_grow_with_registers_and_attention_is_counted():
     rows = flops_table(cfg, (0, 1, 2, 4, 8, 16), resolutions=(32, 64))
     for size in (32, 64):
         f = [r["flops"] for r in rows if r["img_size"] == size]
-        assert f == sorted(f) and len(set(f)) == len(f)
+        assert f == sorted(f)
+        assert len(set(f)) == len(f)
     # Relative overhead shrinks with resolution: more patches, same registers.
     at = {(r["img_size"], r["registers"]): r["flops_overhead"] for r in rows}
     assert at[(64, 4)] < at[(32, 4)]
@@ -54,7 +55,9 @@ def test_flops_command_and_section(tmp_path):
     from vitreg.report.sections import flops as section
 
     sec = section.render(out)
-    assert sec and "data:image/png" in sec[0].html and "vit_nano_patch4_32" in sec[0].html
+    assert sec
+    assert "data:image/png" in sec[0].html
+    assert "vit_nano_patch4_32" in sec[0].html
     assert section.render(tmp_path) == []
 
 

@@ -35,7 +35,8 @@ def test_constructed_object_gives_its_box():
     assert out.patch_boxes[0].tolist() == [3, 2, 8, 6]
     assert out.boxes[0].tolist() == [48.0, 32.0, 128.0, 96.0]  # patch coords x 16 px
     r, c = out.seeds[0]
-    assert 2 <= r < 6 and 3 <= c < 8  # the seed is an object patch
+    assert 2 <= r < 6
+    assert 3 <= c < 8
     assert not out.seed_outside_mask[0]
 
 
@@ -45,7 +46,8 @@ def test_two_objects_only_the_seed_component_is_boxed():
     out = lost_from_patches(f[None], patch_size=(8, 8))
     boxes = {(1, 1, 4, 4), (6, 7, 11, 10)}
     assert tuple(out.patch_boxes[0].tolist()) in boxes  # one connected component, not the union of both
-    assert out.masks[0][2, 2] and out.masks[0][8, 8]  # both are in the expanded mask
+    assert out.masks[0][2, 2]
+    assert out.masks[0][8, 8]
 
 
 def test_batched_equals_one_by_one_and_non_square_grids():
@@ -61,7 +63,8 @@ def test_registers_are_excluded_from_the_graph():
     h, w, c, regs = 6, 8, 8, 4
     patches = _scene(h, w, (2, 1, 5, 4), c=c)
     layout = token_layout(create_model("vit_pico_patch4_32", registers=regs), (h * 4, w * 4))
-    assert layout.grid == (h, w) and layout.num_registers == regs
+    assert layout.grid == (h, w)
+    assert layout.num_registers == regs
     prefix = torch.zeros(1, layout.num_prefix, c)
     tokens = torch.cat([prefix, patches.reshape(1, h * w, c)], 1)  # (1, N, C)
     ref = lost_from_tokens(tokens, layout, 4)
@@ -99,9 +102,11 @@ def test_corloc_on_hand_made_boxes():
         np.zeros((0, 4)),  # no ground truth: counted apart
     ]
     r = corloc(preds, gts)
-    assert r["correct"] == 2 and r["images"] == 3 and r["no_gt"] == 1
+    assert r["correct"] == 2
+    assert r["images"] == 3
+    assert r["no_gt"] == 1
     assert r["corloc"] == pytest.approx(2 / 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="2 predicted boxes for 4 images"):
         corloc(preds[:2], gts)
 
 
@@ -111,7 +116,8 @@ def test_feature_kinds_have_expected_widths():
     x = torch.randn(2, 3, 32, 48)  # non-square: an 8 x 12 grid
     for kind in ("k", "q", "v", "tokens"):
         tokens, layout = extract_features(insp, x, -1, kind)
-        assert tokens.shape == (2, layout.num_tokens, 64) and layout.grid == (8, 12)
+        assert tokens.shape == (2, layout.num_tokens, 64)
+        assert layout.grid == (8, 12)
     with pytest.raises(ValueError, match="feature type"):
         extract_features(insp, x, -1, "attn")
     with pytest.raises(ValueError, match="out of range"):
@@ -120,16 +126,24 @@ def test_feature_kinds_have_expected_widths():
 
 def test_lost_command_synthetic(tmp_path):
     out = tmp_path / "run"
+    # a negative list is a value, written either way: "--bias -1,0" (used to fail in argparse) or "--bias=-1,0"
     rc = main(["lost", "--model", "vit_pico_patch4_32", "--random-init", "--registers", "2", "--limit", "6",
-               "--bias=-1,0", "--threads", "1", "--out", str(out)])  # fmt: skip
+               "--bias", "-1,0", "--threads", "1", "--out", str(out)])  # fmt: skip
     assert rc == 0
     data = json.loads((out / "lost.json").read_text())
     assert [r["bias"] for r in data["results"]] == [-1.0, 0.0]
-    assert data["images"] == 6 and all(0 <= r["corloc"] <= 1 for r in data["results"])
+    rc = main(["lost", "--model", "vit_pico_patch4_32", "--random-init", "--limit", "2", "--bias=-0.5",
+               "--threads", "1", "--out", str(tmp_path / "one")])  # fmt: skip
+    assert rc == 0
+    assert [r["bias"] for r in json.loads((tmp_path / "one" / "lost.json").read_text())["results"]] == [-0.5]
+    assert data["images"] == 6
+    assert all(0 <= r["corloc"] <= 1 for r in data["results"])
     from vitreg.report.sections import lost as section
 
     sec = section.render(out)
-    assert sec and "CorLoc" in sec[0].html and "data:image/png" in sec[0].html
+    assert sec
+    assert "CorLoc" in sec[0].html
+    assert "data:image/png" in sec[0].html
     assert section.render(tmp_path) == []
 
 
@@ -147,9 +161,11 @@ def test_lost_over_coco_mini(coco_mini, tmp_path):
     assert 0.0 <= data["results"][0]["corloc"] <= 1.0
     for rec in data["per_image"]:
         w, h = rec["size"]
-        assert w % 16 == 0 and h % 16 == 0  # cropped to whole patches
+        assert w % 16 == 0
+        assert h % 16 == 0
         x1, y1, x2, y2 = rec["bias=0"]["box"]
-        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert 0 <= x1 < x2 <= w
+        assert 0 <= y1 < y2 <= h
         assert rec["gt_boxes"] > 0
 
 
@@ -160,7 +176,8 @@ def test_lost_command_errors_are_one_line(tmp_path, capsys):
                str(tmp_path / "o")])  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and "malformed JSON" in err
+    assert str(bad) in err
+    assert "malformed JSON" in err
     rc = main(["lost", "--model", "vit_pico_patch4_32", "--random-init", "--bias", "x", "--out", str(tmp_path)])
     assert rc == 2
 
@@ -186,4 +203,5 @@ def test_lost_command_on_a_voc_root_with_mixed_sizes(tmp_path):
     assert main(["lost", "--model", str(model_dir), "--dataset", str(root), "--batch-size", "3", "--threads", "1",
                  "--features", "v", "--out", str(out)]) == 0  # fmt: skip
     data = json.loads((out / "lost.json").read_text())
-    assert data["images"] == 3 and sorted(tuple(r["size"]) for r in data["per_image"]) == [(64, 96), (96, 64), (96, 64)]
+    assert data["images"] == 3
+    assert sorted(tuple(r["size"]) for r in data["per_image"]) == [(64, 96), (96, 64), (96, 64)]

@@ -49,9 +49,13 @@ def _constructed(m: int = 40, h: int = 4, w: int = 4, c: int = 24, seed: int = 0
 
 def test_collect_features_shapes(feats):
     m = feats.num_images
-    assert feats.prenorm.shape == (m, 8, 8, 64) and feats.normed.shape == (m, 8, 8, 64)
-    assert feats.cls.shape == (m, 64) and feats.pixels.shape == (m, 8, 8, 48)
-    assert feats.masks.shape == (m, 32, 32) and feats.depth.shape == (m, 32, 32) and feats.labels.shape == (m,)
+    assert feats.prenorm.shape == (m, 8, 8, 64)
+    assert feats.normed.shape == (m, 8, 8, 64)
+    assert feats.cls.shape == (m, 64)
+    assert feats.pixels.shape == (m, 8, 8, 48)
+    assert feats.masks.shape == (m, 32, 32)
+    assert feats.depth.shape == (m, 32, 32)
+    assert feats.labels.shape == (m,)
     assert np.isfinite(feats.prenorm).all()
     np.testing.assert_allclose(feats.norms, np.linalg.norm(feats.prenorm, axis=-1), rtol=1e-5)
 
@@ -67,7 +71,8 @@ def test_local_probes_learn_position_and_pixels():
     f = _constructed()
     thr = float(np.percentile(f.norms, 50))  # between normal and 10x tokens
     r = local_probes(f, thr, epochs=80, mlp=False)
-    assert r["position"]["outlier"]["count"] > 0 and r["position"]["normal"]["count"] > 0
+    assert r["position"]["outlier"]["count"] > 0
+    assert r["position"]["normal"]["count"] > 0
     assert r["position"]["all"]["count"] == r["position"]["outlier"]["count"] + r["position"]["normal"]["count"]
     assert r["position"]["normal"]["accuracy"] > 0.9  # position is linearly decodable from these tokens
     assert r["pixel"]["linear"]["all"]["mse"] < 0.1  # pixels (variance 1) are linear in the tokens
@@ -80,7 +85,8 @@ def test_empty_outlier_group_is_reported_not_faked(feats):
     assert r["pixel"]["linear"]["outlier"]["mse"] is None
     g = global_probe(feats, None, seeds=(0, 1, 2), epochs=5)
     assert g["images_without_outlier"] == feats.num_images
-    assert "mean" not in g["results"]["outlier"] and g["results"]["outlier"]["images"] == 0
+    assert "mean" not in g["results"]["outlier"]
+    assert g["results"]["outlier"]["images"] == 0
 
 
 def test_global_probe_counts_images_without_outliers():
@@ -88,10 +94,12 @@ def test_global_probe_counts_images_without_outliers():
     f.norms[:40] = 1.0  # the first 40 images have no outlier
     f.norms[40:, 0, 0] = 100.0
     g = global_probe(f, 50.0, seeds=(0, 1, 2), epochs=60)
-    assert g["images_without_outlier"] == 40 and g["results"]["outlier"]["images"] == 120
+    assert g["images_without_outlier"] == 40
+    assert g["results"]["outlier"]["images"] == 120
     for name in ("cls", "normal", "outlier"):
         r = g["results"][name]
-        assert len(r["per_seed"]) == 3 and r["std"] >= 0
+        assert len(r["per_seed"]) == 3
+        assert r["std"] >= 0
     assert g["results"]["normal"]["mean"] > 0.9  # the label is in every token
 
 
@@ -103,21 +111,26 @@ def test_global_probe_needs_labels(feats):
 
 def test_linear_and_dense_probes_run_and_beat_nothing_worse_than_trivial(feats):
     c = classification_probe(feats, epochs=20)
-    assert set(c["top1"]) == {"cls", "cls+mean_patch"} and all(0 <= v <= 1 for v in c["top1"].values())
+    assert set(c["top1"]) == {"cls", "cls+mean_patch"}
+    assert all(0 <= v <= 1 for v in c["top1"].values())
     s = segmentation_probe(feats, epochs=20)
-    assert 0 <= s["miou"] <= 1 and s["classes_present"] >= 2
+    assert 0 <= s["miou"] <= 1
+    assert s["classes_present"] >= 2
     # Background is most pixels: even a random-feature probe must get most of them right.
     assert s["iou_per_class"]["0"] > 0.5
     d = depth_probe(feats, epochs=20)
-    assert np.isfinite(d["rmse"]) and d["rmse"] > 0
+    assert np.isfinite(d["rmse"])
+    assert d["rmse"] > 0
 
 
 def test_split_images_is_disjoint_and_seeded():
     a_tr, a_te = split_images(10, 0.3, 1)
-    assert len(a_te) == 3 and not set(a_tr) & set(a_te) and len(a_tr) + len(a_te) == 10
+    assert len(a_te) == 3
+    assert not set(a_tr) & set(a_te)
+    assert len(a_tr) + len(a_te) == 10
     b_tr, _ = split_images(10, 0.3, 1)
     np.testing.assert_array_equal(a_tr, b_tr)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 2 images"):
         split_images(1, 0.5, 0)
 
 
@@ -128,13 +141,16 @@ def test_probe_command_writes_json_and_section(tmp_path):
                "--threads", "1", "--out", str(out)])  # fmt: skip
     assert rc == 0
     d = json.loads((out / "probe.json").read_text())
-    assert d["threshold"]["rule"] == "percentile" and d["num_images"] == 24
+    assert d["threshold"]["rule"] == "percentile"
+    assert d["num_images"] == 24
     assert {"local", "global", "linear", "dense"} <= set(d)
     assert len(d["global"]["results"]["normal"]["per_seed"]) == 3
     from vitreg.report.sections import probes as section
 
     sec = section.render(out)
-    assert sec and "Local information" in sec[0].html and "Global information" in sec[0].html
+    assert sec
+    assert "Local information" in sec[0].html
+    assert "Global information" in sec[0].html
     assert section.render(tmp_path) == []
 
 

@@ -35,7 +35,8 @@ def test_lab_trains_diagnoses_and_tabulates_a_grid(tmp_path, capsys, one_thread)
     assert [r["outlier_ratio"] for r in rows] == [m["output"]["outlier_ratio"] for m in diag["models"]]
     assert [m["registers"] for m in diag["models"]] == [0, 2]
     md = (tmp_path / "lab" / "lab.md").read_text()
-    assert "| tiny | 0 | 2 |" in md and "model=vit_pico_patch4_32" in md
+    assert "| tiny | 0 | 2 |" in md
+    assert "model=vit_pico_patch4_32" in md
     capsys.readouterr()
     # everything cached the second time (the same settings, threads included)
     assert main(["lab", str(grid), "--out", str(tmp_path / "lab"), "--jobs", "2"]) == 0

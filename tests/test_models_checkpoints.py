@@ -21,7 +21,7 @@ DIM, DEPTH, HEADS, PATCH, GRID = 128, 3, 2, 14, 4  # 64-dim heads, as in every D
 def _dinov2_state_dict(regs: int, swiglu: bool = False, chunks: int = 0) -> dict[str, torch.Tensor]:
     """Random weights in the key layout of DINOv2's own DinoVisionTransformer."""
     g = torch.Generator().manual_seed(regs * 10 + int(swiglu))
-    r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g) * 0.1
     sd = {
         "cls_token": r(1, 1, DIM),
         "pos_embed": r(1, 1 + GRID * GRID, DIM),  # DINOv2 keeps a position for [CLS]
@@ -62,8 +62,8 @@ def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool
     t = torch.cat([sd["cls_token"].expand(b, -1, -1), t], 1) + sd["pos_embed"]
     if "register_tokens" in sd:  # registers go after [CLS], with no position embedding
         t = torch.cat([t[:, :1], sd["register_tokens"].expand(b, -1, -1), t[:, 1:]], 1)
-    ln = lambda z, p: F.layer_norm(z, (DIM,), sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)  # noqa: E731
-    lin = lambda z, p: F.linear(z, sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
+    ln = lambda z, p: F.layer_norm(z, (DIM,), sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)
+    lin = lambda z, p: F.linear(z, sd[p + ".weight"], sd[p + ".bias"])
     for i in range(DEPTH):
         p = f"blocks.{i}."
         h = ln(t, p + "norm1")
@@ -88,7 +88,8 @@ def test_dinov2_original_checkpoint_converts_exactly(tmp_path, regs, swiglu, chu
     path = tmp_path / "dinov2_test_pretrain.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}} if chunks else sd, path)
     model = load_model(path).eval()
-    assert model.num_reg_tokens == regs and len(model.blocks) == DEPTH
+    assert model.num_reg_tokens == regs
+    assert len(model.blocks) == DEPTH
     x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
     with torch.no_grad():
         ours = model.forward_features(x)
@@ -113,7 +114,8 @@ def test_dinov2_weights_into_a_named_timm_architecture(tmp_path):
 def test_save_and_reload_run_directory(tmp_path):
     m = create_model("vit_pico_patch4_32", registers=3, num_classes=5).eval()
     save_model(m, tmp_path / "run")
-    assert (tmp_path / "run" / "model.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "model.json").is_file()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
     again = load_model(tmp_path / "run").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -167,7 +169,8 @@ def test_missing_pretrained_weights_fail_fast_with_instructions():
     with pytest.raises(WeightsNotFoundError) as err:
         load_model("dinov2_vits14_reg")
     assert time.monotonic() - start < 1.0
-    assert "dinov2_vits14_reg4_pretrain.pth" in str(err.value) and "--weights" in str(err.value)
+    assert "dinov2_vits14_reg4_pretrain.pth" in str(err.value)
+    assert "--weights" in str(err.value)
     with pytest.raises(WeightsNotFoundError, match="--random-init"):
         load_model("vit_small_patch16_224")
     with pytest.raises(CheckpointError, match="not found"):
@@ -182,7 +185,8 @@ def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "0"},
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "--weights PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--weights PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 30  # interpreter + torch import; the lookup itself never waits on a network
 
 

@@ -55,12 +55,14 @@ def test_split_tokens(regs, hw):
     m = _model(regs)
     layout = token_layout(m, hw)
     gh, gw = hw[0] // 4, hw[1] // 4
-    assert layout.grid == (gh, gw) and layout.num_prefix == 1 + regs
+    assert layout.grid == (gh, gw)
+    assert layout.num_prefix == 1 + regs
     # label every token with its index so the split can be checked exactly
     n = layout.num_tokens
     x = torch.arange(n, dtype=torch.float32).view(1, n, 1).expand(2, n, 3).clone()
     s = split_tokens(x, layout)
-    assert s.cls.shape == (2, 3) and (s.cls == 0).all()
+    assert s.cls.shape == (2, 3)
+    assert (s.cls == 0).all()
     assert s.registers.shape == (2, regs, 3)
     assert torch.equal(s.registers[0, :, 0], torch.arange(1, 1 + regs, dtype=torch.float32))
     assert s.patches.shape == (2, gh, gw, 3)
@@ -68,7 +70,7 @@ def test_split_tokens(regs, hw):
     assert s.patches[0, 1, 0, 0] == 1 + regs + gw  # row-major grid
     cap = Inspector(m).run(torch.randn(2, 3, *hw), layers=[0], attention_layers=None)
     assert cap.split_tokens(0).patches.shape == (2, gh, gw, 64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tokens for"):
         split_tokens(x[:, 1:], layout)
 
 
@@ -76,7 +78,9 @@ def test_model_without_cls_token():
     m = _model(2, class_token=False, global_pool="avg")
     cap = Inspector(m).run(torch.randn(1, 3, 32, 32), layers=[1], attention_layers=[1])
     s = cap.split_tokens(1)
-    assert s.cls is None and s.registers.shape[1] == 2 and s.patches.shape[1:3] == (8, 8)
+    assert s.cls is None
+    assert s.registers.shape[1] == 2
+    assert s.patches.shape[1:3] == (8, 8)
     assert list(cap.attention_maps(1)) == ["reg0", "reg1"]
 
 

@@ -16,10 +16,12 @@ def test_registers_are_prefix_tokens_without_position_embedding(regs):
     if regs:
         assert m.reg_token.shape == (1, regs, 64)
         # initialised like [CLS] (timm: normal, std 1e-6)
-        assert m.reg_token.abs().max() < 1e-4 and m.cls_token.abs().max() < 1e-4
+        assert m.reg_token.abs().max() < 1e-4
+        assert m.cls_token.abs().max() < 1e-4
         assert m.reg_token.requires_grad
     out = m(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 64) and torch.isfinite(out).all()
+    assert out.shape == (2, 64)
+    assert torch.isfinite(out).all()
 
 
 def test_parameter_count_grows_by_registers_times_width():
@@ -31,7 +33,9 @@ def test_parameter_count_grows_by_registers_times_width():
 
 def test_register_suffix_and_overrides():
     cfg = model_config("vit_small_patch16_224_reg4", img_size=96, num_classes=10)
-    assert cfg.registers == 4 and cfg.img_size == (96, 96) and cfg.num_classes == 10
+    assert cfg.registers == 4
+    assert cfg.img_size == (96, 96)
+    assert cfg.num_classes == 10
     with pytest.raises(ValueError, match="registers must be between 0 and 16"):
         model_config("vit_pico_patch4_32", registers=17)
     with pytest.raises(ValueError, match="unknown model"):
@@ -58,7 +62,8 @@ def test_non_square_input_resamples_position_embedding_with_antialiasing():
 
 def test_timm_passthrough_applies_registers_and_size():
     m = load_model("timm:vit_small_patch14_reg4_dinov2", registers=2, img_size=98, random_init=True)
-    assert m.num_reg_tokens == 2 and m.patch_embed.grid_size == (7, 7)
+    assert m.num_reg_tokens == 2
+    assert m.patch_embed.grid_size == (7, 7)
     assert m.pretrained_cfg["input_size"] == (3, 98, 98)
     assert m(torch.randn(1, 3, 98, 126)).shape[0] == 1
 
@@ -66,7 +71,8 @@ def test_timm_passthrough_applies_registers_and_size():
 def test_preprocessing_metadata_travels_with_the_model():
     m = create_model("vit_nano_patch4_32")
     assert m.pretrained_cfg["input_size"] == (3, 32, 32)
-    assert len(m.pretrained_cfg["mean"]) == 3 and len(m.pretrained_cfg["std"]) == 3
+    assert len(m.pretrained_cfg["mean"]) == 3
+    assert len(m.pretrained_cfg["std"]) == 3
 
 
 def test_presets_cover_cpu_sizes_and_paper_sizes():
@@ -75,5 +81,6 @@ def test_presets_cover_cpu_sizes_and_paper_sizes():
     for size in ("tiny", "small", "base", "large", "huge", "giant"):
         for patch in (14, 16):
             assert f"vit_{size}_patch{patch}_224" in names
-    assert names["vit_nano_patch4_32"]["depth"] == 6 and names["vit_nano_patch4_32"]["width"] == 128
+    assert names["vit_nano_patch4_32"]["depth"] == 6
+    assert names["vit_nano_patch4_32"]["width"] == 128
     assert 1000 < names["vit_giant_patch14_224"]["params_m"] < 1200  # ViT-g is ~1.1B parameters

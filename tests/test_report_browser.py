@@ -91,7 +91,8 @@ def test_slider_updates_counts_like_python(page_and_run):
             assert abs(float(ratios[m.key].rstrip("%")) - 100 * counts[m.key] / total) <= 0.005 + 1e-9
         assert page.inner_text("#outlier-count") == str(counts["a"])  # the headline follows the first model
         seen[index] = counts["a"]
-    assert seen[0] == int(run.models[0].output_counts().sum()) and seen[top] == 0
+    assert seen[0] == int(run.models[0].output_counts().sum())
+    assert seen[top] == 0
     assert len(set(seen.values())) >= 3  # the count really moves with the slider
     assert problems == []
 
@@ -102,7 +103,8 @@ def test_keyboard_and_reset(page_and_run):
     page.focus("#norm-slider")
     page.keyboard.press("ArrowRight")  # a real input event, as a user's key press makes
     t, counts, _ = _shown(page, run)
-    assert int(page.input_value("#norm-slider")) == 1 and counts == _expected(run, t)
+    assert int(page.input_value("#norm-slider")) == 1
+    assert counts == _expected(run, t)
     page.click("#explorer-reset")
     t, counts, _ = _shown(page, run)
     assert counts["a"] == run.models[0].result.output.outliers  # back at the run's threshold

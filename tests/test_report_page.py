@@ -12,11 +12,11 @@ import pytest
 from report_rundir import make_run
 
 from vitreg.cli import main
+from vitreg.errors import RunDirError
 from vitreg.report.explorer import explorer_data
 from vitreg.report.html import build_page, write_report
-from vitreg.errors import RunDirError
-from vitreg.results.rundir import load_run, outlier_count
 from vitreg.report.sections import Section
+from vitreg.results.rundir import load_run, outlier_count
 
 FIGURES = ["norm_hist", "norm_hist_logx", "layers", "positions", "neighbors"]
 FIGURES += [f"{kind}_{key}" for kind in ("examples", "registers") for key in ("a", "b")]
@@ -39,10 +39,12 @@ def _external_refs(page: str) -> list[str]:
 def test_figures_and_self_contained_page(rendered: Path):
     for name in FIGURES:
         png = rendered / "figures" / f"{name}.png"
-        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert png.is_file(), name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (rendered / "report.html").read_text()
     assert _external_refs(page) == []
-    assert "http://" not in page and "https://" not in page
+    assert "http://" not in page
+    assert "https://" not in page
     imgs = re.findall(r"<img [^>]*src=\"([^\"]{0,30})", page)
     assert len(imgs) >= len(FIGURES) - 1  # the other histogram scale is embedded too, in a <details>
     assert all(s.startswith("data:image/png;base64,") for s in imgs)
@@ -58,10 +60,12 @@ def test_summary_numbers_come_from_metrics(rendered: Path):
     assert f"{100 * a['output']['outlier_ratio']:.2f}%" in page
     assert f"{100 * a['neighbors']['share_outliers_redundant']:.2f}%" in page
     assert f"{a['output']['norm_ratio']:.3f}".rstrip("0") in page
-    assert a["verdict"] in page and b["verdict"] in page
+    assert a["verdict"] in page
+    assert b["verdict"] in page
     assert "none (no outliers)" in page  # model b has no threshold
     # labels of one spec are told apart by key and register count
-    assert "[a: 0 reg]" in page and "[b: 4 reg]" in page
+    assert "[a: 0 reg]" in page
+    assert "[b: 4 reg]" in page
 
 
 def test_explorer_initial_counts_match_python(rendered: Path):
@@ -73,9 +77,8 @@ def test_explorer_initial_counts_match_python(rendered: Path):
         expected = outlier_count(m.arrays["hist_edges"], m.output_counts(), t0)
         assert f'id="outlier-count-{m.key}">{expected}<' in page
     # model a: the run's threshold (100) splits the two modes, so the snapped edge counts exactly its outliers
-    assert (
-        outlier_count(run.models[0].arrays["hist_edges"], run.models[0].output_counts(), t0)
-        == (run.models[0].result.output.outliers)
+    assert outlier_count(run.models[0].arrays["hist_edges"], run.models[0].output_counts(), t0) == (
+        run.models[0].result.output.outliers
     )
 
 
@@ -124,7 +127,8 @@ def test_sweep_draws_per_entry_summary(tmp_path: Path):
     ratios = [100 * m.result.output.outlier_ratio for m in run.models]
     np.testing.assert_allclose(ratio_ax.lines[0].get_ydata(), ratios)
     norm = norm_ax.lines[0].get_ydata()
-    assert np.isnan(norm[0]) and norm[1] == pytest.approx(run.models[1].result.output.norm_ratio)
+    assert np.isnan(norm[0])
+    assert norm[1] == pytest.approx(run.models[1].result.output.norm_ratio)
     assert not load_run(make_run(tmp_path / "cmp")).is_sweep  # keys a/b: a comparison, drawn side by side
 
 
@@ -136,12 +140,13 @@ def test_page_renders_every_discovered_section(rendered: Path, monkeypatch):
     monkeypatch.setattr(html_mod, "discover", lambda run_dir: [*real, extra])
     page = build_page(rendered)
     for s in [*real, extra]:
-        assert f'<section id="{s.id}">' in page and f'href="#{s.id}"' in page
+        assert f'<section id="{s.id}">' in page
+        assert f'href="#{s.id}"' in page
     assert "probe-marker" in page
 
 
 @pytest.mark.parametrize(
-    "breakage, message",
+    ("breakage", "message"),
     [
         ("no_metrics", "nothing to report"),
         ("bad_json", "not valid JSON"),
@@ -169,7 +174,8 @@ def test_bad_run_dir_clear_error_keeps_old_report(rendered: Path, tmp_path: Path
         np.savez(run_dir / "arrays_a.npz", **arrays)
     assert main(["report", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
     if breakage != "no_metrics":
         with pytest.raises((RunDirError, FileNotFoundError)):
             load_run(run_dir)

@@ -21,7 +21,8 @@ def test_diagnose_compare_then_report_without_model(tmp_path: Path, monkeypatch)
     argv += ["--examples", "2", "--batch-size", "8", "--out", str(out)]
     assert main(argv) == 0
     run = load_run(out)
-    assert [m.key for m in run.models] == ["a", "b"] and run.models[1].num_registers == 4
+    assert [m.key for m in run.models] == ["a", "b"]
+    assert run.models[1].num_registers == 4
     names = json.loads((out / "figures" / "manifest.json").read_text())["figures"]
     for name in ("norm_hist", "norm_hist_logx", "layers", "positions", "neighbors", "examples_a", "registers_b"):
         assert (out / "figures" / names[name]).is_file(), name

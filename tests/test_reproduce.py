@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vitreg.cli import main
-from vitreg.reproduce import make_plan
 from vitreg.errors import StageError
+from vitreg.reproduce import make_plan
 from vitreg.reproduce.claims import NOT_REPRODUCED, NOT_TESTED, REPRODUCED, agg, claim, corloc_gain
 from vitreg.reproduce.paper import ARTIFACTS, CORLOC, GLOBAL
 from vitreg.reproduce.table import background_only
@@ -39,7 +39,9 @@ def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
     assert ids == ["fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
     # every stage of the plan ran once, with progress lines numbered against the total
     kinds = [s["kind"] for s in results["stages"]]
-    assert kinds.count("train") == 2 and kinds.count("probe") == 2 and kinds.count("lost") == 2
+    assert kinds.count("train") == 2
+    assert kinds.count("probe") == 2
+    assert kinds.count("lost") == 2
     assert re.search(r"\[1/\d+\] train: seed 0, 0 registers: running", stdout)
     assert all(not s["cached"] for s in results["stages"])
     # ours beside the paper's: the published value is the one in paper.py, ours is read from the stage outputs
@@ -59,17 +61,22 @@ def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     for c in results["claims"]:
-        assert c["claim"] in md and c["claim"] in html
+        assert c["claim"] in md
+        assert c["claim"] in html
     if NOT_REPRODUCED in statuses:
-        assert "NOT REPRODUCED" in md and "NOT REPRODUCED" in html
+        assert "NOT REPRODUCED" in md
+        assert "NOT REPRODUCED" in html
     # coco-mini was switched off: its claim says "not tested", not "reproduced"
     coco = next(c for c in results["claims"] if "coco-mini" in c["claim"])
     assert coco["status"] == NOT_TESTED
     assert str(CORLOC["rows"]["DeiT-III"][0][2]) in md
     # the page is self-contained: figures inline, nothing fetched
-    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert "data:image/png;base64," in html
+    assert "http://" not in html
+    assert "https://" not in html
     for f in ("fig3_norm_hist.png", "fig4a_layers.png", "fig4b_training.png", "fig12_overhead.png"):
-        assert (out / "figures" / f).is_file() and f"figures/{f}" in md
+        assert (out / "figures" / f).is_file()
+        assert f"figures/{f}" in md
 
 
 def test_second_reproduce_run_only_rerenders(quick_run, capsys):
@@ -107,7 +114,8 @@ def test_stage_cache_reruns_on_new_settings_and_clears_stale_output(tmp_path):
     (s1.directory / "stale.txt").write_text("from the old settings")
     s2 = _stage(tmp_path, "2", work)  # changed settings: run again, old files gone
     assert not run_stage(s2, 1, 1, log=lambda *_: None)["cached"]
-    assert not (s2.directory / "stale.txt").exists() and len(calls) == 2
+    assert not (s2.directory / "stale.txt").exists()
+    assert len(calls) == 2
     # a changed upstream stage invalidates its dependants
     s3 = _stage(tmp_path, "2", work, upstream=[s1])
     assert not s3.is_done()
@@ -132,7 +140,8 @@ def test_stage_resumes_an_interrupted_training_and_reports_failures(tmp_path):
     run_stage(s, 1, 1, log=lambda *_: None)
     assert seen == [True]  # resumed
     assert (s.directory / "train_state.safetensors").exists()  # resumed in place, not cleared
-    assert (s.directory / STAMP).is_file() and not (s.directory / PENDING).exists()
+    assert (s.directory / STAMP).is_file()
+    assert not (s.directory / PENDING).exists()
 
     def boom(resume):
         raise StageError("stage 'boom' failed (exit status 3)")
@@ -155,20 +164,73 @@ def test_claims_need_evidence_beyond_noise():
     # a CorLoc gain inside two standard errors is not a reproduction
     small = corloc_gain(agg([0.50]), agg([0.55]), images=50)
     big = corloc_gain(agg([0.20]), agg([0.60]), images=200)
-    assert small[0] is False and big[0] is True
+    assert small[0] is False
+    assert big[0] is True
     assert claim("c", None, "e", why_none="no outliers").status == NOT_REPRODUCED
     assert claim("c", None, "e", none_status=NOT_TESTED).status == NOT_TESTED
     assert claim("c", True, "e").status == REPRODUCED
     # a segmentation probe that only ever says "background" is flagged, not compared
     assert background_only({"0": 0.94, "1": 0.0, "2": 0.0}) is True
-    assert background_only({"0": 0.94, "1": 0.2}) is False and background_only(None) is None
+    assert background_only({"0": 0.94, "1": 0.2}) is False
+    assert background_only(None) is None
 
 
 def test_plan_quick_ablation_and_bad_config():
     plan = make_plan(quick=True, ablation=True, seeds=2, coco=None)
-    assert plan.registers == [0, 1, 2, 4, 8, 16] and plan.seeds == [0, 1] and plan.coco is None
+    assert plan.registers == [0, 1, 2, 4, 8, 16]
+    assert plan.seeds == [0, 1]
+    assert plan.coco is None
     assert plan.train_config().model == "vit_pico_patch4_32"
     with pytest.raises(ValueError, match="seeds"):
         make_plan(seeds=0)
     assert main(["reproduce", "--quick", "--coco", "none", "no_such_key=1", "--out", "runs/never"]) == 2
     assert not Path("runs/never").exists()
+
+
+def test_quick_report_page_layout_and_setting_line(quick_run):
+    out, _ = quick_run
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    # the title sits in the page header (inside its margins, as on every vitreg page), with the navigation
+    assert "<header><h1>vitreg reproduce: Vision Transformers Need Registers on a small ViT</h1>" in html
+    assert 'href="#claims"' in html
+    assert 'href="#table3"' in html
+    # overrides that unset a key read as the preset's value, never as "null"
+    setting = next(line for line in md.splitlines() if line.startswith("- Setting:"))
+    assert "null" not in setting
+    assert "depth: the preset's" in setting
+
+
+def test_coco_auto_looks_where_a_user_puts_it_and_says_where(tmp_path, monkeypatch):
+    from vitreg.reproduce import plan as plan_module
+
+    work = tmp_path / "work" / "clone"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("VITREG_COCO_MINI", raising=False)
+    looked = plan_module.coco_candidates()
+    assert work / "shared/data/coco-mini" in looked
+    assert tmp_path / "work/shared/data/coco-mini" in looked
+    # nothing anywhere: skipped, and the plan remembers every place it looked
+    monkeypatch.setattr(plan_module, "coco_candidates", lambda: [tmp_path / "a", tmp_path / "b"])
+    plan = make_plan(quick=True)
+    assert plan.coco is None
+    assert plan.coco_searched == [str(tmp_path / "a"), str(tmp_path / "b")]
+    from vitreg.reproduce.collect import coco_note
+
+    assert str(tmp_path / "a") in coco_note(plan)
+    assert "VITREG_COCO_MINI" in coco_note(plan)
+    # a coco-mini beside the working directory's parent (a clone next to shared/) is found
+    monkeypatch.undo()
+    monkeypatch.chdir(work)
+    ann = tmp_path / "work" / "shared/data/coco-mini" / "annotations" / "instances_train2017.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text('{"images": []}')
+    monkeypatch.delenv("VITREG_COCO_MINI", raising=False)
+    assert make_plan(quick=True).coco == str(ann)
+    # and $VITREG_COCO_MINI comes first
+    elsewhere = tmp_path / "mine"
+    (elsewhere / "annotations").mkdir(parents=True)
+    (elsewhere / "annotations" / "instances_train2017.json").write_text('{"images": []}')
+    monkeypatch.setenv("VITREG_COCO_MINI", str(elsewhere))
+    assert make_plan(quick=True).coco == str(elsewhere / "annotations" / "instances_train2017.json")

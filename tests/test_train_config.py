@@ -18,7 +18,9 @@ def test_unknown_key_exits_2_naming_key_and_allowed(tmp_path, capsys):
     assert main(["train", "--out", str(out), "stepz=5"]) == 2
     err = _err(capsys)
     assert "unknown config key 'stepz'" in err
-    assert "allowed keys:" in err and "steps" in err and "registers" in err
+    assert "allowed keys:" in err
+    assert "steps" in err
+    assert "registers" in err
     assert not (out / "metrics.jsonl").exists()  # nothing started
 
 
@@ -35,11 +37,13 @@ def test_unknown_nested_data_key_names_prefix(tmp_path, capsys):
 def test_bad_literal_names_allowed_values(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "opt=sgd"]) == 2
     err = _err(capsys)
-    assert "opt='sgd'" in err and "lamb" in err and "adamw" in err
+    assert "opt='sgd'" in err
+    assert "lamb" in err
+    assert "adamw" in err
 
 
 @pytest.mark.parametrize(
-    "override, words",
+    ("override", "words"),
     [
         ("registers=32", "0..16"),
         ("data.scene.task=colour", "unknown task"),
@@ -96,8 +100,11 @@ def test_architecture_overrides_and_no_layerscale_reach_the_model():
     cfg = load_config(TrainConfig, None, ["model=vit_tiny_patch16_224", "init_values=null", "depth=3", "embed_dim=96",
                                           "num_heads=2", "patch_size=32"])  # fmt: skip
     m = build_run_model(cfg, registers=2, num_classes=5)
-    assert len(m.blocks) == 3 and m.embed_dim == 96 and m.blocks[0].attn.num_heads == 2
-    assert m.patch_embed.patch_size == (32, 32) and m.num_reg_tokens == 2
+    assert len(m.blocks) == 3
+    assert m.embed_dim == 96
+    assert m.blocks[0].attn.num_heads == 2
+    assert m.patch_embed.patch_size == (32, 32)
+    assert m.num_reg_tokens == 2
     assert not hasattr(m.blocks[0].ls1, "gamma")  # no LayerScale, although the preset has 1e-4
     with_ls = build_run_model(load_config(TrainConfig, None, ["model=vit_tiny_patch16_224", "depth=1"]), 0, 5)
     assert with_ls.blocks[0].ls1.gamma.abs().max().item() == pytest.approx(1e-4)

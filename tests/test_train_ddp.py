@@ -31,7 +31,9 @@ def test_torchrun_two_processes_agree(tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]  # rank 0 alone writes: one record per step
     assert all(r["global_batch"] == 12 for r in train)  # images summed over ranks = 2 x 6 per rank
     ddp = next(r for r in records if r["kind"] == "ddp")
-    assert len(ddp["digests"]) == 2 and ddp["digests"][0] == ddp["digests"][1]
+    assert len(ddp["digests"]) == 2
+    assert ddp["digests"][0] == ddp["digests"][1]
     assert ddp["per_rank_batch"] == 6
-    assert (out / "model.safetensors").is_file() and (out / "train_state.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert (out / "train_state.safetensors").is_file()
     assert not list(out.glob(".*tmp*"))  # no stray temporary files from the other rank

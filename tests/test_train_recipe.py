@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,8 @@ def test_no_weight_decay_on_tokens_pos_embed_norms_biases(model):
         )
         assert by_id[id(p)] == (0.0 if no_decay else 0.05), name
     decayed = [n for n, p in names.items() if by_id[id(p)] > 0]
-    assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
+    assert "blocks.0.attn.qkv.weight" in decayed
+    assert "head.weight" in decayed
 
 
 def test_optimizer_keeps_groups(model):
@@ -49,7 +52,8 @@ def test_optimizer_keeps_groups(model):
 def test_registers_initialised_like_cls(model):
     assert model.reg_token.shape == (1, 4, model.embed_dim)
     # timm: normal(std=1e-6) for both tokens
-    assert model.reg_token.abs().max() < 1e-4 and model.cls_token.abs().max() < 1e-4
+    assert model.reg_token.abs().max() < 1e-4
+    assert model.cls_token.abs().max() < 1e-4
     assert model.reg_token.std() > 0
 
 
@@ -62,9 +66,9 @@ def test_cosine_schedule_with_warmup(model):
         sched.step_update(t)
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[0] == pytest.approx(1e-6)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # warmup rises
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))  # warmup rises
     assert max(lrs) <= 1e-2 + 1e-12
-    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))  # cosine falls
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # cosine falls
     assert lrs[100] == pytest.approx(1e-5)
 
 
@@ -72,8 +76,9 @@ def test_losses_take_soft_targets():
     for loss in ("bce", "ce"):
         cfg = TrainConfig(loss=loss)
         mix = build_mixup(cfg, 10)
-        x, y = mix(torch.randn(8, 3, 32, 32), torch.arange(8))
-        assert y.shape == (8, 10) and torch.allclose(y.sum(1), torch.ones(8))
+        _, y = mix(torch.randn(8, 3, 32, 32), torch.arange(8))
+        assert y.shape == (8, 10)
+        assert torch.allclose(y.sum(1), torch.ones(8))
         value = build_loss(cfg)(torch.randn(8, 10), y)
         assert torch.isfinite(value)
     hard = build_loss(TrainConfig(loss="ce", mixup=0, cutmix=0))
@@ -89,12 +94,14 @@ def test_batch_order_epochs_repeats_and_ranks():
     assert np.array_equal(again.global_batch(7), order.global_batch(7))  # function of (seed, step)
     rep = BatchOrder(n=50, batch_size=8, repeats=3, seed=0)
     g = rep.global_batch(2)
-    assert len(g) == 8 and len(set(g.tolist())) == 3  # ceil(8 / 3) unique images, copies cut to fit
+    assert len(g) == 8
+    assert len(set(g.tolist())) == 3
     r0, r1 = rep.rank_batch(2, 0, 2), rep.rank_batch(2, 1, 2)
     assert sorted(np.concatenate([r0, r1]).tolist()) == sorted(g.tolist())
     for image in set(g.tolist()):
         if (g == image).sum() >= 2:  # the copies of an image are augmented on different ranks
-            assert image in r0 and image in r1
+            assert image in r0
+            assert image in r1
 
 
 def test_step_seed_distinct():
@@ -108,13 +115,16 @@ def test_augment_shapes_determinism_and_range():
     a = augment(images, cfg, torch.Generator().manual_seed(1))
     b = augment(images, cfg, torch.Generator().manual_seed(1))
     c = augment(images, cfg, torch.Generator().manual_seed(2))
-    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.float32
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (6, 3, 32, 32)
+    assert a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
     assert torch.isfinite(a).all()
     # normalised values stay within what [0, 1] pixels map to
     lo = (0 - max(cfg.mean)) / min(cfg.std)
     hi = (1 - min(cfg.mean)) / min(cfg.std)
-    assert a.min() >= lo - 1e-4 and a.max() <= hi + 1e-4
+    assert a.min() >= lo - 1e-4
+    assert a.max() <= hi + 1e-4
 
 
 def test_augment_off_is_identity_and_blur_preserves_mean():

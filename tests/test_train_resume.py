@@ -69,7 +69,7 @@ def test_nan_stops_keeps_last_good_checkpoint_and_resume_is_exact(tmp_path, caps
     _nan_at_step(monkeypatch, 5)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*step 3\)"):
         run_training(None, common, out=broken)
-    tensors, meta = read_train_state(broken / STATE_NAME)
+    _, meta = read_train_state(broken / STATE_NAME)
     assert meta["step"] == 3  # the last good checkpoint, not overwritten by the failing step
     errors = [r for r in read_metrics(broken / "metrics.jsonl") if r["kind"] == "error"]
     assert errors
@@ -131,7 +131,8 @@ def test_sigkill_mid_run_resumes_to_same_weights(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     step = read_train_state(killed / STATE_NAME)[1]["step"]
-    assert 3 <= step < 24 and not (killed / "model.safetensors").exists()
+    assert 3 <= step < 24
+    assert not (killed / "model.safetensors").exists()
 
     resume = [sys.executable, "-m", "vitreg.cli", "train", "--resume", str(killed)]
     subprocess.run(resume, env=_env(), check=True, capture_output=True)

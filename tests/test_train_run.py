@@ -30,10 +30,14 @@ def test_cli_run_writes_config_metrics_checkpoints_and_model(tmp_path, capsys):
     assert main(["train", "--out", str(out), *args]) == 0
     assert "held-out top-1" in capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["registers"] == [2] and saved["steps"] == 4 and saved["data"]["train_size"] == 64
+    assert saved["registers"] == [2]
+    assert saved["steps"] == 4
+    assert saved["data"]["train_size"] == 64
     records = read_metrics(out / "metrics.jsonl")
     kinds = [r["kind"] for r in records]
-    assert kinds[0] == "start" and kinds[-1] == "final" and "eval" in kinds
+    assert kinds[0] == "start"
+    assert kinds[-1] == "final"
+    assert "eval" in kinds
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [2, 4]
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["global_batch"] == 16 for r in train)
@@ -42,10 +46,12 @@ def test_cli_run_writes_config_metrics_checkpoints_and_model(tmp_path, capsys):
     layer = tracks[-1]["layers"][-1]
     assert len(tracks[-1]["layers"]) == 2  # pico has 2 blocks
     assert layer["p50"] <= layer["p90"] <= layer["p98"] <= layer["p99"] <= layer["max"]
-    assert 0.0 <= layer["outlier_ratio"] <= 1.0 and layer["cls_norm"] > 0
+    assert 0.0 <= layer["outlier_ratio"] <= 1.0
+    assert layer["cls_norm"] > 0
     assert len(layer["register_norms"]) == 2
     ev = next(r for r in records if r["kind"] == "eval")
-    assert ev["images"] == 32 and 0.0 <= ev["top1"] <= 1.0
+    assert ev["images"] == 32
+    assert 0.0 <= ev["top1"] <= 1.0
     for step in (2, 4):  # kept checkpoints are model directories load_model understands
         m = load_model(out / "checkpoints" / f"step_{step:06d}")
         assert m.num_reg_tokens == 2
@@ -78,7 +84,8 @@ def test_npz_data(tmp_path):
     (r,) = run_training(None, [*TINY, "data.kind=npz", f"data.path={path}", "steps=2", "eval_every=2"], out=out)
     start = read_metrics(out / "metrics.jsonl")[0]
     assert "36 train, 4 held-out, 4 classes" in start["data"]
-    assert load_model(out).num_classes == 4 and r.eval["images"] == 4
+    assert load_model(out).num_classes == 4
+    assert r.eval["images"] == 4
 
 
 def test_bad_npz_is_a_clear_error(tmp_path, capsys):
@@ -99,7 +106,8 @@ def test_image_folder_data_skips_bad_files(tmp_path):
     out = tmp_path / "run"
     run_training(None, [*TINY, "data.kind=folder", f"data.path={root}", "steps=2", "eval_every=2"], out=out)
     start = read_metrics(out / "metrics.jsonl")[0]
-    assert start["skipped_images"] == 1 and "3 classes" in start["data"]
+    assert start["skipped_images"] == 1
+    assert "3 classes" in start["data"]
     assert load_model(out).num_classes == 3
 
 
@@ -108,4 +116,5 @@ def test_avg_pool_without_cls(tmp_path, pool):
     out = tmp_path / "avg"
     run_training(None, [*TINY, f"global_pool={pool}", "class_token=false", "registers=1", "steps=1"], out=out)
     track = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "track"][-1]
-    assert track["layers"][0]["cls_norm"] is None and len(track["layers"][0]["register_norms"]) == 1
+    assert track["layers"][0]["cls_norm"] is None
+    assert len(track["layers"][0]["register_norms"]) == 1

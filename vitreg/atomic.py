@@ -61,7 +61,8 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def _json_default(o: Any) -> Any:
+def plain(o: Any) -> Any:
+    """A numpy scalar or array, a Path, a tuple or a set as plain JSON data (TypeError for anything else)."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -78,7 +79,7 @@ def _json_default(o: Any) -> Any:
 
 
 def to_json_text(data: Any, indent: int | None = 2) -> str:
-    return json.dumps(data, indent=indent, default=_json_default)
+    return json.dumps(data, indent=indent, default=plain)
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -27,77 +28,105 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (a YAML scalar or a command-line string) to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_none and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+        return _coerce_union(value, typing.get_args(tp), key)
     if origin is typing.Literal:
-        allowed = args
-        if isinstance(value, str):
-            for a in allowed:
-                if str(a) == value:
-                    return a
-        if value in allowed:
-            return value
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+        return _coerce_literal(value, typing.get_args(tp), key)
     if origin in (list, tuple):
-        inner = args[0] if args else str
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""] if value.strip() else []
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        out = [_coerce(v, inner, key) for v in value]
-        return tuple(out) if origin is tuple else out
+        return _coerce_sequence(value, origin, typing.get_args(tp), key)
     if origin is dict or tp is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}={value!r} is not a boolean; allowed values: true, false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} is not an integer")
+    scalar = _SCALARS.get(tp)
+    return scalar(value, key) if scalar else value
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+    if is_none and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
         try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} is not an integer") from None
-        if f != int(f):
-            raise ConfigError(f"{key}={value!r} is not an integer")
-        return int(f)
-    if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} is not a number") from None
-    if tp is str:
-        return str(value)
-    return value
+            return _coerce(value, arg, key)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+
+
+def _coerce_literal(value: Any, allowed: tuple[Any, ...], key: str) -> Any:
+    for a in allowed:
+        if (isinstance(value, str) and str(a) == value) or (type(value) is type(a) and value == a):
+            return a
+    raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _coerce_sequence(value: Any, origin: Any, args: tuple[Any, ...], key: str) -> Any:
+    if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[int, int]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or len(items) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(items, args, strict=True))
+    inner = args[0] if args else str
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v != ""] if value.strip() else []
+    if not isinstance(value, list | tuple):
+        value = [value]
+    out = [_coerce(v, inner, key) for v in value]
+    return tuple(out) if origin is tuple else out
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{key}={value!r} is not a boolean; allowed values: true, false")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not an integer")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not an integer") from None
+    if not math.isfinite(f) or f != int(f):
+        raise ConfigError(f"{key}={value!r} is not an integer")
+    return int(f)
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number") from None
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, dict | list):
+        raise ConfigError(f"{key}: expected a single value, got {value!r}")
+    return str(value)
+
+
+_SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

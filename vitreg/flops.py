@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitreg.models.presets import ModelConfig, build_model, count_parameters
 
+
 def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict:
     """FLOPs of one forward at batch 1 and parameter count of ``cfg`` with ``registers`` registers at ``img_size``."""
     size = tuple(cfg.img_size) if img_size is None else (int(img_size), int(img_size))
@@ -39,9 +40,7 @@ def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict
     )
 
 
-def flops_table(
-    cfg: ModelConfig, registers: Sequence[int], resolutions: Sequence[int | None] = (None,)
-) -> list[dict]:
+def flops_table(cfg: ModelConfig, registers: Sequence[int], resolutions: Sequence[int | None] = (None,)) -> list[dict]:
     """One row per (resolution, registers) with the overhead relative to the same model with 0 registers."""
     rows = []
     for res in resolutions:

@@ -49,8 +49,11 @@ class Stage:
     command: str | None = None  # a vitreg command that runs ``config`` saved as YAML (side by side), e.g. "train"
 
     def digest(self) -> str:
-        data = {"kind": self.kind, "config": _portable(to_dict(self.config), self.root),
-                "upstream": [u.digest() for u in self.upstream]}  # fmt: skip
+        data = {
+            "kind": self.kind,
+            "config": _portable(to_dict(self.config), self.root),
+            "upstream": [u.digest() for u in self.upstream],
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def is_done(self) -> bool:
@@ -183,8 +186,16 @@ def train_stage(name: str, cfg: Any, directory: Path, root: Path) -> Stage:
 
         return runner.resume(directory) if resume else runner.train(cfg, directory)
 
-    return Stage(name=name, kind="train", directory=directory, config=cfg, work=work, outputs=TRAIN_OUTPUTS,
-                 root=root, command="train")  # fmt: skip
+    return Stage(
+        name=name,
+        kind="train",
+        directory=directory,
+        config=cfg,
+        work=work,
+        outputs=TRAIN_OUTPUTS,
+        root=root,
+        command="train",
+    )
 
 
 def diagnose_stage(name: str, cfg: Any, models: list[Stage], root: Path, report: bool) -> Stage:
@@ -200,12 +211,29 @@ def diagnose_stage(name: str, cfg: Any, models: list[Stage], root: Path, report:
         return result
 
     outputs = ("metrics.json", "report.html") if report else ("metrics.json",)
-    return Stage(name=name, kind="diagnose", directory=Path(cfg.out), config=cfg, work=work, outputs=outputs,
-                 upstream=models, root=root)  # fmt: skip
+    return Stage(
+        name=name,
+        kind="diagnose",
+        directory=Path(cfg.out),
+        config=cfg,
+        work=work,
+        outputs=outputs,
+        upstream=models,
+        root=root,
+    )
 
 
-def job_stage(name: str, kind: str, cfg: Any, job: Callable[[Any], object], output: str, upstream: list[Stage],
-              root: Path) -> Stage:  # fmt: skip
+def job_stage(
+    name: str, kind: str, cfg: Any, job: Callable[[Any], object], output: str, upstream: list[Stage], root: Path
+) -> Stage:
     """A stage that calls ``job(cfg)`` (probe, lost, flops), which writes ``output`` in ``cfg.out``."""
-    return Stage(name=name, kind=kind, directory=Path(cfg.out), config=cfg, work=lambda resume: job(cfg),
-                 outputs=(output,), upstream=upstream, root=root)  # fmt: skip
+    return Stage(
+        name=name,
+        kind=kind,
+        directory=Path(cfg.out),
+        config=cfg,
+        work=lambda resume: job(cfg),
+        outputs=(output,),
+        upstream=upstream,
+        root=root,
+    )

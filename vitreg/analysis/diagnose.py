@@ -33,10 +33,11 @@ def diagnose_model(
     """Accumulate the diagnose statistics of ``model`` over ``batches`` (loader dicts with ``image`` (B, 3, H, W) at
     ``input_hw``, ``index``, optional ``mask`` (B, H, W) and ``bad``). ``cutoff`` becomes an exact histogram edge.
     Returns the (unmerged) stream; call ``merge_ranks()`` under torchrun."""
+    depth = len(getattr(model, "blocks"))  # noqa: B009 - nn.Module attributes are dynamic
     layout = token_layout(model, input_hw)
     queries = layout.query_names(list(range(layout.num_prefix)))  # ["cls", "reg0", ...]: registers last
     stream = NormStream(
-        depth=len(model.blocks),
+        depth=depth,
         grid=layout.grid,
         registers=layout.num_registers,
         query_names=queries,
@@ -44,7 +45,7 @@ def diagnose_model(
         cutoff=cutoff,
     )
     inspector = Inspector(model, dtype=dtype)
-    last = len(model.blocks) - 1
+    last = depth - 1
     bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with capture_patch_embed(model) as store:
         for batch in batches:
@@ -56,7 +57,7 @@ def diagnose_model(
                 raise ValueError(f"diagnose needs every image resized to {input_hw}; got mixed or other sizes")
             cap = inspector.run(images, layers="all", attention_layers=[last], normed=True)
             b = images.shape[0]
-            patch_norms = [cap.split_tokens(i).patches.norm(dim=-1).cpu() for i in range(len(model.blocks))]
+            patch_norms = [cap.split_tokens(i).patches.norm(dim=-1).cpu() for i in range(depth)]
             out = cap.split_tokens(last)
             normed = cap.split_tokens("normed").patches.cpu()  # (B, gh, gw, C)
             emb = as_grid(store["emb"], layout.grid).cpu()  # (B, gh, gw, C) before the position embedding

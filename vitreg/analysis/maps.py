@@ -38,7 +38,7 @@ def patch_background(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     its pixels are. ``H, W`` must be multiples of the grid (true for diagnose, which resizes to the model input)."""
     if mask.ndim != 3:
         raise ValueError(f"expected a (B, H, W) mask, got {tuple(mask.shape)}")
-    b, h, w = mask.shape
+    _, h, w = mask.shape
     if h % grid[0] or w % grid[1]:
         raise ValueError(f"mask of {h}x{w} pixels does not divide into a {grid[0]}x{grid[1]} patch grid")
     bg = (mask == 0).float().unsqueeze(1)  # (B, 1, H, W)

@@ -55,7 +55,8 @@ def capture_patch_embed(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         out = output[0] if isinstance(output, tuple) else output  # some embeds return (x, feat_size)
         store["emb"] = out.detach().float()
 
-    handle = model.patch_embed.register_forward_hook(hook)
+    embed: nn.Module = getattr(model, "patch_embed")  # noqa: B009 - nn.Module attributes are dynamic
+    handle = embed.register_forward_hook(hook)
     try:
         yield store
     finally:

@@ -77,28 +77,30 @@ class Threshold:
         return d
 
 
-def _check_rule(rule: str, value: float | None) -> None:
+def _check_rule(rule: str, value: float | None) -> float:
+    """The rule's parameter as a float (0.0 for auto, which has none); ConfigError when it cannot be used."""
     if rule not in RULES:
         raise ConfigError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "cutoff" and (value is None or not math.isfinite(value) or value <= 0):
         raise ConfigError(f"the cutoff rule needs a positive norm value, got {value!r}")
     if rule == "percentile" and (value is None or not 0 < value < 100):
         raise ConfigError(f"the percentile rule needs a value in (0, 100), got {value!r}")
+    return 0.0 if value is None else float(value)
 
 
 def find_threshold(norms: np.ndarray, rule: str = "auto", value: float | None = None) -> Threshold:
     """Outlier threshold for a sample of norms (any shape). ``cutoff`` and ``percentile`` are exact on the sample;
     ``auto`` runs on a histogram of the sample (the same code path as streamed statistics)."""
-    _check_rule(rule, value)
+    param = _check_rule(rule, value)
     v = np.asarray(norms, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if rule == "cutoff":
-        return Threshold(float(value), rule, float(value), None, {"name": "cutoff", "value": float(value)})
+        return Threshold(param, rule, param, None, {"name": "cutoff", "value": param})
     if v.size == 0:
         return Threshold(None, rule, value, None, {"name": "empty", "value": None, "reason": "no tokens"})
     if rule == "percentile":
-        t = float(np.percentile(v, value))
-        return Threshold(t, rule, float(value), None, {"name": "percentile", "value": float(value)})
+        t = float(np.percentile(v, param))
+        return Threshold(t, rule, param, None, {"name": "percentile", "value": param})
     pos = v[v > 0]
     lo, hi = (pos.min(), pos.max()) if pos.size else (EDGE_MIN, EDGE_MAX)
     if lo >= EDGE_MIN and hi < EDGE_MAX:
@@ -113,24 +115,19 @@ def find_threshold_from_histogram(
     counts: np.ndarray, edges: np.ndarray, rule: str = "auto", value: float | None = None
 ) -> Threshold:
     """Outlier threshold from a norm histogram ``counts`` (E,) over positive, increasing ``edges`` (E+1,)."""
-    _check_rule(rule, value)
+    param = _check_rule(rule, value)
     counts = np.asarray(counts, dtype=np.float64).ravel()
     edges = np.asarray(edges, dtype=np.float64).ravel()
     if edges.shape[0] != counts.shape[0] + 1:
         raise ValueError(f"edges must have one more entry than counts, got {edges.shape[0]} and {counts.shape[0]}")
     if rule == "cutoff":
-        return Threshold(float(value), rule, float(value), None, {"name": "cutoff", "value": float(value)})
+        return Threshold(param, rule, param, None, {"name": "cutoff", "value": param})
     n = counts.sum()
     if n <= 0:
         return Threshold(None, rule, value, None, {"name": "empty", "value": None, "reason": "no tokens"})
     if rule == "percentile":
-        return Threshold(
-            histogram_quantile(counts, edges, value / 100.0),
-            rule,
-            float(value),
-            None,
-            {"name": "percentile", "value": float(value)},
-        )
+        q = histogram_quantile(counts, edges, param / 100.0)
+        return Threshold(q, rule, param, None, {"name": "percentile", "value": param})
     return _auto(counts, edges)
 
 
@@ -244,7 +241,7 @@ def _auto(counts: np.ndarray, edges: np.ndarray) -> Threshold:
         sds_log=[float(s) for s in sd],
         mode_norms=[float(math.exp(m)) for m in mu],
         split_norm=float(math.exp(t_log)),
-        high_tokens=int(round(high_count)),
+        high_tokens=round(high_count),
     )
     reasons = []
     if delta_bic <= 0:
@@ -266,7 +263,7 @@ def _dip_ratio(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, wid
     """Smoothed histogram density at its lowest point between the two means, over the lower of the peaks on either
     side. ~0 for a real gap, 1 for a flat or monotone stretch (where a mixture fit alone would see two modes)."""
     h = max(2 * width, 0.5 * float(min(sd)))  # kernel width: several bins, narrower than either mode
-    half = int(math.ceil(3 * h / width))
+    half = math.ceil(3 * h / width)
     k = np.exp(-0.5 * (np.arange(-half, half + 1) * width / h) ** 2)
     pad = np.concatenate([np.zeros(half), w, np.zeros(half)])
     s = np.convolve(pad, k / k.sum(), mode="same")[half : half + len(w)]  # (E,)
@@ -323,8 +320,8 @@ def outlier_stats_from_histogram(
 
     total = n_n + n_o
     return {
-        "patch_tokens": int(round(total)),
-        "outliers": int(round(n_o)),
+        "patch_tokens": round(total),
+        "outliers": round(n_o),
         "outlier_ratio": n_o / total if total else 0.0,
         "mean_norm_outlier": mean_o,
         "mean_norm_normal": mean_n,

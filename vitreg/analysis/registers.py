@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +17,7 @@ def attention_similarity(maps: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2)
 
 
-def mean_offdiag(sim: torch.Tensor | list, r: int | None = None) -> float | None:
+def mean_offdiag(sim: torch.Tensor | np.ndarray | list, r: int | None = None) -> float | None:
     """Mean of the off-diagonal entries of an (R, R) matrix; None when R < 2."""
     s = torch.as_tensor(sim, dtype=torch.float64)
     r = s.shape[0] if r is None else r

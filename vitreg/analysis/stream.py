@@ -158,7 +158,7 @@ class NormStream:
         """Add every rank's sums into every rank (no-op without torchrun); gather examples, maxima and bad files."""
         for key, arr in self.sums.items():
             self.sums[key] = np.asarray(all_reduce_sum(arr))
-        gathered = all_gather_objects((self.layer_max, self.examples, self.bad))
+        gathered: list[Any] = all_gather_objects((self.layer_max, self.examples, self.bad))
         self.layer_max = np.max(np.stack([g[0] for g in gathered]), axis=0)
         examples = [ex for g in gathered for ex in g[1]]
         self.examples = sorted(examples, key=lambda x: x.index)[: self.examples_k]

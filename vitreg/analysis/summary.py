@@ -253,7 +253,7 @@ def verdict(result: dict, rule: str, value: float | None) -> str:
     if out["norm_ratio"]:
         head += f" ({out['norm_ratio']:.1f}x the normal norm)"
     caveat = ""
-    if rule == "percentile" and not r["bimodal"]:
+    if rule == "percentile" and value is not None and not r["bimodal"]:
         caveat = (
             f"; note the {value:g}th-percentile rule always flags {100 - value:.0f}% of tokens and the norm "
             "distribution is not bimodal, so these need not be artifacts"

@@ -11,7 +11,7 @@ COMMANDS: dict[str, str] = {
     "probe": "position/pixel/global token probes and linear classification/dense probes",
     "lost": "unsupervised object discovery with LOST, scored with CorLoc",
     "flops": "FLOP and parameter overhead of registers, per resolution",
-    "reproduce": "the paper's tables and figures on the embedded default (train, diagnose, probes, LOST, FLOPs, report)",
+    "reproduce": "the paper's tables and figures on the embedded default (train, diagnose, probe, LOST, FLOPs, report)",
     "demo": "same as `vitreg reproduce` (the main job on the embedded default)",
     "lab": "artifact lab: which training setting grows high-norm artifacts? (a grid of trainings, diagnosed)",
 }

@@ -64,8 +64,13 @@ def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
     def get(name: str):
         return getattr(args, f"{name}{suffix}")
 
-    return ModelSpec(spec=get("model"), weights=get("weights"), registers=get("registers"), img_size=get("img_size"),
-                     random_init=get("random_init"))  # fmt: skip
+    return ModelSpec(
+        spec=get("model"),
+        weights=get("weights"),
+        registers=get("registers"),
+        img_size=get("img_size"),
+        random_init=get("random_init"),
+    )
 
 
 def add_image_args(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +88,9 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
 
 
 def image_spec(args: argparse.Namespace) -> ImageSpec:
-    return ImageSpec(src=args.images, limit=args.limit, batch_size=args.batch_size, strict=args.strict,
-                     workers=args.workers)  # fmt: skip
+    return ImageSpec(
+        src=args.images, limit=args.limit, batch_size=args.batch_size, strict=args.strict, workers=args.workers
+    )
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:

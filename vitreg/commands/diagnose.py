@@ -1,5 +1,5 @@
-"""`vitreg diagnose`: arguments -> :class:`vitreg.jobs.diagnose.DiagnoseConfig` -> :func:`vitreg.jobs.diagnose.diagnose`,
-then a printed summary and the report."""
+"""`vitreg diagnose`: arguments -> a :class:`~vitreg.jobs.diagnose.DiagnoseConfig` ->
+:func:`~vitreg.jobs.diagnose.diagnose`, then a printed summary and the report."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vitreg.commands._common import (
-    add_image_args,
-    add_model_args,
-    add_rule_args,
-    add_runtime_args,
-    image_spec,
-    model_spec,
-    report,
-    rule_of,
-    runtime,
-)
+from vitreg.commands import _common as common
 from vitreg.errors import ConfigError
 from vitreg.jobs.diagnose import MAX_EXAMPLES, DiagnoseConfig, ModelEntry
 from vitreg.results.diagnose import DiagnoseResult
@@ -28,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Norm distribution and outlier rule, along layers, positions, neighbour similarity, background share, "
         "attention maps and register specialisation; writes DIR/metrics.json, arrays and report."
     )
-    add_model_args(p, required=False)
-    add_model_args(p, suffix="2", required=False)
+    common.add_model_args(p, required=False)
+    common.add_model_args(p, suffix="2", required=False)
     p.add_argument("--compare", dest="model2", metavar="SPEC2", help="a second model on the same images (= --model2)")
     p.add_argument(
         "--sweep",
@@ -37,13 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ENTRY",
         help="checkpoints, run directories or specs, each summarised the same way (along training or model size)",
     )
-    add_image_args(p)
-    add_runtime_args(p)
-    add_rule_args(p)
+    common.add_image_args(p)
+    common.add_runtime_args(p)
+    common.add_rule_args(p)
     p.add_argument(
-        "--examples", type=int, default=8, metavar="K", help=f"images kept for the pictures (default 8, at most "
-        f"{MAX_EXAMPLES}; every one is drawn)"
-    )  # fmt: skip
+        "--examples",
+        type=int,
+        default=8,
+        metavar="K",
+        help=f"images kept for the pictures (default 8, at most {MAX_EXAMPLES}; every one is drawn)",
+    )
     p.add_argument("--log-x", action="store_true", help="report: show the norm histogram on a log axis first")
     p.add_argument("--no-report", action="store_true", help="write metrics and arrays only (`vitreg report DIR` later)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory to write")
@@ -52,13 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def entries(args: argparse.Namespace) -> list[ModelEntry]:
     out = []
     if args.model:
-        out.append(ModelEntry(key="a", **vars(model_spec(args))))
+        out.append(ModelEntry(key="a", **vars(common.model_spec(args))))
     elif any(getattr(args, k) for k in ("weights", "registers", "img_size")):
         raise ConfigError("--weights/--registers/--img-size need --model")
     if args.model2:
         if not args.model:
             raise ConfigError("--compare/--model2 needs --model (the first model)")
-        out.append(ModelEntry(key="b", **vars(model_spec(args, "2"))))
+        out.append(ModelEntry(key="b", **vars(common.model_spec(args, "2"))))
     elif any(getattr(args, k) is not None for k in ("weights2", "registers2", "img_size2")):
         raise ConfigError("--weights2/--registers2/--img-size2 need --compare SPEC2")
     for i, spec in enumerate(args.sweep or []):
@@ -68,10 +61,18 @@ def entries(args: argparse.Namespace) -> list[ModelEntry]:
 
 
 def config(args: argparse.Namespace) -> DiagnoseConfig:
-    rule, _ = rule_of(args)
-    return DiagnoseConfig(models=entries(args), images=image_spec(args), runtime=runtime(args), rule=rule,
-                          cutoff=args.cutoff, percentile=args.percentile, examples=args.examples, log_x=args.log_x,
-                          out=str(args.out))  # fmt: skip
+    rule, _ = common.rule_of(args)
+    return DiagnoseConfig(
+        models=entries(args),
+        images=common.image_spec(args),
+        runtime=common.runtime(args),
+        rule=rule,
+        cutoff=args.cutoff,
+        percentile=args.percentile,
+        examples=args.examples,
+        log_x=args.log_x,
+        out=str(args.out),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_report:
         print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
     else:
-        report(args.out)
+        common.report(args.out)
     return 0
 
 

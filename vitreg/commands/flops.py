@@ -20,9 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"numbers of registers to count, comma-separated (default: {','.join(map(str, REGISTER_SWEEP))})",
     )
     p.add_argument(
-        "--resolutions", type=list_arg(int, "integers"), metavar="LIST",
+        "--resolutions",
+        type=list_arg(int, "integers"),
+        metavar="LIST",
         help="input sizes, comma-separated (default: the model's own size)",
-    )  # fmt: skip
+    )
     p.add_argument("--out", type=Path, default=Path("runs/flops"), help="run directory (writes OUT/flops.json)")
 
 
@@ -30,8 +32,9 @@ def config(args: argparse.Namespace) -> FlopsConfig:
     """``--model A,B`` counts several models with the same flags."""
     base = model_spec(args)
     models = [ModelSpec(**{**vars(base), "spec": s.strip()}) for s in args.model.split(",") if s.strip()]
-    return FlopsConfig(models=models, register_counts=args.register_counts, resolutions=args.resolutions,
-                       out=str(args.out))  # fmt: skip
+    return FlopsConfig(
+        models=models, register_counts=args.register_counts, resolutions=args.resolutions, out=str(args.out)
+    )
 
 
 def run(args: argparse.Namespace) -> int:

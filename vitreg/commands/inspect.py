@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitreg.jobs.inspect import inspect
 
-    cfg = InspectConfig(model=model_spec(args), images=image_spec(args), runtime=runtime(args),
-                        out=str(args.out) if args.out else None)  # fmt: skip
+    cfg = InspectConfig(
+        model=model_spec(args), images=image_spec(args), runtime=runtime(args), out=str(args.out) if args.out else None
+    )
     result = inspect(cfg)
     print_summary(result)
     if args.out:
@@ -34,7 +35,8 @@ def print_summary(s: InspectResult) -> None:
     print("patch-token norms per block output (before the final norm):")
     print(f"{'layer':>6}{'median':>10}{'p98':>10}{'max':>10}{'>3x median':>12}")
     for r in s.layers:
-        print(f"{r.layer:>6}{r.median or 0:>10.2f}{r.p98 or 0:>10.2f}{r.max:>10.2f}{100 * r.share_above_3x_median:>11.2f}%")
+        share = 100 * r.share_above_3x_median
+        print(f"{r.layer:>6}{r.median or 0:>10.2f}{r.p98 or 0:>10.2f}{r.max:>10.2f}{share:>11.2f}%")
     if s.cls_norm is not None:
         print(f"[CLS] norm (last layer): {s.cls_norm:.2f}")
     if s.register_norms:

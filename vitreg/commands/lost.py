@@ -19,7 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or 'synthetic' (generated scenes; "
         "'synthetic:task=count,background=flat' sets scene options)",
     )
-    g.add_argument("--image-root", type=Path, help="image folder, when not in the standard place beside the annotations")
+    g.add_argument(
+        "--image-root", type=Path, help="image folder, when not in the standard place beside the annotations"
+    )
     g.add_argument("--limit", type=int, metavar="N", help="use at most N images (synthetic: default 64)")
     g.add_argument(
         "--resize",
@@ -55,11 +57,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> LostConfig:
-    return LostConfig(model=model_spec(args), runtime=runtime(args), dataset=str(args.dataset),
-                      image_root=str(args.image_root) if args.image_root else None, limit=args.limit,
-                      resize=args.resize, batch_size=args.batch_size, workers=args.workers, strict=args.strict,
-                      layer=args.layer, features=args.features, k=args.k, biases=args.bias,
-                      normalize=args.normalize, examples=args.examples, out=str(args.out))  # fmt: skip
+    return LostConfig(
+        model=model_spec(args),
+        runtime=runtime(args),
+        dataset=str(args.dataset),
+        image_root=str(args.image_root) if args.image_root else None,
+        limit=args.limit,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
+        layer=args.layer,
+        features=args.features,
+        k=args.k,
+        biases=args.bias,
+        normalize=args.normalize,
+        examples=args.examples,
+        out=str(args.out),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

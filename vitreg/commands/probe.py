@@ -5,25 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreg.commands._common import (
-    add_image_args,
-    add_model_args,
-    add_rule_args,
-    add_runtime_args,
-    image_spec,
-    model_spec,
-    report,
-    rule_of,
-    runtime,
-)
+from vitreg.commands import _common as common
 from vitreg.jobs.probe import PROBES, ProbeConfig
 from vitreg.results.probe import ProbeResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_image_args(p)
-    add_rule_args(p)
+    common.add_model_args(p)
+    common.add_image_args(p)
+    common.add_rule_args(p)
     g = p.add_argument_group("probes")
     g.add_argument("--probes", default=",".join(PROBES), help="comma-separated subset of: " + ", ".join(PROBES))
     g.add_argument(
@@ -36,16 +26,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, default=0.5, help="share of the images held out for evaluation")
     g.add_argument("--epochs", type=int, default=60, help="training epochs per probe (at least 300 steps)")
     g.add_argument("--no-mlp", action="store_true", help="skip the MLP pixel probe (the linear one always runs)")
-    add_runtime_args(p)
+    common.add_runtime_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/probe"), help="run directory (writes OUT/probe.json)")
 
 
 def config(args: argparse.Namespace) -> ProbeConfig:
-    rule, value = rule_of(args)
-    return ProbeConfig(model=model_spec(args), images=image_spec(args), runtime=runtime(args), rule=rule, value=value,
-                       probes=[p.strip() for p in args.probes.split(",") if p.strip()], tokens=args.tokens,
-                       seeds=args.seeds, test_fraction=args.test_fraction, epochs=args.epochs, mlp=not args.no_mlp,
-                       out=str(args.out))  # fmt: skip
+    rule, value = common.rule_of(args)
+    return ProbeConfig(
+        model=common.model_spec(args),
+        images=common.image_spec(args),
+        runtime=common.runtime(args),
+        rule=rule,
+        value=value,
+        probes=[p.strip() for p in args.probes.split(",") if p.strip()],
+        tokens=args.tokens,
+        seeds=args.seeds,
+        test_fraction=args.test_fraction,
+        epochs=args.epochs,
+        mlp=not args.no_mlp,
+        out=str(args.out),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     result = probe(config(args))
     print_summary(result)
     print(f"wrote {args.out / 'probe.json'}")
-    report(args.out)
+    common.report(args.out)
     return 0
 
 
@@ -72,7 +72,8 @@ def print_summary(s: ProbeResult) -> None:
         for g in ("normal", "outlier"):
             pos = s.local.position[g]
             mses = ", ".join(
-                f"{name} MSE {'n/a' if v[g].mse is None else format(v[g].mse, '.4f')}" for name, v in s.local.pixel.items()
+                f"{name} MSE {'n/a' if v[g].mse is None else format(v[g].mse, '.4f')}"
+                for name, v in s.local.pixel.items()
             )
             print(f"  local {g:>7} ({pos.count} tokens): position {_pct(pos.accuracy)}; {mses}")
     if s.global_probe is not None:

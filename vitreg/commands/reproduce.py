@@ -40,8 +40,16 @@ def run(args: argparse.Namespace) -> int:
 
     coco = None if str(args.coco).lower() == "none" else args.coco
     jobs = args.jobs if args.jobs is not None else (1 if args.quick else min(2, os.cpu_count() or 1))
-    plan = make_plan(quick=args.quick, ablation=args.ablation, seeds=args.seeds, coco=coco, threads=args.threads,
-                     jobs=jobs, config=args.config, overrides=args.overrides)  # fmt: skip
+    plan = make_plan(
+        quick=args.quick,
+        ablation=args.ablation,
+        seeds=args.seeds,
+        coco=coco,
+        threads=args.threads,
+        jobs=jobs,
+        config=args.config,
+        overrides=args.overrides,
+    )
     out = args.out or Path("runs/reproduce") / ("quick" if args.quick else "default")
     t0 = time.perf_counter()
     results = reproduce(plan, out)

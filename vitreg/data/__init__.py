@@ -18,41 +18,16 @@ if TYPE_CHECKING:
     from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Geometry, ImageTransform, denormalize
     from vitreg.errors import BadImageError, DataFormatError
 
-_EXPORTS = {
-    "ACCEPTED_SOURCES": "sources",
-    "IMAGENET_MEAN": "transforms",
-    "IMAGENET_STD": "transforms",
-    "IMAGE_EXTENSIONS": "images",
-    "NEUTRAL_BACKGROUND": "images",
-    "SHAPES": "scenes",
-    "TASKS": "scenes",
-    "ArrayDataset": "datasets",
-    "BadImageError": "vitreg.errors",
-    "BadSample": "loader",
-    "CocoDataset": "datasets",
-    "DataFormatError": "vitreg.errors",
-    "Geometry": "transforms",
-    "ImageFiles": "datasets",
-    "ImageFolder": "datasets",
-    "ImageTransform": "transforms",
-    "Scene": "synthetic",
-    "SceneConfig": "scenes",
-    "SkippingLoader": "loader",
-    "SyntheticScenes": "synthetic",
-    "Task": "scenes",
-    "bundled_photo_paths": "sources",
-    "collate": "loader",
-    "denormalize": "transforms",
-    "is_image_file": "images",
-    "iterate_batches": "loader",
-    "load_image": "images",
-    "make_loader": "loader",
-    "make_sample": "loader",
-    "open_source": "sources",
-    "register_task": "scenes",
-    "render_arrays": "synthetic",
-    "render_scene": "synthetic",
-    "scan_images": "datasets",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "datasets": "ArrayDataset CocoDataset ImageFiles ImageFolder scan_images",
+        "images": "IMAGE_EXTENSIONS NEUTRAL_BACKGROUND is_image_file load_image",
+        "loader": "BadSample SkippingLoader collate iterate_batches make_loader make_sample",
+        "scenes": "SHAPES SceneConfig TASKS Task register_task",
+        "sources": "ACCEPTED_SOURCES bundled_photo_paths open_source",
+        "synthetic": "Scene SyntheticScenes render_arrays render_scene",
+        "transforms": "Geometry IMAGENET_MEAN IMAGENET_STD ImageTransform denormalize",
+        "vitreg.errors": "BadImageError DataFormatError",
+    },
+)

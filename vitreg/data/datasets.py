@@ -9,7 +9,6 @@ some items (used for ``limit``).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -28,17 +27,16 @@ from vitreg.data.transforms import ImageTransform
 from vitreg.errors import BadImageError, DataError, DataFormatError
 
 __all__ = [
+    "ArrayDataset",
+    "CocoDataset",
     "DataFormatError",
     "ImageFiles",
     "ImageFolder",
-    "CocoDataset",
-    "ArrayDataset",
-    "scan_images",
     "rle_decode",
+    "scan_images",
 ]
 
 Transform = Callable[[Image.Image], Any]
-
 
 
 class _Base(Dataset):

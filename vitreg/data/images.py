@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vitreg.errors import BadImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "NEUTRAL_BACKGROUND", "DEFAULT_MAX_PIXELS", "load_image", "is_image_file", "to_rgb"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "NEUTRAL_BACKGROUND", "is_image_file", "load_image", "to_rgb"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -130,7 +130,7 @@ def to_rgb(im: Image.Image, *, background: tuple[int, int, int] = NEUTRAL_BACKGR
     if mode == "RGB":
         return im.copy()
     if mode == "P":
-        has_alpha = "transparency" in im.info or im.palette is not None and im.palette.mode == "RGBA"
+        has_alpha = "transparency" in im.info or (im.palette is not None and im.palette.mode == "RGBA")
         return _composite(im.convert("RGBA"), background) if has_alpha else im.convert("RGB")
     if mode in ("RGBA", "RGBa", "LA", "PA"):
         return _composite(im.convert("RGBA"), background)

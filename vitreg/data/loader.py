@@ -39,14 +39,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vitreg.errors import BadImageError
 
 __all__ = [
-    "BadSample",
     "PER_BOX_KEYS",
-    "make_sample",
-    "collate",
+    "BadSample",
     "SkippingLoader",
-    "make_loader",
+    "collate",
     "iterate_batches",
     "log_skipped",
+    "make_loader",
+    "make_sample",
 ]
 
 logger = logging.getLogger(__name__)

@@ -55,7 +55,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise")
 
 
-
 @dataclass(frozen=True)
 class Task:
     """A label rule. ``label`` gets the visible objects' shape ids and colour ids (K,), the labelled (largest,

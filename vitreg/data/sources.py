@@ -28,7 +28,7 @@ from vitreg.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_fi
 from vitreg.data.synthetic import SceneConfig, SyntheticScenes, parse_scene_options, split_options
 from vitreg.errors import DataError
 
-__all__ = ["ACCEPTED_SOURCES", "PHOTO_FILES", "DEFAULT_SYNTHETIC_N", "open_source", "bundled_photo_paths"]
+__all__ = ["ACCEPTED_SOURCES", "DEFAULT_SYNTHETIC_N", "PHOTO_FILES", "bundled_photo_paths", "open_source"]
 
 ACCEPTED_SOURCES = (
     '"synthetic" (or "synthetic:task=count,img_size=96,n=500"), "photos" (photos bundled with installed packages), '

@@ -48,18 +48,18 @@ from vitreg.data.scenes import (
 from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 
 __all__ = [
-    "SHAPES",
-    "COLORS",
     "BACKGROUNDS",
+    "COLORS",
+    "SHAPES",
     "TASKS",
-    "Task",
-    "SceneConfig",
     "Scene",
-    "render_scene",
-    "render_arrays",
+    "SceneConfig",
     "SyntheticScenes",
-    "register_task",
+    "Task",
     "parse_scene_options",
+    "register_task",
+    "render_arrays",
+    "render_scene",
     "split_options",
 ]
 

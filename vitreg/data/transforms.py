@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 __all__ = [
+    "DEFAULT_CROP_PCT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "DEFAULT_CROP_PCT",
     "Geometry",
     "ImageTransform",
     "denormalize",
@@ -182,7 +182,7 @@ class ImageTransform:
             else:
                 rw, rh = scale_w, scale_h
             rw, rh = max(rw, out_w), max(rh, out_h)
-            left, top = int(round((rw - out_w) / 2.0)), int(round((rh - out_h) / 2.0))
+            left, top = round((rw - out_w) / 2.0), round((rh - out_h) / 2.0)
             return Geometry((w, h), (rw, rh), (left, top, left + out_w, top + out_h))
         # patch_crop
         rw, rh = w, h

@@ -111,7 +111,9 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[Bo
         anns = [a for a in coco.annotations[im["id"]] if not a.get("iscrowd", 0)]
         boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
         size = _size(im)
-        out.append(_record(folder, im["file_name"], boxes.reshape(-1, 4), [names[a["category_id"]] for a in anns], size))
+        out.append(
+            _record(folder, im["file_name"], boxes.reshape(-1, 4), [names[a["category_id"]] for a in anns], size)
+        )
     return out
 
 

@@ -14,34 +14,6 @@ command                    call                                 config -> result
 ``vitreg lab``             :func:`vitreg.lab.run_lab`             Grid -> results.lab.LabResult
 =========================  ===================================  ==========================================
 
-Configs import without torch; the calls import the heavy libraries when they run. The configs are exported here
-(loaded on first use); the calls by their module, e.g. ``from vitreg.jobs.diagnose import diagnose``.
+Configs import without torch; the calls import the heavy libraries when they run. Import both from the job's
+module, e.g. ``from vitreg.jobs.diagnose import DiagnoseConfig, diagnose``.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from vitreg._lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
-    from vitreg.jobs.flops import FlopsConfig
-    from vitreg.jobs.inspect import InspectConfig
-    from vitreg.jobs.lost import LostConfig
-    from vitreg.jobs.probe import ProbeConfig
-    from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-
-_EXPORTS = {
-    "DiagnoseConfig": "diagnose",
-    "FlopsConfig": "flops",
-    "ImageSpec": "specs",
-    "InspectConfig": "inspect",
-    "LostConfig": "lost",
-    "ModelEntry": "diagnose",
-    "ModelSpec": "specs",
-    "ProbeConfig": "probe",
-    "Runtime": "specs",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

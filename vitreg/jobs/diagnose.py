@@ -52,7 +52,9 @@ class DiagnoseConfig:
         if self.rule == "percentile" and (self.percentile is None or not 0 < self.percentile < 100):
             raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.percentile}")
         if not 0 <= self.examples <= MAX_EXAMPLES:
-            raise ConfigError(f"--examples must be in 0..{MAX_EXAMPLES} (all are drawn in the report), got {self.examples}")
+            raise ConfigError(
+                f"--examples must be in 0..{MAX_EXAMPLES} (all are drawn in the report), got {self.examples}"
+            )
 
     @property
     def rule_value(self) -> float | None:

@@ -59,8 +59,9 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
     for spec in cfg.models:
         arch = architecture(spec)
         rows = flops_table(arch, counts, resolutions)
-        models.append(dict(model=spec.spec, width=arch.embed_dim, depth=arch.depth, patch_size=arch.patch_size,
-                           rows=rows))  # fmt: skip
+        models.append(
+            dict(model=spec.spec, width=arch.embed_dim, depth=arch.depth, patch_size=arch.patch_size, rows=rows)
+        )
     result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
     write_result(Path(cfg.out), result)
     return result

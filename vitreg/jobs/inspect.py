@@ -21,15 +21,11 @@ class InspectConfig:
 
 def inspect(cfg: InspectConfig) -> InspectResult:
     from vitreg.analysis.layer_norms import layer_norms
-    from vitreg.data.transforms import ImageTransform
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
-    cfg.model.check()
-    device, dtype = cfg.runtime.start()
-    model = cfg.model.load(device)
-    ds = cfg.images.open(ImageTransform.from_model(model), seed=cfg.runtime.seed)
-    summary = layer_norms(model, cfg.images.loader(ds), device, dtype)
+    model, device, dtype = cfg.model.start(cfg.runtime)
+    summary = layer_norms(model, cfg.images.batches(model, cfg.runtime.seed), device, dtype)
     data = dict(model=cfg.model.spec, images=cfg.images.src, config=to_dict(cfg), **summary)
     result = from_json(InspectResult, data, "inspect")
     if cfg.out:

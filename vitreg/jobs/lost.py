@@ -91,23 +91,40 @@ def lost(cfg: LostConfig) -> LostResult:
     from vitreg.results.rundir import LOST_EXAMPLES, write_result
 
     validate_all(cfg)
-    cfg.model.check()
-    device, dtype = cfg.runtime.start()
-    model = cfg.model.load(device)
+    model, device, dtype = cfg.model.start(cfg.runtime)
     ds, protocol = build_dataset(cfg, model)
     loader = make_loader(ds, cfg.batch_size, strict=cfg.strict, num_workers=cfg.workers)
-    summary = run_lost(model, loader, layer=cfg.layer, kind=cfg.features, k=cfg.k, biases=cfg.biases,
-                       normalize=cfg.normalize, dtype=dtype, device=device, examples=cfg.examples)  # fmt: skip
+    summary = run_lost(
+        model,
+        loader,
+        layer=cfg.layer,
+        kind=cfg.features,
+        k=cfg.k,
+        biases=cfg.biases,
+        normalize=cfg.normalize,
+        dtype=dtype,
+        device=device,
+        examples=cfg.examples,
+    )
     ex = summary.pop("_examples")
-    data = dict(model=cfg.model.spec, registers=int(model.num_reg_tokens), dataset=str(cfg.dataset),
-                protocol=protocol, config=to_dict(cfg), **summary)  # fmt: skip
+    data = dict(
+        model=cfg.model.spec,
+        registers=int(model.num_reg_tokens),
+        dataset=str(cfg.dataset),
+        protocol=protocol,
+        config=to_dict(cfg),
+        **summary,
+    )
     result = from_json(LostResult, data, "lost")
     out = Path(cfg.out)
     write_result(out, result)
     if ex["image"]:
         # One key per example and field (images differ in size): the file loads without pickle.
         arrays = {f"{k}_{i}": np.asarray(v) for k, vs in ex.items() for i, v in enumerate(vs)}
-        arrays |= {"count": np.asarray(len(ex["image"])), "mean": np.asarray(ds.transform.mean),
-                   "std": np.asarray(ds.transform.std)}  # fmt: skip
+        arrays |= {
+            "count": np.asarray(len(ex["image"])),
+            "mean": np.asarray(ds.transform.mean),
+            "std": np.asarray(ds.transform.std),
+        }
         atomic.write_npz(out / LOST_EXAMPLES, arrays)
     return result

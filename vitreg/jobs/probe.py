@@ -49,16 +49,12 @@ class ProbeConfig:
 def probe(cfg: ProbeConfig) -> ProbeResult:
     """Run every requested probe the data allows and write DIR/probe.json; returns its contents."""
     from vitreg.analysis.norms import find_threshold, outlier_stats
-    from vitreg.data.transforms import ImageTransform
     from vitreg.eval.features import collect_features
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
-    cfg.model.check()
-    device, dtype = cfg.runtime.start()
-    model = cfg.model.load(device)
-    ds = cfg.images.open(ImageTransform.from_model(model), seed=cfg.runtime.seed)
-    feats = collect_features(model, cfg.images.loader(ds), dtype=dtype, device=device)
+    model, device, dtype = cfg.model.start(cfg.runtime)
+    feats = collect_features(model, cfg.images.batches(model, cfg.runtime.seed), dtype=dtype, device=device)
     if feats.num_images < 4:
         raise DataError(f"probes need at least 4 usable images, got {feats.num_images}")
     thr = find_threshold(feats.norms, cfg.rule, cfg.value)
@@ -89,8 +85,9 @@ def run_probes(feats: Any, threshold: float | None, cfg: ProbeConfig) -> dict[st
     skipped: dict[str, str] = {}
     tf, ep, seed = cfg.test_fraction, cfg.epochs, cfg.runtime.seed
     if "local" in cfg.probes:
-        out["local"] = local_probes(feats, threshold, tokens=cfg.tokens, test_fraction=tf, seed=seed, epochs=ep,
-                                    mlp=cfg.mlp)  # fmt: skip
+        out["local"] = local_probes(
+            feats, threshold, tokens=cfg.tokens, test_fraction=tf, seed=seed, epochs=ep, mlp=cfg.mlp
+        )
     no_labels = "the images have no labels"
     if "global" in cfg.probes:
         if feats.labels is not None:

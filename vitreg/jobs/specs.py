@@ -62,15 +62,31 @@ class ModelSpec:
         """Fail now, naming the file or flag, if :meth:`load` would fail for a missing file or unknown name."""
         from vitreg.models.checkpoints import check_model
 
-        check_model(self.spec, weights=self.weights, registers=self.registers, img_size=self.img_size,
-                    random_init=self.random_init)  # fmt: skip
+        check_model(
+            self.spec,
+            weights=self.weights,
+            registers=self.registers,
+            img_size=self.img_size,
+            random_init=self.random_init,
+        )
+
+    def start(self, runtime: Runtime) -> tuple[torch.nn.Module, torch.device, torch.dtype | None]:
+        """Check the model, set up ``runtime`` and load the model on its device: (model, device, autocast dtype)."""
+        self.check()
+        device, dtype = runtime.start()
+        return self.load(device), device, dtype
 
     def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The model in eval mode on ``device``."""
         from vitreg.models.checkpoints import load_model
 
-        model = load_model(self.spec, weights=self.weights, registers=self.registers, img_size=self.img_size,
-                           random_init=self.random_init)  # fmt: skip
+        model = load_model(
+            self.spec,
+            weights=self.weights,
+            registers=self.registers,
+            img_size=self.img_size,
+            random_init=self.random_init,
+        )
         return model.eval().to(device)
 
 
@@ -99,6 +115,12 @@ class ImageSpec:
         from vitreg.data.sources import open_source
 
         return open_source(self.src, transform, limit=self.limit, strict=self.strict, seed=seed, synthetic=self.scenes)
+
+    def batches(self, model: torch.nn.Module, seed: int = 0) -> Any:
+        """A loader over the images prepared for ``model`` (its own size, mean and std)."""
+        from vitreg.data.transforms import ImageTransform
+
+        return self.loader(self.open(ImageTransform.from_model(model), seed=seed))
 
     def loader(self, dataset: Any) -> Any:
         from vitreg.data.loader import make_loader

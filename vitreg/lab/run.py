@@ -27,8 +27,9 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
         for seed in grid.seeds:
             models = []
             for n in grid.registers:
-                cfg = dataclasses.replace(base, seed=seed, registers=[n], progress=False,
-                                          threads=threads if threads else base.threads)  # fmt: skip
+                cfg = dataclasses.replace(
+                    base, seed=seed, registers=[n], progress=False, threads=threads if threads else base.threads
+                )
                 s = train_stage(f"{name}: seed {seed}, {n} registers", cfg, out / name / f"seed{seed}" / f"reg{n}", out)
                 trains.append(s)
                 models.append(s)
@@ -36,8 +37,9 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
             cfg = DiagnoseConfig(
                 models=[ModelEntry(key=f"s{i}", spec=str(m.directory)) for i, m in enumerate(models)],
                 images=ImageSpec(src="synthetic", scenes=scenes, limit=grid.diagnose_limit),
-                examples=2, out=str(out / name / f"seed{seed}" / "diagnose"),
-            )  # fmt: skip
+                examples=2,
+                out=str(out / name / f"seed{seed}" / "diagnose"),
+            )
             diags.append(diagnose_stage(f"{name}: seed {seed}, diagnose", cfg, models, out, report=False))
     return trains + diags, index
 
@@ -64,14 +66,24 @@ def lab_rows(grid: Grid, out: Path, index: dict[tuple[str, int, int], Stage]) ->
                 stage = index[(name, seed, n)]
                 stamp = read_json(stage.directory / STAMP) or {}
                 train = TrainingSummary.of(read_training_log(stage.directory))
-                rows.append(LabRow(
-                    point=name, overrides=" ".join(overrides(point)), seed=seed, registers=n, top1=train.top1,
-                    minutes=(stamp.get("seconds") or 0) / 60,
-                    artifacts=meets_norm_bar(m.rule.bimodal, m.output.outlier_ratio, m.output.norm_ratio),
-                    outlier_ratio=m.output.outlier_ratio, norm_ratio=m.output.norm_ratio, bimodal=m.rule.bimodal,
-                    ashman_d=m.rule.statistic.get("ashman_d"), first_outlier_layer=m.first_outlier_layer,
-                    sim_outlier=m.neighbors.mean_sim_outlier, sim_normal=m.neighbors.mean_sim_normal,
-                    background_outliers=m.masks.share_outliers_background,
-                    background_patches=m.masks.share_patches_background,
-                ))  # fmt: skip
+                rows.append(
+                    LabRow(
+                        point=name,
+                        overrides=" ".join(overrides(point)),
+                        seed=seed,
+                        registers=n,
+                        top1=train.top1,
+                        minutes=(stamp.get("seconds") or 0) / 60,
+                        artifacts=meets_norm_bar(m.rule.bimodal, m.output.outlier_ratio, m.output.norm_ratio),
+                        outlier_ratio=m.output.outlier_ratio,
+                        norm_ratio=m.output.norm_ratio,
+                        bimodal=m.rule.bimodal,
+                        ashman_d=m.rule.statistic.get("ashman_d"),
+                        first_outlier_layer=m.first_outlier_layer,
+                        sim_outlier=m.neighbors.mean_sim_outlier,
+                        sim_normal=m.neighbors.mean_sim_normal,
+                        background_outliers=m.masks.share_outliers_background,
+                        background_patches=m.masks.share_patches_background,
+                    )
+                )
     return rows

@@ -8,8 +8,21 @@ from vitreg.analysis.artifact_bar import MIN_NORM_RATIO, MIN_OUTLIER_RATIO
 from vitreg.lab.grid import Grid, overrides
 from vitreg.results.lab import LabRow
 
-HEADER = ["point", "seed", "reg", "top-1", "outliers", "norm ratio", "bimodal", "Ashman D", "first layer",
-          "nbr sim out / normal", "on background out / all", "norm bar met", "train min"]  # fmt: skip
+HEADER = [
+    "point",
+    "seed",
+    "reg",
+    "top-1",
+    "outliers",
+    "norm ratio",
+    "bimodal",
+    "Ashman D",
+    "first layer",
+    "nbr sim out / normal",
+    "on background out / all",
+    "norm bar met",
+    "train min",
+]
 
 
 def _f(v: Any, spec: str = ".3g") -> str:
@@ -22,10 +35,20 @@ def _code(text: str) -> str:
 
 def _cells(r: LabRow) -> list[str]:
     return [
-        r.point, str(r.seed), str(r.registers), _f(r.top1), f"{100 * r.outlier_ratio:.2f}%", _f(r.norm_ratio),
-        _f(r.bimodal), _f(r.ashman_d), _f(r.first_outlier_layer, "d"), f"{_f(r.sim_outlier)} / {_f(r.sim_normal)}",
-        f"{_f(r.background_outliers)} / {_f(r.background_patches)}", _f(r.artifacts), f"{r.minutes:.1f}",
-    ]  # fmt: skip
+        r.point,
+        str(r.seed),
+        str(r.registers),
+        _f(r.top1),
+        f"{100 * r.outlier_ratio:.2f}%",
+        _f(r.norm_ratio),
+        _f(r.bimodal),
+        _f(r.ashman_d),
+        _f(r.first_outlier_layer, "d"),
+        f"{_f(r.sim_outlier)} / {_f(r.sim_normal)}",
+        f"{_f(r.background_outliers)} / {_f(r.background_patches)}",
+        _f(r.artifacts),
+        f"{r.minutes:.1f}",
+    ]
 
 
 def lab_markdown(grid: Grid, rows: list[LabRow]) -> str:

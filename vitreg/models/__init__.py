@@ -14,21 +14,12 @@ if TYPE_CHECKING:
     from vitreg.models.inspect import Capture, Inspector, TokenSplit, split_tokens, token_layout
     from vitreg.models.presets import PRESETS, ModelConfig, create_model, describe_presets, model_config
 
-_EXPORTS = {
-    "PRESETS": "presets",
-    "Capture": "inspect",
-    "CheckpointError": "vitreg.errors",
-    "Inspector": "inspect",
-    "ModelConfig": "presets",
-    "TokenSplit": "inspect",
-    "WeightsNotFoundError": "vitreg.errors",
-    "create_model": "presets",
-    "describe_presets": "presets",
-    "load_model": "checkpoints",
-    "model_config": "presets",
-    "save_model": "checkpoints",
-    "split_tokens": "inspect",
-    "token_layout": "inspect",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "checkpoints": "load_model save_model",
+        "inspect": "Capture Inspector TokenSplit split_tokens token_layout",
+        "presets": "ModelConfig PRESETS create_model describe_presets model_config",
+        "vitreg.errors": "CheckpointError WeightsNotFoundError",
+    },
+)

@@ -133,7 +133,7 @@ def infer_config(sd: dict[str, torch.Tensor], spec: str = "inferred") -> ModelCo
     regs = sd["reg_token"].shape[1] if "reg_token" in sd else 0
     has_cls = "cls_token" in sd
     n_pos = sd["pos_embed"].shape[1]
-    grid = int(round(n_pos**0.5))
+    grid = round(n_pos**0.5)
     if grid * grid != n_pos:  # pos_embed holds the [CLS] entry too: not the no_embed_class layout
         raise CheckpointError(
             "this checkpoint's position embedding includes the [CLS] token (no_embed_class=False); load it with "
@@ -169,7 +169,7 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: VisionTransformer) -> d
     pos = sd.get("pos_embed")
     if pos is not None and model.pos_embed is not None and pos.shape != model.pos_embed.shape:
         prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        old = int(round((pos.shape[1] - prefix) ** 0.5))
+        old = round((pos.shape[1] - prefix) ** 0.5)
         sd = dict(sd)
         sd["pos_embed"] = resample_abs_pos_embed(
             pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=prefix

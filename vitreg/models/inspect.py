@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -73,15 +74,16 @@ class TokenSplit:
     patches: torch.Tensor  # (B, H, W, C)
 
 
-def token_layout(model: nn.Module, image_hw: tuple[int, int]) -> TokenLayout:
+def token_layout(model: nn.Module, image_hw: tuple[int, ...]) -> TokenLayout:
     """Layout of the token sequence a timm ViT produces for an image of size ``image_hw`` (H, W)."""
-    pe = model.patch_embed
+    vit: Any = model  # timm's attributes (patch_embed, cls_token, ...) are dynamic on nn.Module
+    pe = vit.patch_embed
+    h, w = int(image_hw[0]), int(image_hw[1])
     if hasattr(pe, "dynamic_feat_size"):
-        grid = tuple(int(g) for g in pe.dynamic_feat_size(tuple(image_hw)))
+        gh, gw = (int(g) for g in pe.dynamic_feat_size((h, w)))
     else:
-        p = pe.patch_size
-        grid = (image_hw[0] // p[0], image_hw[1] // p[1])
-    return TokenLayout(has_cls=model.cls_token is not None, num_registers=int(model.num_reg_tokens), grid=grid)
+        gh, gw = h // pe.patch_size[0], w // pe.patch_size[1]
+    return TokenLayout(has_cls=vit.cls_token is not None, num_registers=int(vit.num_reg_tokens), grid=(gh, gw))
 
 
 def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:
@@ -154,9 +156,10 @@ class Inspector:
     def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
             raise CaptureError(f"Inspector needs a timm VisionTransformer, got {type(model).__name__}")
-        self.model = model
+        vit: Any = model  # timm's attributes (blocks, norm, ...) are dynamic on nn.Module
+        self.model = vit
         self.dtype = dtype  # autocast dtype (bf16 on capable CPUs), None = fp32
-        self.depth = len(model.blocks)
+        self.depth = len(vit.blocks)
 
     @torch.inference_mode()
     def run(
@@ -237,7 +240,7 @@ class Inspector:
         return hook
 
     @staticmethod
-    def _split_qkv(attn: nn.Module, flat: torch.Tensor) -> QKV:
+    def _split_qkv(attn: Any, flat: torch.Tensor) -> QKV:
         b, n, _ = flat.shape  # (B, N, 3 * heads * hd)
         qkv = flat.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)

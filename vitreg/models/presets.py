@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,17 +178,18 @@ def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dic
     hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
     extra = {k: v for k, v in overrides.items() if v is not None}
     num_classes = extra.pop("num_classes", probe.num_classes)
+    vit: Any = probe  # timm's attributes are dynamic on nn.Module
     return ModelConfig(
         spec=name,
         registers=regs,
         img_size=hw,
-        patch_size=int(probe.patch_embed.patch_size[0]),
-        embed_dim=probe.embed_dim,
-        depth=len(probe.blocks),
-        num_heads=probe.blocks[0].attn.num_heads,
+        patch_size=int(vit.patch_embed.patch_size[0]),
+        embed_dim=vit.embed_dim,
+        depth=len(vit.blocks),
+        num_heads=vit.blocks[0].attn.num_heads,
         num_classes=num_classes,
-        global_pool=probe.global_pool,
-        class_token=probe.cls_token is not None,
+        global_pool=vit.global_pool,
+        class_token=vit.cls_token is not None,
         mean=tuple(pcfg.get("mean", IMAGENET_DEFAULT_MEAN)),
         std=tuple(pcfg.get("std", IMAGENET_DEFAULT_STD)),
         timm_kwargs=extra,
@@ -196,6 +198,7 @@ def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dic
 
 def build_model(cfg: ModelConfig) -> VisionTransformer:
     """Instantiate ``cfg`` with random weights (timm's own initialisation)."""
+    model: Any
     if cfg.is_timm:
         model = timm.create_model(
             cfg.spec[len(TIMM_PREFIX) :],
@@ -221,7 +224,7 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
             mlp_ratio=cfg.mlp_ratio,
             init_values=cfg.init_values,
             num_classes=cfg.num_classes,
-            global_pool=cfg.global_pool,
+            global_pool=cfg.global_pool,  # type: ignore[arg-type]  # checked by TrainConfig / timm
             class_token=cfg.class_token,
             qkv_bias=cfg.qkv_bias,
             drop_path_rate=cfg.drop_path_rate,
@@ -239,7 +242,7 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
         "interpolation": "bicubic",
     }
     model.vitreg_config = cfg
-    return model
+    return typing.cast(VisionTransformer, model)
 
 
 def create_model(

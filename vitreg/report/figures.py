@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from vitreg.report import plot_maps, plot_norms
 from vitreg import atomic
-from vitreg.results.rundir import DiagnoseRun, load_run
+from vitreg.report import plot_maps, plot_norms
 from vitreg.report.sections import save_figure
+from vitreg.results.rundir import DiagnoseRun, load_run
 
 DPI = 100  # small figures: the page embeds them as data URIs and should stay a few MB at most
 MANIFEST = "manifest.json"

@@ -20,8 +20,10 @@ TITLE = "vitreg reproduce: Vision Transformers Need Registers on a small ViT"
 def coco_note(plan: Plan) -> str:
     if plan.coco or not plan.coco_searched:
         return ""
-    return (f" coco-mini was not found (looked in {', '.join(plan.coco_searched)}; set VITREG_COCO_MINI or pass "
-            "--coco JSON).")  # fmt: skip
+    return (
+        f" coco-mini was not found (looked in {', '.join(plan.coco_searched)}; set VITREG_COCO_MINI or pass "
+        "--coco JSON)."
+    )
 
 
 def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "") -> ReproduceResults:

@@ -38,7 +38,13 @@ def fig3(table: Table, base: int, reg: int) -> Item:
         title="Fig. 3 and 7: output patch-token norms, without and with registers",
         source=paper.ARTIFACTS["source"],
         rows=[
-            row("outlier share of patch tokens", paper.ARTIFACTS["outlier_ratio"], None, table, lambda r: r.outlier_ratio),
+            row(
+                "outlier share of patch tokens",
+                paper.ARTIFACTS["outlier_ratio"],
+                None,
+                table,
+                lambda r: r.outlier_ratio,
+            ),
             row("outlier norm / normal norm", paper.ARTIFACTS["norm_ratio"], None, table, lambda r: r.norm_ratio),
             row("bimodal (share of seeds)", True, False, table, lambda r: float(bool(r.bimodal))),
             row("Ashman's D of the 2-Gaussian fit", None, None, table, lambda r: r.ashman_d),
@@ -75,8 +81,13 @@ def fig4(table: Table, base: int) -> Item:
         source=paper.EMERGENCE["source"],
         rows=[
             row("first block with outliers / depth", first_layer, None, table, lambda r: r.first_layer_fraction),
-            row("share of training before they appear", paper.EMERGENCE["first_training_fraction"], None, table,
-                lambda r: r.train.emergence_fraction),  # fmt: skip
+            row(
+                "share of training before they appear",
+                paper.EMERGENCE["first_training_fraction"],
+                None,
+                table,
+                lambda r: r.train.emergence_fraction,
+            ),
         ],
         figures=["fig4a_layers.png", "fig4b_training.png"],
         claims=[
@@ -117,27 +128,65 @@ def fig5(table: Table, base: int) -> Item:
             row("input 4-neighbour cosine similarity: normal", None, None, table, lambda r: r.sim_normal),
             row("share of outliers on background", None, None, table, lambda r: r.background_outliers),
             row("share of all patches on background", None, None, table, lambda r: r.background_patches),
-            row("position probe accuracy: normal", local["position_accuracy"]["normal"], None, table,
-                lambda r: r.position_normal),
-            row("position probe accuracy: outlier", local["position_accuracy"]["outlier"], None, table,
-                lambda r: r.position_outlier),
-            row("pixel MLP probe MSE: normal", local["study_pixel_mse"]["normal"], None, table,
-                lambda r: r.pixel_mlp_normal),
-            row("pixel MLP probe MSE: outlier", local["study_pixel_mse"]["outlier"], None, table,
-                lambda r: r.pixel_mlp_outlier),
-        ],  # fmt: skip
+            row(
+                "position probe accuracy: normal",
+                local["position_accuracy"]["normal"],
+                None,
+                table,
+                lambda r: r.position_normal,
+            ),
+            row(
+                "position probe accuracy: outlier",
+                local["position_accuracy"]["outlier"],
+                None,
+                table,
+                lambda r: r.position_outlier,
+            ),
+            row(
+                "pixel MLP probe MSE: normal",
+                local["study_pixel_mse"]["normal"],
+                None,
+                table,
+                lambda r: r.pixel_mlp_normal,
+            ),
+            row(
+                "pixel MLP probe MSE: outlier",
+                local["study_pixel_mse"]["outlier"],
+                None,
+                table,
+                lambda r: r.pixel_mlp_outlier,
+            ),
+        ],
         figures=["fig5a_neighbors.png", "fig5b_local.png"],
         note="Paper: DINOv2 ViT-g (position, pixel error 18.38 vs 25.23 in its own units); pixel MSE beside "
         "ours is the reproducibility study's DeiT-III Small value, in 0-255 units; ours are in the model's "
         "normalised input units, so only the direction compares.",
         claims=[
-            _local_claim("Outliers sit on redundant patches (higher neighbour similarity than normal tokens)", table,
-                         base, lambda r: r.sim_outlier, lambda r: r.sim_normal, operator.gt),
-            _local_claim("Outliers hold less local information (lower position-probe accuracy)", table, base,
-                         lambda r: r.position_outlier, lambda r: r.position_normal, operator.lt),
-            _local_claim("Outliers reconstruct their pixels worse (higher pixel-probe error)", table, base,
-                         lambda r: r.pixel_mlp_outlier, lambda r: r.pixel_mlp_normal, operator.gt),
-        ],  # fmt: skip
+            _local_claim(
+                "Outliers sit on redundant patches (higher neighbour similarity than normal tokens)",
+                table,
+                base,
+                lambda r: r.sim_outlier,
+                lambda r: r.sim_normal,
+                operator.gt,
+            ),
+            _local_claim(
+                "Outliers hold less local information (lower position-probe accuracy)",
+                table,
+                base,
+                lambda r: r.position_outlier,
+                lambda r: r.position_normal,
+                operator.lt,
+            ),
+            _local_claim(
+                "Outliers reconstruct their pixels worse (higher pixel-probe error)",
+                table,
+                base,
+                lambda r: r.pixel_mlp_outlier,
+                lambda r: r.pixel_mlp_normal,
+                operator.gt,
+            ),
+        ],
     )
 
 
@@ -167,8 +216,11 @@ def table1(table: Table, base: int) -> Item:
 
 def table2(table: Table, base: int, reg: int) -> Item:
     t2 = paper.LINEAR["rows"]["DeiT-III"]
-    gets = {"linear_cls": (lambda r: r.linear_cls, True), "seg_miou": (lambda r: r.seg_miou, True),
-            "depth_rmse": (lambda r: r.depth_rmse, False)}  # fmt: skip
+    gets = {
+        "linear_cls": (lambda r: r.linear_cls, True),
+        "seg_miou": (lambda r: r.seg_miou, True),
+        "depth_rmse": (lambda r: r.depth_rmse, False),
+    }
     drop = {k: no_worse(series(table, base, g), series(table, reg, g), hb) for k, (g, hb) in gets.items()}
     return Item(
         id="table2",
@@ -228,16 +280,23 @@ def table3(table: Table, base: int, reg: int, registers: list[int], coco_present
         ],
         note=f"LOST on value features of the last block, bias 0. {paper.CORLOC['study_note']}.{coco_note}",
         claims=[
-            claim(f"Registers improve LOST CorLoc (generated scenes, {reg} vs 0 registers)", *gain(syn),
-                  why_none="no CorLoc on generated scenes"),
-            claim(f"Registers improve LOST CorLoc (coco-mini photos, {reg} vs 0 registers)", *gain(coco),
-                  why_none="coco-mini is not present", none_status=NOT_TESTED),
-        ],  # fmt: skip
+            claim(
+                f"Registers improve LOST CorLoc (generated scenes, {reg} vs 0 registers)",
+                *gain(syn),
+                why_none="no CorLoc on generated scenes",
+            ),
+            claim(
+                f"Registers improve LOST CorLoc (coco-mini photos, {reg} vs 0 registers)",
+                *gain(coco),
+                why_none="coco-mini is not present",
+                none_status=NOT_TESTED,
+            ),
+        ],
     )
 
 
 def fig8(table: Table, base: int, registers: list[int]) -> Item:
-    first = [n for n in registers if n > 0][0]
+    first = next(n for n in registers if n > 0)
     art0 = has_artifacts(table, base)
     one = every_seed(table, first, lambda r: (r.outlier_ratio or 0) <= MAX_OUTLIER_RATIO_WITH_REGISTERS)
     return Item(
@@ -271,11 +330,16 @@ def fig12(flops: FlopsResult) -> Item:
         title="Fig. 12: FLOP and parameter overhead of registers",
         source=paper.OVERHEAD["source"],
         overhead=[
-            OverheadRow(model=Path(name).name if "/" in name else name, registers=n, flops_overhead=r.flops_overhead,
-                        added_params=r.added_params, tokens=r.tokens)
+            OverheadRow(
+                model=Path(name).name if "/" in name else name,
+                registers=n,
+                flops_overhead=r.flops_overhead,
+                added_params=r.added_params,
+                tokens=r.tokens,
+            )
             for name, rows in overhead.items()
             for n, r in rows.items()
-        ],  # fmt: skip
+        ],
         figures=["fig12_overhead.png"],
         claims=[
             claim(

@@ -55,27 +55,37 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
         cfg = DiagnoseConfig(
             models=[ModelEntry(key=f"s{i}", spec=str(m.directory)) for i, m in enumerate(models)],
             images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.diagnose_limit),
-            runtime=runtime, examples=plan.examples, out=str(diagnose_dir(out, seed)),
-        )  # fmt: skip
+            runtime=runtime,
+            examples=plan.examples,
+            out=str(diagnose_dir(out, seed)),
+        )
         name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"
         stages.append(diagnose_stage(name, cfg, models, out, report=True))
     for (seed, n), m in trained.items():
         cfg = ProbeConfig(
             model=ModelSpec(spec=str(m.directory)),
             images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.probe_limit),
-            runtime=runtime, epochs=plan.probe_epochs, seeds=plan.probe_seeds, out=str(probe_dir(out, seed, n)),
-        )  # fmt: skip
+            runtime=runtime,
+            epochs=plan.probe_epochs,
+            seeds=plan.probe_seeds,
+            out=str(probe_dir(out, seed, n)),
+        )
         stages.append(job_stage(f"probe: seed {seed}, {n} registers", "probe", cfg, probe, "probe.json", [m], out))
     lost_sets = [("synthetic", dict(dataset="synthetic", scenes=scenes, limit=plan.lost_limit))]
     if plan.coco:
         lost_sets.append(("coco", dict(dataset=plan.coco, limit=plan.coco_limit, resize=plan.coco_resize)))
     for name, data in lost_sets:
         for (seed, n), m in trained.items():
-            cfg = LostConfig(model=ModelSpec(spec=str(m.directory)), features=LOST_FEATURES,
-                             runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
-                             out=str(lost_dir(out, name, seed, n)), **data)  # type: ignore[arg-type]  # fmt: skip
-            stages.append(job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", cfg, lost, "lost.json",
-                                    [m], out))  # fmt: skip
+            cfg = LostConfig(
+                model=ModelSpec(spec=str(m.directory)),
+                features=LOST_FEATURES,
+                runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
+                out=str(lost_dir(out, name, seed, n)),
+                **data,
+            )  # type: ignore[arg-type]
+            stages.append(
+                job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", cfg, lost, "lost.json", [m], out)
+            )
     first = trained[(plan.seeds[0], plan.registers[0])]
     models = [ModelSpec(spec=str(first.directory)), *(ModelSpec(spec=s) for s in plan.flops_models)]
     cfg = FlopsConfig(models=models, register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))

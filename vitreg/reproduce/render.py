@@ -160,12 +160,16 @@ def item_table(item: Item, registers: list[int]) -> tuple[list[str], list[list[s
     """Header and string cells of an item's table: paper without / with registers, then ours per register count."""
     if item.overhead:
         header = ["model", "registers", "tokens", "added FLOPs", "added parameters"]
-        rows = [[r.model, str(r.registers), str(r.tokens), f"{100 * r.flops_overhead:.2f}%", str(r.added_params)]
-                for r in item.overhead]  # fmt: skip
+        rows = [
+            [r.model, str(r.registers), str(r.tokens), f"{100 * r.flops_overhead:.2f}%", str(r.added_params)]
+            for r in item.overhead
+        ]
         return header, rows
     header = ["quantity", "paper (no reg)", "paper (+reg)", *[f"ours: {n} reg" for n in registers]]
-    rows = [[r.quantity, _num(r.paper), _num(r.paper_reg), *[_stat(r.ours.get(str(n))) for n in registers]]
-            for r in item.rows]  # fmt: skip
+    rows = [
+        [r.quantity, _num(r.paper), _num(r.paper_reg), *[_stat(r.ours.get(str(n))) for n in registers]]
+        for r in item.rows
+    ]
     return header, rows
 
 
@@ -265,4 +269,6 @@ def write_html(results: ReproduceResults, out: Path) -> Path:
     sections = [Section("claims", "Claims", _html_table(CLAIM_HEADER, _claim_rows(results)))]
     sections += [Section(it.id, it.title, _item_html(it, results.registers, out)) for it in results.items]
     footer = "Drawn from results.json and the stages' files; `vitreg reproduce` with the same settings re-renders it."
-    return atomic.write_text(out / "report.html", page(results.title, sections, html.escape(footer), intro, script=False))
+    return atomic.write_text(
+        out / "report.html", page(results.title, sections, html.escape(footer), intro, script=False)
+    )

@@ -51,8 +51,11 @@ def probe_fields(p: ProbeResult) -> dict[str, Any]:
     depth = dense.depth if dense else None
     out: dict[str, Any] = {}
     if loc is not None:
-        out |= dict(position_normal=loc.position["normal"].accuracy, position_outlier=loc.position["outlier"].accuracy,
-                    position_chance=loc.chance_accuracy)  # fmt: skip
+        out |= dict(
+            position_normal=loc.position["normal"].accuracy,
+            position_outlier=loc.position["outlier"].accuracy,
+            position_chance=loc.chance_accuracy,
+        )
         for head, groups in loc.pixel.items():
             out |= {f"pixel_{head}_normal": groups["normal"].mse, f"pixel_{head}_outlier": groups["outlier"].mse}
     if glob is not None:
@@ -124,8 +127,7 @@ def count(table: Table, n: int, get: Get) -> str:
 
 def row(quantity: str, paper: Any, paper_reg: Any, table: Table, get: Get) -> Row:
     """One table row: the paper's value (without / with registers) and ours for every register count."""
-    return Row(quantity=quantity, paper=paper, paper_reg=paper_reg,
-               ours={str(n): series(table, n, get) for n in table})  # fmt: skip
+    return Row(quantity=quantity, paper=paper, paper_reg=paper_reg, ours={str(n): series(table, n, get) for n in table})
 
 
 def corloc_images(table: Table, n: int, get: Callable[[ModelRow], CorlocSummary | None]) -> int | None:
@@ -134,4 +136,4 @@ def corloc_images(table: Table, n: int, get: Callable[[ModelRow], CorlocSummary 
 
 
 def corloc_of(get: Callable[[ModelRow], CorlocSummary | None]) -> Get:
-    return lambda r: (c.corloc if (c := get(r)) is not None else None)
+    return lambda r: c.corloc if (c := get(r)) is not None else None

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from vitreg.atomic import plain
 from vitreg.errors import RunDirError
 
 T = TypeVar("T")
@@ -35,16 +36,8 @@ def to_json(obj: Any) -> Any:
         return {str(k): to_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [to_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, np.ndarray | np.generic | Path):
+        return plain(obj)
     return obj
 
 
@@ -90,7 +83,7 @@ def _decode(tp: Any, value: Any, source: str, key: str) -> Any:
         if value not in args:
             raise _fail(source, key, "one of " + ", ".join(map(repr, args)), value)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _decode_dataclass(tp, value, source, key)
     if origin in (list, tuple) or tp in (list, tuple):
         return _decode_sequence(tp, origin or tp, args, value, source, key)

@@ -119,7 +119,11 @@ class TrainingSummary:
         ]
         steps = tracks[-1].step if tracks else None
         emerged = next(
-            (t.step for i, t in enumerate(tracks) if t.step > 0 and all((u.outlier_ratio or 0) > 0 for u in tracks[i:])),
+            (
+                t.step
+                for i, t in enumerate(tracks)
+                if t.step > 0 and all((u.outlier_ratio or 0) > 0 for u in tracks[i:])
+            ),
             None,
         )
         return cls(

@@ -14,15 +14,12 @@ if TYPE_CHECKING:
     from vitreg.train.loop import RunResult, train_run
     from vitreg.train.runner import run_training
 
-_EXPORTS = {
-    "DataConfig": "config",
-    "RunResult": "loop",
-    "TrainConfig": "config",
-    "TrainingDiverged": "vitreg.errors",
-    "load_train_config": "config",
-    "packaged_configs": "config",
-    "run_training": "runner",
-    "train_run": "loop",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "config": "DataConfig TrainConfig load_train_config packaged_configs",
+        "loop": "RunResult train_run",
+        "runner": "run_training",
+        "vitreg.errors": "TrainingDiverged",
+    },
+)

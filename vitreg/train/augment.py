@@ -72,7 +72,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable blur with a per-image sigma (B,): one grouped convolution over all B*3 channels."""
     b, c, h, w = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = max(1, math.ceil(3 * float(sigma.max())))
     radius = min(radius, (min(h, w) - 1) // 2) or 1
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
     k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))  # (B, K)

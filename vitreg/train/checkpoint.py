@@ -95,7 +95,7 @@ def read_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("state", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{path}: unreadable training checkpoint ({err})") from None
     if meta.get("format") != FORMAT:

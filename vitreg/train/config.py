@@ -16,6 +16,7 @@ from vitreg.config import load_config
 from vitreg.data.scenes import SceneConfig
 from vitreg.errors import ConfigError
 
+
 def _default_scene() -> SceneConfig:
     # the tiny default model learns colour in seconds; "shape" needs a larger model
     return SceneConfig(task="color")

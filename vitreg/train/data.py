@@ -68,7 +68,7 @@ def load_data(dc: DataConfig, hw: tuple[int, int]) -> ArrayData:
     else:
         # A fixed shuffle (data.seed) picks the held-out images, the same for every run of a sweep.
         order = np.random.default_rng(dc.seed).permutation(len(labels))
-        n_eval = max(1, int(round(dc.eval_fraction * len(labels))))
+        n_eval = max(1, round(dc.eval_fraction * len(labels)))
         if len(labels) - n_eval < 1:
             raise ConfigError(f"{dc.path}: {len(labels)} images are too few to hold out {n_eval}")
         eidx, tidx = np.sort(order[:n_eval]), np.sort(order[n_eval:])

@@ -170,34 +170,83 @@ def configure_attention(model: torch.nn.Module, setting: str, device: torch.devi
     return fused
 
 
-def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData | None = None) -> RunResult:
-    """Train one model (``cfg.registers`` must hold one value) into ``out``; continue from its checkpoint when
-    ``resume``. Returns the final evaluation."""
-    if len(cfg.registers) != 1:
-        raise ConfigError(f"train_run takes one registers value, got {cfg.registers}")
+@dataclass
+class _Window:
+    """Throughput counts time inside updates only (tracking, evaluation and checkpoints excluded)."""
+
+    seconds: float = 0.0
+    images: int = 0
+    steps: int = 0
+
+
+@dataclass
+class _Session:
+    """Everything one run holds while it trains (built by :func:`_start`)."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    rank: int
+    world: int
+    main: bool
+    data: ArrayData
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model as trained: DDP- and compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: Any
+    mixup: Any
+    aug: AugmentConfig
+    order: BatchOrder
+    writer: MetricsWriter
+    track_x: torch.Tensor  # the fixed held-out batch whose norms are tracked
+    start: int
+    last_good: int | None  # step of the last checkpoint on disk
+    window: _Window
+    rate: float = 0.0
+    loss: float = float("nan")
+    final_eval: dict[str, float] | None = None
+
+    def record_eval(self, step: int) -> dict[str, float] | None:
+        if not self.main:
+            return None
+        prepare = lambda u: prepare_eval(u, self.aug)
+        result = evaluate(self.model, self.data.eval_images, self.data.eval_labels, prepare, self.device, self.dtype)
+        self.writer.write(dict(kind="eval", step=step, **result))
+        return result
+
+    def track(self, step: int) -> None:
+        if self.main:
+            self.writer.write(dict(kind="track", step=step, **track_norms(self.model, self.track_x, self.dtype)))
+
+
+def _device(cfg: TrainConfig) -> torch.device:
     device = resolve_device(cfg.device)
     dist.init_distributed(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this rank's GPU (LOCAL_RANK)
+    return device
+
+
+def _start(cfg: TrainConfig, out: Path, resume: bool, data: ArrayData | None) -> _Session:
+    """Build the model, optimiser and data of a run; restore its checkpoint when ``resume``; write the start record."""
+    if len(cfg.registers) != 1:
+        raise ConfigError(f"train_run takes one registers value, got {cfg.registers}")
+    device = _device(cfg)
     rank, world, main = dist.get_rank(), dist.get_world_size(), dist.is_main()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the {world} processes")
     threads = set_threads(cfg.threads)
     dtype = resolve_dtype(cfg.precision, device)
-    hw = model_config(cfg.model, img_size=cfg.img_size).img_size
-    data = data if data is not None else load_data(cfg.data, hw)
+    data = data if data is not None else load_data(cfg.data, model_config(cfg.model, img_size=cfg.img_size).img_size)
     model = build_run_model(cfg, cfg.registers[0], data.num_classes).to(device)
     fused = configure_attention(model, cfg.fused_attn, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    criterion = build_loss(cfg)
-    mixup = build_mixup(cfg, data.num_classes)
     pcfg = model.pretrained_cfg
     aug = AugmentConfig(cfg.rrc_scale, cfg.hflip, cfg.three_augment, cfg.color_jitter, pcfg["mean"], pcfg["std"])
-    order = BatchOrder(len(data.train_labels), cfg.batch_size, cfg.repeated_aug, cfg.seed)
-
-    start = 0
-    state_path = out / STATE_NAME
+    start, state_path = 0, out / STATE_NAME
     if resume and state_path.is_file():
         start = int(load_train_state(state_path, model, optimizer, scheduler)["step"])
         if start > cfg.steps:
@@ -205,96 +254,116 @@ def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData
     if main:
         truncate_metrics(out / "metrics.jsonl", start)
     writer = MetricsWriter(out, enabled=main)
-    n_params = sum(p.numel() for p in model.parameters())
     writer.write(
         dict(kind="start", step=start, resumed=bool(start), world_size=world, device=str(device),
-             dtype=str(dtype).replace("torch.", "") if dtype else "fp32", threads=threads, params=n_params,
-             fused_attn=fused, data=data.description, skipped_images=len(data.skipped), registers=cfg.registers[0])
+             dtype=str(dtype).replace("torch.", "") if dtype else "fp32", threads=threads,
+             params=sum(p.numel() for p in model.parameters()), fused_attn=fused, data=data.description,
+             skipped_images=len(data.skipped), registers=cfg.registers[0])
     )  # fmt: skip
-
     net: torch.nn.Module = model
     if dist.is_active():
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
+    return _Session(
+        cfg=cfg, out=out, device=device, dtype=dtype, rank=rank, world=world, main=main, data=data, model=model,
+        net=net, optimizer=optimizer, scheduler=scheduler, criterion=build_loss(cfg),
+        mixup=build_mixup(cfg, data.num_classes), aug=aug,
+        order=BatchOrder(len(data.train_labels), cfg.batch_size, cfg.repeated_aug, cfg.seed), writer=writer,
+        track_x=prepare_eval(data.eval_images[: cfg.track_batch], aug).to(device), start=start,
+        last_good=start if state_path.is_file() else None, window=_Window(),
+    )  # fmt: skip
 
-    track_x = prepare_eval(data.eval_images[: cfg.track_batch], aug).to(device)  # the fixed held-out batch
-    last_good = start if state_path.is_file() else None
 
-    def record_eval(step: int) -> dict[str, float] | None:
-        if not main:
-            return None
-        result = evaluate(model, data.eval_images, data.eval_labels, lambda u: prepare_eval(u, aug), device, dtype)
-        writer.write(dict(kind="eval", step=step, **result))
-        return result
+def _update(s: _Session, step: int) -> int:
+    """One optimiser update (``step`` updates done before it); stops before applying a NaN loss. Returns the batch."""
+    cfg = s.cfg
+    t0 = time.perf_counter()
+    x, y = make_batch(s.data, s.order, s.aug, s.mixup, cfg.seed, step, s.rank, s.world, s.device)
+    s.scheduler.step_update(step)
+    loss = forward_loss(s.net, x, y, s.criterion, s.device, s.dtype)
+    # The mean loss over ranks: every rank sees the same value, so all stop together on NaN.
+    s.loss = float(dist.all_reduce_sum(loss.detach().reshape(1).double().cpu())[0]) / s.world
+    if not np.isfinite(s.loss):
+        where = f"{s.out / STATE_NAME} (step {s.last_good})" if s.last_good is not None else "none written yet"
+        msg = f"loss is {s.loss} at step {step + 1}; stopped before applying it; last good checkpoint: {where}"
+        s.writer.write(dict(kind="error", step=step + 1, loss=s.loss, message=msg))
+        raise TrainingDiverged(msg)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+    s.optimizer.step()
+    s.window.seconds += time.perf_counter() - t0
+    s.window.images += len(x)
+    s.window.steps += 1
+    return len(x)
 
-    final_eval = None
-    if start == 0 and main:
-        writer.write(dict(kind="track", step=0, **track_norms(model, track_x, dtype)))
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and main), unit="step", dynamic_ncols=True)
-    net.train()
-    # Throughput counts time inside updates only (tracking, evaluation and checkpoints excluded).
-    window_time, window_images, window_steps, rate, loss_val = 0.0, 0, 0, 0.0, float("nan")
+
+def _log(s: _Session, done: int, bar: Any) -> None:
+    global_images = int(dist.all_reduce_sum(np.array([s.window.images], np.int64))[0])
+    s.rate = global_images / max(s.window.seconds, 1e-9)
+    per_step = global_images // s.window.steps  # images per update, summed over ranks
+    s.writer.write(
+        dict(kind="train", step=done, loss=s.loss, lr=s.optimizer.param_groups[0]["lr"], images_per_s=s.rate,
+             global_batch=per_step, epoch=s.order.epoch(done))
+    )  # fmt: skip
+    bar.set_postfix(loss=f"{s.loss:.4f}", img_s=f"{s.rate:.0f}")
+    s.window = _Window()
+
+
+def _after_update(s: _Session, done: int, bar: Any) -> None:
+    """What happens between updates: logging, norm tracking, evaluation, kept models and checkpoints."""
+    cfg = s.cfg
+    if _should(done, cfg.log_every, cfg.steps):
+        _log(s, done, bar)
+    if _should(done, cfg.track_every, cfg.steps):
+        s.track(done)
+    if _should(done, cfg.eval_every, cfg.steps):
+        s.final_eval = s.record_eval(done)
+    if s.main and (done in cfg.keep_steps or (cfg.keep_every and done % cfg.keep_every == 0)):
+        keep_model(s.model, s.out / "checkpoints" / f"step_{done:06d}")
+    if _should(done, cfg.checkpoint_every, cfg.steps):
+        if s.main:
+            save_train_state(s.out, s.model, s.optimizer, s.scheduler, done, extra=dict(epoch=s.order.epoch(done)))
+        s.last_good = done
+        dist.barrier()
+
+
+def _finish(s: _Session) -> RunResult:
+    cfg = s.cfg
+    if s.main and s.start == cfg.steps:  # resumed a finished run: evaluate what is there
+        s.final_eval = s.record_eval(cfg.steps)
+    if s.main:
+        save_model(s.model, s.out)
+        s.writer.write(dict(kind="final", step=cfg.steps, eval=s.final_eval, images_per_s=s.rate, loss=s.loss))
+    if dist.is_active():
+        # Each rank's weights digest, gathered on rank 0: DDP must leave identical replicas.
+        digests = dist.all_gather_objects(_weights_digest(s.model))
+        s.writer.write(dict(kind="ddp", step=cfg.steps, world_size=s.world, digests=digests,
+                            per_rank_batch=cfg.batch_size // s.world, global_batch=cfg.batch_size))  # fmt: skip
+    s.writer.close()
+    return RunResult(s.out, cfg.steps, s.final_eval, s.rate)
+
+
+def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData | None = None) -> RunResult:
+    """Train one model (``cfg.registers`` must hold one value) into ``out``; continue from its checkpoint when
+    ``resume``. Returns the final evaluation."""
+    s = _start(cfg, out, resume, data)
+    if s.start == 0:
+        s.track(0)
+    bar = tqdm(total=cfg.steps, initial=s.start, disable=not (cfg.progress and s.main), unit="step", dynamic_ncols=True)
+    s.net.train()
     try:
-        for step in range(start, cfg.steps):
-            done = step + 1
-            t0 = time.perf_counter()
-            x, y = make_batch(data, order, aug, mixup, cfg.seed, step, rank, world, device)
-            scheduler.step_update(step)
-            loss = forward_loss(net, x, y, criterion, device, dtype)
-            # The mean loss over ranks: every rank sees the same value, so all stop together on NaN.
-            loss_val = float(dist.all_reduce_sum(loss.detach().reshape(1).double().cpu())[0]) / world
-            if not np.isfinite(loss_val):
-                where = f"{out / STATE_NAME} (step {last_good})" if last_good is not None else "none written yet"
-                msg = f"loss is {loss_val} at step {done}; stopped before applying it; last good checkpoint: {where}"
-                writer.write(dict(kind="error", step=done, loss=loss_val, message=msg))
-                raise TrainingDiverged(msg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            window_time += time.perf_counter() - t0
-            window_images += len(x)
-            window_steps += 1
+        for step in range(s.start, cfg.steps):
+            _update(s, step)
             bar.update(1)
-
-            if _should(done, cfg.log_every, cfg.steps):
-                global_images = int(dist.all_reduce_sum(np.array([window_images], np.int64))[0])
-                rate = global_images / max(window_time, 1e-9)
-                per_step = global_images // window_steps  # images per update, summed over ranks
-                writer.write(
-                    dict(kind="train", step=done, loss=loss_val, lr=optimizer.param_groups[0]["lr"],
-                         images_per_s=rate, global_batch=per_step, epoch=order.epoch(done))
-                )  # fmt: skip
-                bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{rate:.0f}")
-                window_time, window_images, window_steps = 0.0, 0, 0
-            if main and _should(done, cfg.track_every, cfg.steps):
-                writer.write(dict(kind="track", step=done, **track_norms(model, track_x, dtype)))
-            if _should(done, cfg.eval_every, cfg.steps):
-                final_eval = record_eval(done)
-            if main and (done in cfg.keep_steps or (cfg.keep_every and done % cfg.keep_every == 0)):
-                keep_model(model, out / "checkpoints" / f"step_{done:06d}")
-            if _should(done, cfg.checkpoint_every, cfg.steps):
-                if main:
-                    save_train_state(out, model, optimizer, scheduler, done, extra=dict(epoch=order.epoch(done)))
-                last_good = done
-                dist.barrier()
+            _after_update(s, step + 1, bar)
     except BaseException:
-        writer.close()
+        s.writer.close()
         raise
     finally:
         bar.close()
-    if main and start == cfg.steps:  # resumed a finished run: evaluate what is there
-        final_eval = record_eval(cfg.steps)
-    if main:
-        save_model(model, out)
-        writer.write(dict(kind="final", step=cfg.steps, eval=final_eval, images_per_s=rate, loss=loss_val))
-    if dist.is_active():
-        # Each rank's weights digest, gathered on rank 0: DDP must leave identical replicas.
-        digests = dist.all_gather_objects(_weights_digest(model))
-        writer.write(dict(kind="ddp", step=cfg.steps, world_size=world, digests=digests,
-                          per_rank_batch=cfg.batch_size // world, global_batch=cfg.batch_size))  # fmt: skip
-    writer.close()
-    return RunResult(out, cfg.steps, final_eval, rate)
+    return _finish(s)

@@ -81,7 +81,7 @@ def evaluate(
     finally:
         model.train(was_training)
     n = max(1, len(labels))
-    return {"top1": correct / n, "ce": loss_sum / n, "images": int(len(labels))}
+    return {"top1": correct / n, "ce": loss_sum / n, "images": len(labels)}
 
 
 def _clean(value: Any) -> Any:
@@ -109,7 +109,7 @@ class MetricsWriter:
         if not enabled:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed in close())
+        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -64,6 +64,11 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, 
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def stale(figure: Path, source: Path) -> bool:
+    """Whether ``figure`` must be (re)drawn from ``source``: it is missing or older than its data."""
+    return not figure.is_file() or figure.stat().st_mtime < source.stat().st_mtime
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG via a temporary file and a rename: a re-render that fails half-way keeps the
     previous figure."""

@@ -13,8 +13,8 @@ from typing import Any
 
 from vitreg.report.explorer import explorer_html
 from vitreg.report.figures import draw_figures, read_manifest, safe_key
-from vitreg.results.rundir import DiagnoseRun, ModelRun, is_diagnose_run, load_run
 from vitreg.report.sections import Section, fmt, img_tag, table
+from vitreg.results.rundir import DiagnoseRun, ModelRun, is_diagnose_run, load_run
 
 
 def render(run_dir: Path) -> list[Section]:

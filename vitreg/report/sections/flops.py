@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vitreg.report.sections import Section, img_tag, save_figure, table
+from vitreg.report.sections import Section, img_tag, save_figure, stale, table
 from vitreg.results.flops import FlopsResult
 from vitreg.results.rundir import has_result, read_result, result_path
 
@@ -19,7 +19,9 @@ def draw(run_dir: Path, data: FlopsResult) -> Path:
     for m in data.models:
         for size in sorted({r.img_size for r in m.rows}):
             rows = sorted((r for r in m.rows if r.img_size == size), key=lambda r: r.registers)
-            ax.plot([r.registers for r in rows], [100 * r.flops_overhead for r in rows], "o-", label=f"{m.model} @ {size}")
+            ax.plot(
+                [r.registers for r in rows], [100 * r.flops_overhead for r in rows], "o-", label=f"{m.model} @ {size}"
+            )
     ax.set_xlabel("registers")
     ax.set_ylabel("FLOPs increase (%)")
     ax.grid(alpha=0.3)
@@ -34,9 +36,12 @@ def render(run_dir: Path) -> list[Section]:
     path = result_path(run_dir, FlopsResult)
     data = read_result(run_dir, FlopsResult)
     fig_path = Path(run_dir) / "figures" / "flops.png"
-    if not fig_path.is_file() or fig_path.stat().st_mtime < path.stat().st_mtime:
+    if stale(fig_path, path):
         draw(run_dir, data)
-    parts = [img_tag(fig_path, "FLOP overhead against registers"), f'<p class="note">Counted: {html.escape(data.counted)}.</p>']
+    parts = [
+        img_tag(fig_path, "FLOP overhead against registers"),
+        f'<p class="note">Counted: {html.escape(data.counted)}.</p>',
+    ]
     for m in data.models:
         rows = [
             {

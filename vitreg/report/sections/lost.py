@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vitreg.errors import RunDirError
-from vitreg.report.sections import Section, img_tag, save_figure, table
+from vitreg.report.sections import Section, img_tag, save_figure, stale, table
 from vitreg.results.lost import LostResult
 from vitreg.results.rundir import LOST_EXAMPLES, has_result, read_npz, read_result
 
@@ -78,7 +78,7 @@ def render(run_dir: Path) -> list[Section]:
     parts = [intro, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
     fig_path = Path(run_dir) / "figures" / "lost_examples.png"
     npz = Path(run_dir) / LOST_EXAMPLES
-    if npz.is_file() and (not fig_path.is_file() or fig_path.stat().st_mtime < npz.stat().st_mtime):
+    if npz.is_file() and stale(fig_path, npz):
         draw(run_dir)
     if fig_path.is_file():
         parts.append(img_tag(fig_path, "LOST examples"))
