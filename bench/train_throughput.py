@@ -33,6 +33,7 @@ from timm.data import create_transform
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, Dataset
 
+from vitreg.data.scenes import SceneConfig
 from vitreg.device import resolve_device, resolve_dtype, set_threads
 from vitreg.train.augment import AugmentConfig, prepare_eval
 from vitreg.train.config import DataConfig, TrainConfig
@@ -160,10 +161,10 @@ def main() -> None:
         args.model, args.batch, args.rounds, args.round_steps, args.steps = "vit_pico_patch4_32", 32, 2, 2, 4
     threads = set_threads(args.threads)
     dtype = resolve_dtype("auto", resolve_device("cpu"))
+    data_cfg = DataConfig(scene=SceneConfig(task=args.task), train_size=max(1024, 4 * args.batch))
     cfg = TrainConfig(
         model=args.model, registers=[args.registers], batch_size=args.batch, steps=max(1, args.steps),
-        three_augment=args.three_augment,
-        warmup_steps=max(1, args.steps // 10), data=DataConfig(task=args.task, train_size=max(1024, 4 * args.batch)),
+        three_augment=args.three_augment, warmup_steps=max(1, args.steps // 10), data=data_cfg,
     )  # fmt: skip
     hw = tuple(build_run_model(cfg, 0, 2).vitreg_config.img_size)
     data = load_data(cfg.data, hw)
