@@ -76,14 +76,48 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
     cls_n = int(s["cls_hist"].sum())
     output["cls_norm_mean"] = float(s["cls_sum"][0] / cls_n) if cls_n else None
     output["register_norms_mean"] = [float(v / stream.images) if stream.images else None for v in s["reg_sum"]]
+    layers = _layers(stream, rule, value)
+    pos_hist = s["position_hist"]  # (gh, gw, E)
+    position_counts, position_totals = pos_hist[..., cut:].sum(-1), pos_hist.sum(-1)
+    nb = s["neighbor_hist"]  # (E, S)
+    nb_out, nb_norm = nb[cut:].sum(0), nb[:cut].sum(0)
+    n = max(stream.images, 1)
+    mean_attention = s["attention_sum"] / n  # (Q, gh, gw)
+    reg_sim = s["register_similarity_sum"] / n  # (R, R)
+    result: dict[str, Any] = {
+        "key": key,
+        "label": label,
+        "spec": spec,
+        "registers": stream.registers,
+        "depth": stream.depth,
+        "grid": list(stream.grid),
+        "images": stream.images,
+        "bad_images": [{"path": p, "reason": r} for p, r in stream.bad],
+        "rule": rule_json,
+        "output": output,
+        "layers": layers,
+        # first block whose distribution is bimodal with an outlier mode (Fig. 4a)
+        "first_outlier_layer": next((d["layer"] for d in layers if d["auto_threshold"] is not None), None),
+        "positions": _positions(position_counts, position_totals),
+        "neighbors": _neighbors(stream, cut, nb_out, nb_norm),
+        "masks": _masks(stream, cut),
+        # the register count is "registers" above; the register maps' analysis lives here
+        "register_analysis": _register_analysis(stream, mean_attention, reg_sim),
+    }
+    result["verdict"] = verdict(result, rule, value)
+    arrays = _arrays(stream, position_counts, position_totals, nb_out, nb_norm, mean_attention, reg_sim, applied)
+    return result, arrays
 
-    layers, first = [], None
+
+def _layers(stream: NormStream, rule: str, value: float | None) -> list[dict[str, Any]]:
+    """Every block's patch-token norms under the run's rule, and the auto rule's threshold (Fig. 4a)."""
+    s, edges = stream.sums, stream.edges
+    hist = s["hist_counts"]  # (L, E)
+    layers = []
     for i in range(stream.depth):
         lc, la = _rule_for(hist[i], edges, rule, value)
         _, lapplied = _cut(lc.threshold, edges)
         st = outlier_stats_from_histogram(hist[i], edges, lapplied, s["hist_sums"][i])
-        if first is None and la.threshold is not None:
-            first = i  # first block whose distribution is bimodal with an outlier mode (Fig. 4a)
         layers.append(
             {
                 "layer": i,
@@ -97,17 +131,14 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
                 "norm_ratio": st["norm_ratio"],
             }
         )
+    return layers
 
-    pos_hist = s["position_hist"]  # (gh, gw, E)
-    position_counts = pos_hist[..., cut:].sum(-1)
-    position_totals = pos_hist.sum(-1)
-    positions = _positions(position_counts, position_totals)
 
-    nb = s["neighbor_hist"]  # (E, S)
-    nb_out, nb_norm = nb[cut:].sum(0), nb[:cut].sum(0)
+def _neighbors(stream: NormStream, cut: int, nb_out: np.ndarray, nb_norm: np.ndarray) -> dict[str, Any]:
+    s = stream.sums
     n_out, n_norm = int(nb_out.sum()), int(nb_norm.sum())
     median_normal = _linear_quantile(nb_norm, stream.sim_edges, 0.5)
-    neighbors = {
+    return {
         "mean_sim_outlier": float(s["neighbor_sum"][cut:].sum() / n_out) if n_out else None,
         "mean_sim_normal": float(s["neighbor_sum"][:cut].sum() / n_norm) if n_norm else None,
         "median_sim_normal": median_normal,
@@ -120,12 +151,14 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "normal_tokens": n_norm,
     }
 
-    bgh = s["background_hist"]  # (E, 2): object, background
+
+def _masks(stream: NormStream, cut: int) -> dict[str, Any]:
+    bgh = stream.sums["background_hist"]  # (E, 2): object, background
     mask_tokens = int(bgh.sum())
     out_bg = bgh[cut:]
-    masks = {
+    return {
         "available": mask_tokens > 0,
-        "images_with_mask": int(s["counts"][1]),
+        "images_with_mask": int(stream.sums["counts"][1]),
         "share_outliers_background": float(out_bg[:, 1].sum() / out_bg.sum()) if out_bg.sum() else None,
         "share_patches_background": float(bgh[:, 1].sum() / mask_tokens) if mask_tokens else None,
         "outliers_on_background": int(out_bg[:, 1].sum()),
@@ -133,10 +166,9 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "background_definition": "a patch is background when more than half of its pixels are background",
     }
 
-    n = max(stream.images, 1)
-    mean_attention = s["attention_sum"] / n  # (Q, gh, gw)
-    reg_sim = s["register_similarity_sum"] / n  # (R, R)
-    registers = {
+
+def _register_analysis(stream: NormStream, mean_attention: np.ndarray, reg_sim: np.ndarray) -> dict[str, Any]:
+    return {
         "count": stream.registers,
         "similarity_mean_offdiag": mean_offdiag(reg_sim),
         "query_names": stream.query_names,
@@ -145,29 +177,6 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
             for name, m in zip(stream.query_names, mean_attention, strict=True)
         },
     }
-
-    result: dict[str, Any] = {
-        "key": key,
-        "label": label,
-        "spec": spec,
-        "registers": stream.registers,
-        "depth": stream.depth,
-        "grid": list(stream.grid),
-        "images": stream.images,
-        "bad_images": [{"path": p, "reason": r} for p, r in stream.bad],
-        "rule": rule_json,
-        "output": output,
-        "layers": layers,
-        "first_outlier_layer": first,
-        "positions": positions,
-        "neighbors": neighbors,
-        "masks": masks,
-        # the register count is "registers" above; the register maps' analysis lives here
-        "register_analysis": registers,
-    }
-    result["verdict"] = verdict(result, rule, value)
-    arrays = _arrays(stream, position_counts, position_totals, nb_out, nb_norm, mean_attention, reg_sim, applied)
-    return result, arrays
 
 
 def _positions(counts: np.ndarray, totals: np.ndarray) -> dict[str, Any]:
