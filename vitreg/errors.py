@@ -60,6 +60,10 @@ class OutputError(VitregError):
     """A file vitreg must write cannot be written (disk full, no permission, I/O error); what was there is kept."""
 
 
+class RunLockedError(VitregError):
+    """Another process is writing the same run directory (its lock file names it); nothing was written."""
+
+
 class StageError(VitregError):
     """A stage of a pipeline (reproduce, lab) failed; its directory keeps what it wrote."""
 

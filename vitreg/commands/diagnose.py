@@ -77,16 +77,20 @@ def config(args: argparse.Namespace) -> DiagnoseConfig:
 
 def run(args: argparse.Namespace) -> int:
     from vitreg import distributed as dist
-    from vitreg.jobs.diagnose import diagnose
+    from vitreg.jobs.diagnose import check_config, diagnose
+    from vitreg.runlock import run_lock
 
-    result = diagnose(config(args))
-    if not dist.is_main():
-        return 0
-    print_summary(result, args.out)
-    if args.no_report:
-        print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
-    else:
-        common.report(args.out)
+    cfg = config(args)
+    check_config(cfg)  # a bad flag or model fails before the run directory is created for the lock
+    with run_lock(args.out, "diagnose"):  # held over the job and the report it draws
+        result = diagnose(cfg)
+        if not dist.is_main():
+            return 0
+        print_summary(result, args.out)
+        if args.no_report:
+            print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
+        else:
+            common.report(args.out)
     return 0
 
 

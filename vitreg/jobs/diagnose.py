@@ -61,18 +61,30 @@ class DiagnoseConfig:
         return {"auto": None, "cutoff": self.cutoff, "percentile": self.percentile}[self.rule]
 
 
+def check_config(cfg: DiagnoseConfig) -> None:
+    """Every value, and every model's name, file and weights, checked before anything is read or written."""
+    validate_all(cfg)
+    for entry in cfg.models:
+        entry.check()
+
+
 def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     """Run the diagnosis of every model of ``cfg`` and write its run directory; returns what metrics.json holds.
 
     Every model is checked (names, files, weights) before any image is read, so a bad second model fails at once.
     """
+    from vitreg.runlock import run_lock
+
+    check_config(cfg)
+    with run_lock(cfg.out, "diagnose"):  # a second diagnose on the same --out refuses, naming this one
+        return _run(cfg)
+
+
+def _run(cfg: DiagnoseConfig) -> DiagnoseResult:
     from vitreg import distributed as dist
     from vitreg.config import save_config
     from vitreg.results.rundir import write_arrays, write_result
 
-    validate_all(cfg)
-    for entry in cfg.models:
-        entry.check()
     device, dtype = cfg.runtime.start()
     dist.init_distributed(device)
     out = Path(cfg.out)

@@ -11,6 +11,7 @@ from vitreg import distributed as dist
 from vitreg.config import load_config, save_config
 from vitreg.errors import ConfigError
 from vitreg.models.presets import model_config
+from vitreg.runlock import run_lock
 from vitreg.train.checkpoint import STATE_NAME
 from vitreg.train.config import TrainConfig, load_train_config
 from vitreg.train.data import load_data
@@ -36,12 +37,17 @@ def input_size(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def train(cfg: TrainConfig, out: str | Path) -> list[RunResult]:
-    """Train ``cfg`` into ``out`` (``out/regN`` for a registers sweep); an occupied directory is refused."""
+    """Train ``cfg`` into ``out`` (``out/regN`` for a registers sweep); an occupied directory is refused, and so is
+    one that another process is writing (:mod:`vitreg.runlock`)."""
     out = Path(out)
-    busy = [str(d) for _, d in run_dirs(cfg, out) if _occupied(d)]
-    if busy:
-        raise ConfigError(f"{busy[0]} already holds a training run; continue it with --resume {out} or use a new --out")
-    return _run(cfg, out, resumed=False)
+    input_size(cfg)  # an unknown model name fails before the directory is created for the lock
+    with run_lock(out, "train"):
+        busy = [str(d) for _, d in run_dirs(cfg, out) if _occupied(d)]
+        if busy:
+            raise ConfigError(
+                f"{busy[0]} already holds a training run; continue it with --resume {out} or use a new --out"
+            )
+        return _run(cfg, out, resumed=False)
 
 
 def resume(directory: str | Path, overrides: Sequence[str] = ()) -> list[RunResult]:
@@ -50,7 +56,8 @@ def resume(directory: str | Path, overrides: Sequence[str] = ()) -> list[RunResu
     saved = directory / CONFIG_NAME
     if not saved.is_file():
         raise ConfigError(f"{directory} has no {CONFIG_NAME}: not a vitreg training run")
-    return _run(load_config(TrainConfig, saved, list(overrides)), directory, resumed=True)
+    with run_lock(directory, "train --resume"):
+        return _run(load_config(TrainConfig, saved, list(overrides)), directory, resumed=True)
 
 
 def _run(cfg: TrainConfig, out: Path, resumed: bool) -> list[RunResult]:
