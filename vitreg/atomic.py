@@ -32,6 +32,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(directory: str | Path) -> Path:
+    """``mkdir -p``; OutputError naming the folder when it cannot be created (no permission, disk full)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {directory}: {err.strerror or err}") from err
+    return directory
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it into place."""
     path = Path(path)

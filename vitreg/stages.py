@@ -127,7 +127,7 @@ def run_stage(stage: Stage, index: int, total: int, log: Log = print, subprocess
         if d.exists():
             shutil.rmtree(d)  # results of other settings or of a run that died half-way: never mixed in
         log(f"{head}: running ({d})")
-    d.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(d)
     atomic.write_json(d / PENDING, {"digest": digest})
     t0 = time.perf_counter()
     if subprocess_:

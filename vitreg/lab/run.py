@@ -46,7 +46,7 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
 
 def run_lab(grid: Grid, out: Path, jobs: int = 1, threads: int | None = None, log: Log = print) -> LabResult:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(out)
     if jobs > 1 and threads is None:
         threads = 1  # side-by-side trainings each on one thread: no oversubscription
     stages, index = lab_stages(grid, out, threads)

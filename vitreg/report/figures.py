@@ -58,7 +58,7 @@ def draw_figures(run_dir: Path, log_x: bool | None = None) -> dict[str, Any]:
     """Draw the figures for a diagnose run; returns the manifest ``{"log_x", "figures": {name: file name}}``."""
     run = load_run(run_dir)
     out = Path(run_dir) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(out)
     use_log = choose_log_x(run, log_x)
     figs: dict[str, Figure | None] = {
         "norm_hist": plot_norms.norm_histogram(run, log_x=False),

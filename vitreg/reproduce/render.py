@@ -44,7 +44,7 @@ def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
     for i, n in enumerate(results.registers):
         src = diag / "figures" / f"examples_s{i}.png"
         if n in results.compared and src.is_file():
-            figdir.mkdir(parents=True, exist_ok=True)
+            atomic.make_dirs(figdir)
             shutil.copyfile(src, figdir / f"maps_reg{n}.png")
             drawn.append(f"maps_reg{n}.png")
     return drawn

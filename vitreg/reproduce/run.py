@@ -44,7 +44,7 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
     if plan.coco_searched:
         log(f"coco-mini not found (looked in {', '.join(plan.coco_searched)}): LOST on photos is skipped")
     stages = build_stages(plan, out)
-    out.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(out)
     t0 = time.perf_counter()
     records = run_stages(stages, plan.jobs, log)
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")

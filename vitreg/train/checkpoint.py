@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from vitreg import atomic
-from vitreg.errors import CheckpointError
+from vitreg.errors import CheckpointError, OutputError
 from vitreg.models.checkpoints import save_model
 
 STATE_NAME = "train_state.safetensors"
@@ -83,7 +83,7 @@ def save_train_state(
         rng=rng_meta,
         extra=extra or {},
     )
-    directory.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(directory)
     path = directory / STATE_NAME
     atomic.write_safetensors(path, tensors, metadata={"state": json.dumps(meta)})
     return path
@@ -139,11 +139,17 @@ def load_train_state(
 def keep_model(model: torch.nn.Module, directory: Path) -> Path:
     """A loadable model directory (model.json + model.safetensors), written beside and renamed into place."""
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tmp)
-    if directory.exists():  # left by a run that died after writing it: same step, same weights
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_model(model, tmp)
+        if directory.exists():  # left by a run that died after writing it: same step, same weights
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except OSError as err:
+        raise OutputError(f"cannot write {directory}: {err.strerror or err}") from err
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     atomic.fsync_dir(directory.parent)
     return directory

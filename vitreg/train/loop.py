@@ -362,7 +362,7 @@ def train_run(cfg: TrainConfig, out: Path, resume: bool = False, data: ArrayData
             bar.update(1)
             _after_update(s, step + 1, bar)
     except BaseException:
-        s.writer.close()
+        s.writer.close(quiet=True)  # the error that stopped the run is the one to report
         raise
     finally:
         bar.close()

@@ -19,6 +19,7 @@ import torch
 from vitreg import atomic
 from vitreg.analysis.norms import find_threshold
 from vitreg.device import autocast
+from vitreg.errors import OutputError
 from vitreg.models.inspect import Inspector
 
 QUANTILES = {"p50": 50, "p90": 90, "p98": 98, "p99": 99}
@@ -98,18 +99,26 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends JSON lines to ``DIR/metrics.jsonl`` (flushed per record, so a killed run loses at most one line);
-    mirrors scalars to TensorBoard when it is installed. A no-op on ranks other than 0."""
+    """Appends JSON lines to ``DIR/metrics.jsonl`` (one ``os.write`` per record, unbuffered, so a killed run loses at
+    most one line); mirrors scalars to TensorBoard when it is installed. A no-op on ranks other than 0.
+
+    A write that fails (disk full, I/O error) raises :class:`~vitreg.errors.OutputError` naming the file: the run
+    stops there, its last checkpoint intact, and ``--resume`` rewrites the file from the records that checkpoint
+    covers (a line cut short by the fault is dropped then).
+    """
 
     def __init__(self, directory: Path, enabled: bool = True, tensorboard: bool = True):
         self.path = directory / "metrics.jsonl"
         self.enabled = enabled
-        self._file = None
+        self._fd: int | None = None
         self._tb = None
         if not enabled:
             return
-        directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+        atomic.make_dirs(directory)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -119,10 +128,14 @@ class MetricsWriter:
                 self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled or self._file is None:
+        if not self.enabled or self._fd is None:
             return
-        self._file.write(json.dumps(_clean(record)) + "\n")
-        self._file.flush()
+        data = (json.dumps(_clean(record)) + "\n").encode("utf-8")
+        try:
+            while data:  # os.write may write less than asked (a signal, a nearly full disk)
+                data = data[os.write(self._fd, data) :]
+        except OSError as err:
+            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
         if self._tb is not None:
             self._scalars(record)
 
@@ -135,14 +148,22 @@ class MetricsWriter:
             for k in ("p50", "p99", "max", "outlier_ratio"):
                 self._tb.add_scalar(f"norms/layer{row['layer']}/{k}", row[k], step)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-        if self._tb is not None:
-            self._tb.close()
+    def close(self, quiet: bool = False) -> None:
+        """Make the records durable and close the file; ``quiet`` (a run already failing) never raises."""
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as err:
+            if not quiet:
+                raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
