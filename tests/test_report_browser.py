@@ -46,10 +46,11 @@ def page_and_run(tmp_path_factory):
         problems: list[str] = []
         page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else 0)
         page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-        # a self-contained page asks for nothing beyond its own file
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
-        page.on("request", lambda req: problems.append(f"request {req.url}") if not req.url.startswith("file:") else 0)
-        page.goto(html_path.resolve().as_uri())
+        # a self-contained page asks for nothing beyond its own file, and its policy blocks nothing it needs
+        url = html_path.resolve().as_uri()
+        page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
+        page.on("request", lambda req: problems.append(f"request {req.url}") if req.url != url else 0)
+        page.goto(url)
         page.wait_for_selector("#norm-slider")
         yield page, load_run(run_dir), problems
         browser.close()

@@ -7,7 +7,9 @@ sections, footer) that every vitreg page uses, reproduce's included.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import hashlib
 import html
 from collections.abc import Sequence
 from importlib import resources
@@ -36,6 +38,33 @@ def _title(run_dir: Path) -> str:
     return f"vitreg report: {run_dir.name}"
 
 
+def content_security_policy(script: str | None) -> str:
+    """The page's policy: nothing from the network, no plugins, no forms, and only the page's own script, allowed by
+    the hash of its exact text, so markup smuggled in through data (an inline ``onerror=``, a ``<script>``) never
+    runs. Inline styles stay allowed (figures set their width in ``style``); images are data: URIs only."""
+    allowed = "'none'"
+    if script is not None:
+        digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+        allowed = f"'sha256-{digest}'"
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {allowed}",
+            "style-src 'unsafe-inline'",
+            "img-src data:",
+            "connect-src 'none'",
+            "font-src 'none'",
+            "media-src 'none'",
+            "object-src 'none'",
+            "frame-src 'none'",
+            "worker-src 'none'",
+            "manifest-src 'none'",
+            "form-action 'none'",
+            "base-uri 'none'",
+        ]
+    )
+
+
 def page(title: str, sections: Sequence[Section], footer: str, intro: str = "", script: bool = True) -> str:
     """A whole self-contained page: ``sections`` in order, each with an anchor in the navigation bar."""
     nav = "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in sections)
@@ -43,13 +72,16 @@ def page(title: str, sections: Sequence[Section], footer: str, intro: str = "", 
         f'<section id="{html.escape(s.id)}"><h2>{html.escape(s.title)}</h2>\n{s.html}\n</section>' for s in sections
     )
     # the script goes last so every element it looks up exists; "</" cannot occur in it unescaped
-    code = asset("explorer.js").replace("</", "<\\/")
-    js = f"<script>\n{code}\n</script>" if script else ""
+    code = "\n" + asset("explorer.js").replace("</", "<\\/") + "\n"
+    js = f"<script>{code}</script>" if script else ""
+    csp = html.escape(content_security_policy(code if script else None))
     title = html.escape(title)
+    # the policy comes first in <head>: it governs only what follows it
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
@@ -87,13 +119,18 @@ def write_report(run_dir: Path, log_x: bool | None = None) -> Path:
 
     ``log_x``: histogram x axis shown first (None: the run's config, else chosen from the data); both are drawn.
     """
+    import matplotlib
+
     from vitreg.report.figures import draw_figures
     from vitreg.results.rundir import is_diagnose_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory not found: {run_dir}")
-    if is_diagnose_run(run_dir):
-        draw_figures(run_dir, log_x=log_x)
+    # a "$" in a file, model or category name is text on a figure, not TeX (bad TeX would stop the drawing)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        if is_diagnose_run(run_dir):
+            draw_figures(run_dir, log_x=log_x)
+        text = build_page(run_dir)  # sections may draw figures of their own
     # an existing report survives a failed re-render: it is replaced only by a complete page
-    return atomic.write_text(run_dir / "report.html", build_page(run_dir))
+    return atomic.write_text(run_dir / "report.html", text)

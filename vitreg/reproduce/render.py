@@ -4,7 +4,6 @@ the stages' saved files (never from a model), so a second run only re-renders.""
 from __future__ import annotations
 
 import html
-import shutil
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -44,8 +43,7 @@ def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
     for i, n in enumerate(results.registers):
         src = diag / "figures" / f"examples_s{i}.png"
         if n in results.compared and src.is_file():
-            atomic.make_dirs(figdir)
-            shutil.copyfile(src, figdir / f"maps_reg{n}.png")
+            atomic.write_bytes(figdir / f"maps_reg{n}.png", src.read_bytes())
             drawn.append(f"maps_reg{n}.png")
     return drawn
 
