@@ -139,9 +139,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             for name, tp in types_.items()
             if dataclasses.is_dataclass(tp) and unknown[0] in {f.name for f in dataclasses.fields(tp)}
         )
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'{hint}; allowed keys: {', '.join(prefix + k for k in types_)}"
-        )
+        allowed = ", ".join(prefix + k for k in types_)
+        # repr: a key may hold a newline or quotes, and the message stays one line
+        raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r}{hint}; allowed keys: {allowed}")
     missing = [
         f.name
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -201,6 +201,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def yaml_error(path: str | Path, err: yaml.YAMLError) -> str:
+    """One line for a YAML file that does not parse: the file, where, and what (PyYAML's own text spans lines)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    position = getattr(err, "position", None)  # a ReaderError: a character YAML does not allow
+    if not where and isinstance(position, int):
+        where = f" (character {position})"
+    what = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+    return f"{path}: not valid YAML{where}: {' '.join(str(what).split())}"
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls`` <- YAML file ``path`` <- ``key=value`` overrides; unknown keys raise ConfigError."""
     data: dict[str, Any] = {}
@@ -211,16 +222,28 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+            raise ConfigError(yaml_error(path, err)) from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot be read ({err})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         data = loaded
-    data = _merge(data, parse_overrides(overrides or []))
-    return from_dict(cls, data)
+    merged = _merge(data, parse_overrides(overrides or []))
+    try:
+        return from_dict(cls, merged)
+    except ConfigError as err:
+        if path is None or (overrides and _file_is_fine(cls, data)):
+            raise  # the message names the key, and the key came from an override
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _file_is_fine(cls: type, data: dict[str, Any]) -> bool:
+    """Whether the file's own keys and values build ``cls`` (so a failure came from an override)."""
+    try:
+        from_dict(cls, data)
+    except ConfigError:
+        return False
+    return True
 
 
 def save_config(obj: Any, directory: str | Path, name: str = "config.yaml") -> Path:

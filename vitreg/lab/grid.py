@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from vitreg.config import from_dict, yaml_error
 from vitreg.errors import ConfigError
 from vitreg.stages import EVAL_SCENE_SEED
 from vitreg.train.config import TrainConfig, load_train_config
@@ -44,28 +45,39 @@ def load_grid(path: Path) -> Grid:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+        raise ConfigError(yaml_error(path, err)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a grid file holds a mapping (base, seeds, registers, points)")
-    unknown = sorted(set(data) - GRID_KEYS)
+    unknown = sorted(str(k) for k in set(data) - GRID_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
     if "base" not in data:
         raise ConfigError(f"{path}: 'base' must name the training config the points change")
     if not isinstance(data.get("points"), dict) or not data["points"]:
         raise ConfigError(f"{path}: 'points' must map names to config overrides")
-    grid = Grid(**data)
+    try:
+        grid = from_dict(Grid, data)  # every value checked against its type (seeds: [0, 1], base: a name)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     for name, point in grid.points.items():
         if not isinstance(point, dict):
             raise ConfigError(f"{path}: point {name!r} must be a mapping of config keys to values")
-        grid.config(name)  # a bad key or value fails here, naming it, before any training
+        try:
+            grid.config(name)  # a bad key or value fails here, naming it, before any training
+        except ConfigError as err:
+            raise ConfigError(f"{path}: point {name!r}: {err}") from None
     return grid
+
+
+MAX_NESTING = 8  # data.scene.task is 3 deep; a YAML alias can make a point contain itself
 
 
 def overrides(point: dict[str, Any], prefix: str = "") -> list[str]:
     """A point as ``key=value`` overrides, nested mappings dotted (``data.scene.task=count``)."""
+    if prefix.count(".") >= MAX_NESTING:
+        raise ConfigError(f"{prefix[:60]}...: nested deeper than any config key (a point that contains itself?)")
     out = []
     for k, v in point.items():
         if isinstance(v, dict):
