@@ -17,6 +17,7 @@ from typing import Any
 
 from vitreg.errors import BadImageError, DataFormatError
 
+MAX_COORDINATE = 1e7  # pixels; the largest images anyone annotates are some 10**4 on a side
 _SPLIT = re.compile(r"^(?:instances|image_info)_(?P<split>.+)$")
 
 
@@ -48,10 +49,19 @@ class CocoFile:
         for candidate in tried:
             if candidate.is_dir():
                 return candidate
-        if not self.images or (folder / str(self.images[0]["file_name"])).is_file():
+        if not self.images or _is_file(folder, str(self.images[0]["file_name"])):
             return folder
         names = ", ".join(str(t) for t in tried)
         raise self.fail(f"no image folder found beside it (tried {names} and its own folder); pass --image-root")
+
+
+def _is_file(root: Path, file_name: str) -> bool:
+    """Whether ``file_name`` names a file inside ``root`` (a name that climbs out, or that no file system can hold,
+    is not one)."""
+    try:
+        return image_path(root, file_name).is_file()
+    except (BadImageError, OSError, ValueError):
+        return False
 
 
 def image_path(root: Path, file_name: str) -> Path:
@@ -86,11 +96,11 @@ def read_coco_file(path: str | os.PathLike[str]) -> CocoFile:
 
 def _int(coco: CocoFile, value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise coco.fail(f"{where} must be an integer id, got {value!r}")
+        raise coco.fail(f"{where} must be an integer id, got {_short(value)}")
     try:
         return int(value)
     except ValueError:
-        raise coco.fail(f"{where} must be an integer id, got {value!r}") from None
+        raise coco.fail(f"{where} must be an integer id, got {_short(value)}") from None
 
 
 def _categories(coco: CocoFile, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,7 +127,7 @@ def _images(coco: CocoFile, data: dict[str, Any]) -> list[dict[str, Any]]:
         if missing:
             raise coco.fail(f"images[{i}] lacks {', '.join(repr(k) for k in missing)}")
         if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise coco.fail(f"images[{i}].file_name must be a non-empty string, got {img['file_name']!r}")
+            raise coco.fail(f"images[{i}].file_name must be a non-empty string, got {_short(img['file_name'])}")
         img["id"] = _int(coco, img["id"], f"images[{i}].id")
         images.append(img)
     return images
@@ -125,16 +135,27 @@ def _images(coco: CocoFile, data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _box(coco: CocoFile, bbox: Any, where: str) -> list[float]:
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        raise coco.fail(f"{where} bbox must be [x, y, width, height], got {bbox!r}")
+        raise coco.fail(f"{where} bbox must be [x, y, width, height], got {_short(bbox)}")
     try:
         box = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise coco.fail(f"{where} bbox must hold 4 numbers, got {bbox!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past any float (10**400)
+        raise coco.fail(f"{where} bbox must hold 4 numbers, got {_short(bbox)}") from None
     if not all(math.isfinite(v) for v in box) or any(isinstance(v, bool) for v in bbox):
-        raise coco.fail(f"{where} bbox must hold 4 finite numbers, got {bbox!r}")
+        raise coco.fail(f"{where} bbox must hold 4 finite numbers, got {_short(bbox)}")
     if box[2] < 0 or box[3] < 0:
         raise coco.fail(f"{where} has a negative box size {box[2], box[3]}")
+    if max(abs(v) for v in box) > MAX_COORDINATE:  # float32 boxes downstream would turn it into inf
+        raise coco.fail(f"{where} bbox lies beyond {MAX_COORDINATE:.0e} pixels, got {_short(bbox)}")
     return box
+
+
+def _short(value: Any) -> str:
+    """A value as a message shows it: at most 80 characters (repr of a 5000-digit integer fails outright)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _annotations(coco: CocoFile, data: dict[str, Any], image_ids: set[int]) -> dict[int, list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ some items (used for ``limit``).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from vitreg.data.coco import image_path, read_coco_file
+from vitreg.data.coco import MAX_COORDINATE, image_path, read_coco_file
 from vitreg.data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
 from vitreg.data.loader import BadSample, make_sample
 from vitreg.data.transforms import ImageTransform
@@ -172,10 +173,11 @@ def rle_decode(segmentation: dict[str, Any]) -> np.ndarray:
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
     runs = _rle_string_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
+    # checked before anything is allocated: a hostile RLE may claim 10**12 pixels in a few bytes
+    if h < 0 or w < 0 or any(r < 0 for r in runs) or sum(runs) != h * w:
+        raise ValueError(f"RLE runs cover {sum(runs)} pixels (or are negative), size says {h}x{w}")
     # Runs alternate 0s and 1s, starting with 0s, over the pixels in column-major (Fortran) order.
     flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
-    if flat.size != h * w:
-        raise ValueError(f"RLE covers {flat.size} pixels, size says {h}x{w}")
     return flat.reshape(w, h).T
 
 
@@ -186,6 +188,8 @@ def _rle_string_counts(text: str) -> list[int]:
     while p < len(text):
         x, k, more = 0, 0, True
         while more:
+            if p >= len(text):
+                raise ValueError("RLE string ends inside a number")
             c = ord(text[p]) - 48
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
@@ -250,8 +254,8 @@ class CocoDataset(_Base):
         info = self._items[index]
         path = str(self._file(index))
         image = load_image(path, max_pixels=self.max_pixels)
-        anns = [a for a in self.annotations(index) if float(a["bbox"][2]) > 0 and float(a["bbox"][3]) > 0]
-        xywh = np.asarray([[float(v) for v in a["bbox"]] for a in anns], np.float32).reshape(-1, 4)
+        anns = [a for a in self.annotations(index) if a["bbox"][2] > 0 and a["bbox"][3] > 0]  # checked floats
+        xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # (K, 4) xyxy
         labels = np.asarray([self._cat_index[int(a["category_id"])] for a in anns], np.int64)
         dense = {"mask": self._rasterise(anns, labels, image.size)} if self.masks else None
@@ -265,7 +269,7 @@ class CocoDataset(_Base):
             iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool),
             per_box={
                 "category_ids": torch.as_tensor([int(a["category_id"]) for a in anns], dtype=torch.long),
-                "ann_ids": torch.as_tensor([int(a.get("id", -1)) for a in anns], dtype=torch.long),
+                "ann_ids": torch.as_tensor([_ann_id(a) for a in anns], dtype=torch.long),
             },
             dense=dense,
             extra={"image_id": int(info["id"])},
@@ -276,27 +280,48 @@ class CocoDataset(_Base):
         """int64 (H, W) semantic mask at the image's size: 0 background, label + 1 inside a segmentation."""
         w, h = size
         mask = np.zeros((h, w), np.int64)
-        area = [float(a.get("area") or a["bbox"][2] * a["bbox"][3]) for a in anns]
+        area = [_area(a) for a in anns]
         for k in sorted(range(len(anns)), key=lambda j: -area[j]):
-            seg = anns[k].get("segmentation")
-            footprint: np.ndarray | None = None
             try:
-                if isinstance(seg, list):
-                    canvas = Image.new("L", (w, h), 0)
-                    draw = ImageDraw.Draw(canvas)
-                    for poly in seg:
-                        if isinstance(poly, list) and len(poly) >= 6:
-                            draw.polygon([float(v) for v in poly], fill=1)
-                    footprint = np.asarray(canvas, dtype=bool)
-                elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-                    footprint = rle_decode(seg)
-                    if footprint.shape != (h, w):
-                        footprint = None  # annotated at another size than the file has: unusable
-            except (ValueError, TypeError, KeyError):
+                footprint = _footprint(anns[k].get("segmentation"), w, h)
+            except (ValueError, TypeError, KeyError, OverflowError):
                 footprint = None  # a malformed segmentation only loses its mask, not the image
             if footprint is not None:
                 mask[footprint] = labels[k] + 1
         return mask
+
+
+def _area(ann: dict[str, Any]) -> float:
+    """The annotation's area (what orders the masks), from ``area`` when it is a finite number, else its box."""
+    value = ann.get("area")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value:
+        return float(value)
+    return ann["bbox"][2] * ann["bbox"][3]
+
+
+def _ann_id(ann: dict[str, Any]) -> int:
+    value = ann.get("id", -1)
+    ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return value if ok else -1  # an id that is no 64-bit integer is no id
+
+
+def _footprint(seg: Any, w: int, h: int) -> np.ndarray | None:
+    """bool (h, w) pixels of a COCO segmentation (polygons or RLE), None when it has none or another size."""
+    if isinstance(seg, list):
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        for poly in seg:
+            if isinstance(poly, list) and len(poly) >= 6:
+                xy = [float(v) for v in poly]
+                if all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in xy):
+                    draw.polygon(xy, fill=1)
+        return np.asarray(canvas, dtype=bool)
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        size = seg["size"]
+        if not isinstance(size, list | tuple) or [int(v) for v in size] != [h, w]:
+            return None  # annotated at another size than the file has: unusable (and never decoded)
+        return rle_decode(seg)
+    return None
 
 
 # -- arrays --------------------------------------------------------------------------------------------------------

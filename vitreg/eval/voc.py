@@ -15,16 +15,18 @@ A file that cannot be parsed raises :class:`~vitreg.errors.AnnotationError` (VOC
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.parsers import expat
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitreg.data.coco import image_path, read_coco_file
+from vitreg.data.coco import MAX_COORDINATE, image_path, read_coco_file
 from vitreg.data.images import load_image
 from vitreg.errors import AnnotationError, BadImageError
 
@@ -41,33 +43,77 @@ class BoxRecord:
 # -- VOC -----------------------------------------------------------------------------------------------------------
 
 
+MAX_XML_BYTES = 16 << 20  # a VOC annotation is about 1 KB
+
+
+def _refuse(what: str) -> Any:
+    def handler(*args: Any) -> None:
+        raise _Refused(what)
+
+    return handler
+
+
+class _Refused(Exception):
+    """A construct that VOC annotations never hold and that a hostile file uses (a DTD, an entity)."""
+
+
+def _xml_root(path: Path) -> ET.Element:
+    """The parsed XML of ``path``; no DTD and no entity declarations are accepted, so nothing expands (billion
+    laughs) and nothing outside the file is read (external entities, external DTDs)."""
+    try:
+        if path.stat().st_size > MAX_XML_BYTES:
+            raise AnnotationError(path, f"larger than {MAX_XML_BYTES >> 20} MiB: not a VOC annotation")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AnnotationError(path, "file not found") from None
+    except OSError as exc:
+        raise AnnotationError(path, f"cannot be read ({exc.strerror or exc})") from None
+    # a first pass with expat alone, refusing DTDs and entities before ElementTree builds anything
+    check = expat.ParserCreate()
+    check.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    check.StartDoctypeDeclHandler = _refuse("a DTD (<!DOCTYPE ...>)")
+    check.EntityDeclHandler = _refuse("an entity declaration")
+    check.ExternalEntityRefHandler = _refuse("an external entity")
+    try:
+        check.Parse(data, True)
+        return ET.fromstring(data)
+    except _Refused as exc:
+        raise AnnotationError(path, f"refused: the file holds {exc}, which VOC annotations never do") from None
+    except (expat.ExpatError, ET.ParseError, ValueError, LookupError) as exc:  # LookupError: unknown encoding
+        raise AnnotationError(path, f"malformed XML ({' '.join(str(exc).split())})") from None
+
+
+def _number(text: str | None) -> float:
+    value = float(text)  # type: ignore[arg-type]  # None -> TypeError, caught by the callers
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
+
 def parse_voc_xml(path: str | Path) -> tuple[str, tuple[int, int] | None, np.ndarray, list[str]]:
     """One VOC annotation -> (filename, (W, H) or None, boxes (K, 4) float32 with the 1-based shift, names)."""
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise AnnotationError(path, "file not found") from None
-    except (ET.ParseError, OSError) as exc:
-        raise AnnotationError(path, f"malformed XML ({exc})") from None
+    root = _xml_root(path)
     filename = (root.findtext("filename") or "").strip()
     if not filename:
         raise AnnotationError(path, "no <filename> element")
     size = None
     if root.find("size") is not None:
         try:
-            size = (int(float(root.findtext("size/width"))), int(float(root.findtext("size/height"))))
+            size = (int(_number(root.findtext("size/width"))), int(_number(root.findtext("size/height"))))
         except (TypeError, ValueError):
-            raise AnnotationError(path, "<size> has no numeric width/height") from None
+            raise AnnotationError(path, "<size> has no finite numeric width/height") from None
     boxes, names = [], []
     for i, obj in enumerate(root.iter("object")):
         bb = obj.find("bndbox")
         try:
-            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (_number(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr]
         except (AttributeError, TypeError, ValueError):
-            raise AnnotationError(path, f"object {i} has no numeric <bndbox> xmin/ymin/xmax/ymax") from None
+            raise AnnotationError(path, f"object {i} has no finite numeric <bndbox> xmin/ymin/xmax/ymax") from None
         if xmax < xmin or ymax < ymin:
             raise AnnotationError(path, f"object {i} has an inverted box {xmin, ymin, xmax, ymax}")
+        if max(abs(xmin), abs(ymin), abs(xmax), abs(ymax)) > MAX_COORDINATE:
+            raise AnnotationError(path, f"object {i} lies beyond {MAX_COORDINATE:.0e} pixels")
         boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))  # 1-based inclusive -> 0-based edges
         names.append((obj.findtext("name") or "").strip())
     return filename, size, np.asarray(boxes, np.float32).reshape(-1, 4), names
@@ -85,7 +131,10 @@ def read_voc(
     images = Path(image_root) if image_root else root / "JPEGImages"
     listing = root / "ImageSets" / "Main" / f"{image_set}.txt" if image_set else None
     if listing is not None and listing.is_file():
-        ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+        try:
+            ids = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AnnotationError(listing, f"cannot be read ({exc})") from None
         xmls = [ann_dir / f"{i}.xml" for i in ids]
     else:
         xmls = sorted(ann_dir.glob("*.xml"))
@@ -120,7 +169,7 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> list[Bo
 def _size(im: dict[str, Any]) -> tuple[int, int] | None:
     try:
         return (int(im["width"]), int(im["height"])) if "width" in im and "height" in im else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a size that is no number (or infinity) is no stated size
         return None
 
 
