@@ -40,13 +40,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from vitreg.models.filecheck import check_safetensors_header
+
+        check_safetensors_header(path)  # a header length that lies is refused before the library allocates it
         try:
             raw: Any = load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     else:
+        import io
+        import zipfile
+
         try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            # a legacy (pre-zip) file is unpickled from memory: a corrupt length field then reads at most what the
+            # file holds, where reading from the file object would first allocate the length it claims
+            source: Any = str(path) if zipfile.is_zipfile(path) else io.BytesIO(path.read_bytes())
+            raw = torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             raise CheckpointError(
                 f"{path}: refused: the file holds Python objects other than weights, and vitreg only loads "

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from vitreg import atomic
 from vitreg.errors import CheckpointError, OutputError
 from vitreg.models.checkpoints import save_model
+from vitreg.models.filecheck import check_safetensors_header
 
 STATE_NAME = "train_state.safetensors"
 FORMAT = "vitreg-train-state-1"
@@ -92,14 +93,16 @@ def save_train_state(
 def read_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"no training checkpoint at {path}")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("state", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{path}: unreadable training checkpoint ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a vitreg training checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a vitreg training checkpoint (format {found!r})")
     return tensors, meta
 
 
@@ -108,6 +111,32 @@ def load_train_state(
 ) -> dict[str, Any]:
     """Restore model, optimiser, scheduler and RNG from ``path``; returns the metadata (``step``, ``extra``)."""
     tensors, meta = read_train_state(path)
+    try:
+        meta["step"] = _step(meta["step"])
+        _restore(path, tensors, meta, model, optimizer, scheduler)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        # the right format name over contents that do not fit (damaged, edited or from another vitreg)
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: damaged training checkpoint ({type(err).__name__}: {detail})") from None
+    return meta
+
+
+def _step(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"step must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _restore(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
     sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -133,7 +162,6 @@ def load_train_state(
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     set_rng_state(tensors, meta["rng"])
-    return meta
 
 
 def keep_model(model: torch.nn.Module, directory: Path) -> Path:
