@@ -350,3 +350,39 @@ def test_voc_refuses_every_entity_and_dtd(tmp_path: Path, doc: str):
     with pytest.raises(AnnotationError, match=r"refused: the file holds (a DTD|an entity)") as info:
         parse_voc_xml(path)
     assert str(path) in str(info.value)
+
+
+def _doc(ann: dict | None = None, name: str = "ok.png", **image) -> dict:
+    a = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], **(ann or {})}
+    return {"images": [{"id": 1, "file_name": name, **image}], "annotations": [a], "categories": [{"id": 1}]}
+
+
+@pytest.mark.parametrize(
+    ("doc", "ends"),
+    [
+        (_doc({"bbox": [0, 0, 10**400, 1]}), DataFormatError),  # was an OverflowError traceback
+        (_doc({"area": [1]}), CocoDataset),  # was a TypeError traceback when the image was built
+        (_doc({"id": 10**30}), CocoDataset),  # was a skipped image: the id overflowed int64
+        (_doc({"segmentation": {"size": [10**6, 10**6], "counts": [10**12]}}), CocoDataset),  # was 931 GiB asked
+        (_doc({"segmentation": {"size": [12, 10], "counts": "o"}}), CocoDataset),  # was an IndexError traceback
+        (_doc({"bbox": [1e308, 0, 4, 4]}), DataFormatError),  # inf once in float32
+        (_doc(width=float("inf"), height=3), CocoDataset),  # was an OverflowError traceback in read_coco
+    ],
+    ids=["box-10e400", "area-list", "id-10e30", "rle-931GiB", "rle-cut", "box-1e308", "width-inf"],
+)
+def test_coco_cases_that_were_tracebacks(tree, doc: dict, ends: type):
+    path, root = tree["json"], tree["root"]
+    path.parent.mkdir()
+    path.write_text(json.dumps(doc))
+    seen: Counter = Counter()
+    result = outcome(lambda: _coco_case(path, root), path, seen)
+    assert isinstance(result, ends)
+
+
+def test_long_name_without_image_root_is_a_data_error(tree):
+    """Looking for the image folder beside the file used to stat a 300-character name: OSError traceback."""
+    path = tree["json"]
+    path.parent.mkdir()
+    path.write_text(json.dumps(_doc(name="x" * 300 + ".png")))
+    with pytest.raises(DataFormatError, match="no image folder found"):
+        CocoDataset(path, ImageTransform(16))

@@ -246,3 +246,20 @@ def test_pth_files(tmp_path: Path, capfd):
     assert seen["cases"] >= MIN_CASES
     assert seen["result"] >= 50  # (hypothesis never repeats a case: an untouched file counts once)
     assert seen["CheckpointError"] >= 1000
+
+
+def test_legacy_pth_length_field_allocates_nothing_it_claims(tmp_path: Path):
+    """A legacy (pre-zip) .pth whose string length says 4 GiB: read from memory, it fails on the bytes it has."""
+    from fuzz_support import bounded
+
+    buf = io.BytesIO()
+    torch.save({"a": torch.zeros(4)}, buf, _use_new_zipfile_serialization=False)
+    data = bytearray(buf.getvalue())
+    i = data.index(b"X\x01\x00\x00\x00a")  # BINUNICODE of the key "a"
+    data[i + 1 : i + 5] = struct.pack("<I", 0xFFFFFFF0)
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(bytes(data))
+    with bounded(memory=256 << 20), pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    assert "MemoryError" not in str(info.value)
+    assert str(path) in str(info.value)
