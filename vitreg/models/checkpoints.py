@@ -46,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             raw: Any = load_file(str(path), device="cpu")
         except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+            raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
     else:
         import io
         import zipfile
@@ -63,7 +63,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"Detail: {str(err).splitlines()[0]}"
             ) from err
         except Exception as err:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+            detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"  # torch's messages span lines
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
     sd = _unwrap(raw, path)
     return _strip_prefixes(sd)
 

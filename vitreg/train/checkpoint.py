@@ -99,7 +99,7 @@ def read_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             meta = json.loads((f.metadata() or {}).get("state", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as err:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path}: unreadable training checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({' '.join(str(err).split())[:300]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: not a vitreg training checkpoint (format {found!r})")
