@@ -234,3 +234,45 @@ def test_coco_auto_looks_where_a_user_puts_it_and_says_where(tmp_path, monkeypat
     (elsewhere / "annotations" / "instances_train2017.json").write_text('{"images": []}')
     monkeypatch.setenv("VITREG_COCO_MINI", str(elsewhere))
     assert make_plan(quick=True).coco == str(elsewhere / "annotations" / "instances_train2017.json")
+
+
+def test_a_pretrained_pair_end_to_end_on_random_weights(coco_mini, tmp_path, capsys):
+    """`reproduce --models A,B`: no training; the paper's stages on DINOv2-S/14 architectures without and with
+    registers, LOST on coco-mini; random weights, so the report must say that they reproduce nothing."""
+    ann = coco_mini / "annotations" / "instances_train2017.json"
+    out = tmp_path / "pair"
+    argv = ["reproduce", "--models", "dinov2_vits14,dinov2_vits14_reg", "--random-init", "--coco20k", str(ann)]
+    assert main([*argv, "--quick", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["registers"] == [0, 4]
+    assert results["plan"]["family"] == "DINOv2"
+    assert [s["kind"] for s in results["stages"]] == ["diagnose", "probe", "probe", "lost", "lost", "flops"]
+    assert {c["status"] for c in results["claims"]} == {NOT_TESTED}
+    assert all("random weights reproduce nothing" in c["evidence"] for c in results["claims"])
+    t3 = next(i for i in results["items"] if i["id"] == "table3")
+    assert t3["rows"][0]["quantity"] == "CorLoc, COCO20k"
+    assert t3["rows"][0]["paper"] == CORLOC["rows"]["DINOv2"][0][2]  # published, beside ours
+    lost = json.loads((out / "lost" / "COCO20k" / "reg4" / "lost.json").read_text())
+    assert lost["settings"]["features"] == "k"  # the paper's features for DINOv2
+    assert t3["rows"][0]["ours"]["4"]["values"] == [lost["results"][0]["corloc"]]
+    html = (out / "report.html").read_text()
+    assert "RANDOM WEIGHTS" in html
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+
+
+def test_a_pretrained_pair_is_checked_before_any_work(tmp_path):
+    from vitreg.errors import ConfigError
+    from vitreg.reproduce import make_pair_plan
+
+    with pytest.raises(ConfigError, match="A without registers and B with them"):
+        make_pair_plan(["dinov2_vits14_reg", "dinov2_vits14"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="two models"):
+        make_pair_plan(["dinov2_vits14"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="families"):
+        make_pair_plan(["vit_small_patch16_224", "vit_small_patch16_224_reg4"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="--voc07"):
+        make_pair_plan(["dinov2_vits14", "dinov2_vits14_reg"], {"VOC07": str(tmp_path / "nope")}, random_init=True)
+    from vitreg.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match=r"dinov2_vits14_pretrain\.pth"):
+        make_pair_plan(["dinov2_vits14", "dinov2_vits14_reg"], {})  # no weights on disk: said before any work

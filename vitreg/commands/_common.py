@@ -46,9 +46,12 @@ def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: 
         f"--model{suffix}",
         required=required,
         metavar="SPEC",
-        help="preset (see `vitreg models`), timm:NAME, a DINOv2 name, a weights file, or a run directory",
+        help="a preset (see `vitreg models`), timm:NAME, a DINOv2 name, openclip:ARCH, hf:REPO, a model folder, or a "
+        "weights file with its .json sidecar (the README lists the formats that load)",
     )
-    g.add_argument(f"--weights{suffix}", metavar="PATH", help="weights file (.safetensors, .pth, DINOv2 original)")
+    g.add_argument(
+        f"--weights{suffix}", metavar="PATH", help="weights of the named architecture (.safetensors, weights-only .pth)"
+    )
     g.add_argument(f"--registers{suffix}", type=int, metavar="N", help="number of register tokens (0-16)")
     g.add_argument(
         f"--img-size{suffix}", type=size_arg, metavar="S|HxW", help="input resolution (position embedding resampled)"
@@ -57,6 +60,11 @@ def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: 
         f"--random-init{suffix}",
         action="store_true",
         help="use random weights on purpose (a named model never falls back to random weights silently)",
+    )
+    g.add_argument(
+        f"--download{suffix}",
+        action="store_true",
+        help="fetch a named model's published weights into the Hugging Face / torch hub cache when missing",
     )
 
 
@@ -70,6 +78,7 @@ def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
         registers=get("registers"),
         img_size=get("img_size"),
         random_init=get("random_init"),
+        download=get("download"),
     )
 
 

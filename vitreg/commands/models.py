@@ -7,9 +7,34 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "The model presets with their sizes, and the other names --model takes."
+    p.add_argument(
+        "--available",
+        action="store_true",
+        help="list the named models whose weights are on this machine (Hugging Face cache, torch hub checkpoints)",
+    )
+
+
+def available() -> int:
+    from vitreg.models import hub
+
+    rows = hub.available()
+    if not rows:
+        print(
+            f"no published weights on this machine (looked in {hub.hf_cache_dir()} and {hub.torch_hub_checkpoints()})"
+        )
+        print(
+            "--download fetches a named model's weights there, e.g. vitreg inspect --model dinov2_vits14_reg --download"
+        )
+        return 0
+    width = max(len(name) for name, _ in rows)
+    for name, path in rows:
+        print(f"{name:<{width}}  {path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.available:
+        return available()
     from vitreg.models.presets import DINOV2_ALIASES, describe_presets
 
     rows = describe_presets()
@@ -24,4 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print("\nAdd registers with --registers N (0-16) or a _regN suffix, e.g. vit_small_patch16_224_reg4.")
     print("Any timm ViT: --model timm:NAME (e.g. timm:vit_small_patch14_reg4_dinov2).")
     print(f"DINOv2 names (weights via --weights, original .pth accepted): {', '.join(DINOV2_ALIASES)}")
+    print("Hub repos in a format vitreg reads: --model hf:REPO (e.g. hf:facebook/dinov2-with-registers-small).")
+    print("OpenCLIP towers: --model openclip:ViT-B-16 --weights open_clip_model.safetensors (or an OpenCLIP folder).")
+    print("Weights on this machine: vitreg models --available; --download fetches a named model's weights.")
     return 0

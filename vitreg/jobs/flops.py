@@ -39,13 +39,13 @@ class FlopsConfig:
 
 
 def architecture(model: ModelSpec) -> Any:
-    """The model's ModelConfig: a name resolves without building anything; a run directory or weights file is
-    loaded once (on CPU) for its config. Only the architecture matters: weights never change a FLOP count."""
-    from vitreg.models.presets import model_config
+    """The model's ModelConfig, from its name or its files' config (no weights are read: they never change a FLOP
+    count)."""
+    from vitreg.models.checkpoints import resolve
 
-    if not Path(model.spec).exists():
-        return model_config(model.spec, registers=model.registers, img_size=model.img_size)
-    return model.load().vitreg_config
+    cfg, _ = resolve(model.spec, weights=None, registers=model.registers, img_size=model.img_size, random_init=True,
+                     download=model.download, overrides={})  # fmt: skip
+    return cfg
 
 
 def flops(cfg: FlopsConfig) -> FlopsResult:

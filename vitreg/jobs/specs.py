@@ -42,6 +42,7 @@ class ModelSpec:
     registers: int | None = None
     img_size: int | tuple[int, int] | None = None  # H or (H, W); the position embedding is resampled
     random_init: bool = False  # random weights on purpose (a named model never falls back to them silently)
+    download: bool = False  # fetch a named model's published weights into the ecosystem's cache when missing
 
     @property
     def label(self) -> str:
@@ -68,6 +69,7 @@ class ModelSpec:
             registers=self.registers,
             img_size=self.img_size,
             random_init=self.random_init,
+            download=self.download,
         )
 
     def start(self, runtime: Runtime) -> tuple[torch.nn.Module, torch.device, torch.dtype | None]:
@@ -86,6 +88,7 @@ class ModelSpec:
             registers=self.registers,
             img_size=self.img_size,
             random_init=self.random_init,
+            download=self.download,
         )
         return model.eval().to(device)
 

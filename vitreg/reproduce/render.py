@@ -19,8 +19,9 @@ from vitreg.results.reproduce import Item, ReproduceResults, Stat
 from vitreg.results.rundir import load_run
 
 
-def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
-    """Every figure the results allow into OUT/figures; returns the names drawn."""
+def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None) -> list[str]:
+    """Every figure the results allow into OUT/figures; returns the names drawn. ``diag``: the diagnose run of the
+    compared models (default: the first seed's)."""
     figdir = out / "figures"
     drawn: list[str] = []
 
@@ -29,20 +30,21 @@ def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
             save_figure(fig, figdir / name)
             drawn.append(name)
 
-    diag = diagnose_dir(out, results.seeds[0])
+    diag = diag or diagnose_dir(out, results.seeds[0])
     run = load_run(diag)
     for m, n in zip(run.models, results.registers, strict=True):
         m.label = f"{n} registers"  # "reg0" paths mean little on a figure
     keep("fig3_norm_hist.png", plot_norms.norm_histogram(run, log_x=True))
     keep("fig4a_layers.png", plot_norms.layer_norms(run))
-    keep("fig4b_training.png", _training_figure(results))
+    if any(r.train is not None for rows in results.per_model.values() for r in rows.values()):
+        keep("fig4b_training.png", _training_figure(results))
     keep("fig5a_neighbors.png", plot_norms.neighbors(run))
     keep("fig5b_local.png", _local_figure(results))
     if len(results.registers) > 2:
         keep("fig8_ablation.png", _ablation_figure(results))
     keep("fig12_overhead.png", _overhead_figure(results))
-    for i, n in enumerate(results.registers):
-        src = diag / "figures" / f"examples_s{i}.png"
+    for m, n in zip(run.models, results.registers, strict=True):
+        src = diag / "figures" / f"examples_{m.key}.png"
         if n in results.compared and src.is_file():
             figdir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, figdir / f"maps_reg{n}.png")
@@ -62,7 +64,7 @@ def _training_figure(results: ReproduceResults) -> Figure:
     colors = _colors()
     for i, n in enumerate(results.compared):
         for s, row in results.per_model[str(n)].items():
-            tr = row.train.tracking
+            tr = row.train.tracking if row.train else []
             steps = [t.step for t in tr]
             c = colors[i % len(colors)]
             lab = f"{n} reg" if s == str(results.seeds[0]) else None
@@ -201,9 +203,13 @@ def summary_lines(results: ReproduceResults) -> list[str]:
     time_line = (
         f"Time: this run {(timing.this_run_seconds if timing else 0) / 60:.1f} min with {cached} of "
         f"{len(results.stages)} stages from the cache; the last run that computed stages took "
-        f"{last.get('wall_seconds', 0) / 60:.1f} min for {last.get('stages_run', 0)} stages. Training took "
-        f"{min(train, default=0) / 60:.1f}-{max(train, default=0) / 60:.1f} min per model (side by side when run with "
-        "--jobs 2)."
+        f"{last.get('wall_seconds', 0) / 60:.1f} min for {last.get('stages_run', 0)} stages."
+    )
+    if "config" not in plan:  # a pretrained pair: its notes say what was measured
+        return [*results.notes, time_line, "Paper values are the published ones for the same family."]
+    time_line += (
+        f" Training took {min(train, default=0) / 60:.1f}-{max(train, default=0) / 60:.1f} min per model (side by "
+        "side when run with --jobs 2)."
     )
     setting = "quick (tiny models, few steps: the numbers mean nothing)" if plan.get("quick") else "default"
     return [

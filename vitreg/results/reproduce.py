@@ -35,7 +35,7 @@ class CorlocSummary:
 class ModelRow:
     """One trained model's numbers (one seed, one register count), read from its stages."""
 
-    train: TrainingSummary
+    train: TrainingSummary | None = None  # None for a pretrained model (nothing was trained)
     # diagnose (output patch tokens)
     outlier_ratio: float
     norm_ratio: float | None = None
@@ -75,6 +75,7 @@ class ModelRow:
     # LOST
     corloc_synthetic: CorlocSummary | None = None
     corloc_coco: CorlocSummary | None = None
+    corloc: dict[str, CorlocSummary] = field(default_factory=dict)  # pretrained pairs: VOC07, VOC12, COCO20k
 
 
 @dataclass(kw_only=True)
