@@ -165,3 +165,14 @@ def test_an_open_clip_hub_repo(server, tmp_path):
     assert ours.vitreg_config.pre_norm
     assert not ours.vitreg_config.no_embed_class
     assert torch.equal(ours.state_dict()["cls_token"].flatten(), theirs.state_dict()["visual.class_embedding"])
+
+
+def test_the_hub_without_a_route_fails_without_retrying(server, monkeypatch):
+    """huggingface_hub retries a refused connection five times with back-off (about 20 s); vitreg asks once."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError, match="Connection refused"):
+        load_model("hf:org/anything", download=True)
+    with pytest.raises(WeightsNotFoundError, match=r"model\.safetensors: cannot download"):
+        load_model("timm:vit_small_patch14_reg4_dinov2", download=True)
+    assert time.monotonic() - start < 10

@@ -32,7 +32,6 @@ DEIT3_FILES = {
     "deit3_huge_patch14_224": "deit_3_huge_224_1k.pth",
 }
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
-HF_FOLDER_FILES = ("config.json", "preprocessor_config.json", "open_clip_config.json")
 
 
 @dataclass(frozen=True)
@@ -110,37 +109,41 @@ def fetch(source: Source) -> Path:
     return _download_hf(source)
 
 
+class NotOnHub(WeightsNotFoundError):
+    """The Hub answered: this repo has no such file (a folder format may keep its config under another name)."""
+
+
 def _download_hf(source: Source) -> Path:
+    """``huggingface_hub``'s download into its cache; it checks the size against the Hub's, and the blob it stores
+    is named by the file's etag, which for large (LFS) files is its sha256: checked here."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError
 
     assert source.repo is not None
     endpoint = os.environ.get("HF_ENDPOINT")  # read here (huggingface_hub reads it once at import)
     try:
-        meta = get_hf_file_metadata(hf_hub_url(source.repo, source.filename, endpoint=endpoint), timeout=timeout())
-        path = Path(
-            hf_hub_download(
-                source.repo, source.filename, cache_dir=hf_cache_dir(), etag_timeout=timeout(), endpoint=endpoint
-            )
-        )
+        # one request without retries first: no route or no answer fails within the timeout (the download itself
+        # retries five times with back-off, which would take a minute to give up on an unreachable host)
+        get_hf_file_metadata(hf_hub_url(source.repo, source.filename, endpoint=endpoint), timeout=timeout())
+        path = Path(hf_hub_download(source.repo, source.filename, cache_dir=hf_cache_dir(), etag_timeout=timeout(),
+                                    endpoint=endpoint))  # fmt: skip
     except EntryNotFoundError:
-        raise WeightsNotFoundError(f"{source.filename}: {source.repo} on the Hub has no such file") from None
+        raise NotOnHub(f"{source.filename}: {source.repo} on the Hub has no such file") from None
     except Exception as err:
         if not _transfer_error(err):
             raise
+        if getattr(getattr(err, "response", None), "status_code", None) == 404:
+            raise NotOnHub(f"{source.filename}: {source.repo} on the Hub has no such file") from None
         _drop_incomplete(source.repo)
         raise WeightsNotFoundError(
             f"{source.filename}: cannot download it from {source.repo} ({_reason(err)}); put it in {source.where}"
         ) from None
-    if meta.size is not None and path.stat().st_size != meta.size:
+    etag = path.resolve().name
+    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) and _sha256(path) != etag:
+        blob = path.resolve()
         path.unlink(missing_ok=True)
-        raise WeightsNotFoundError(
-            f"{source.filename}: downloaded {path.stat().st_size} bytes, the Hub says {meta.size}"
-        )
-    etag = (meta.etag or "").strip('"')
-    if len(etag) == 64 and _sha256(path) != etag:  # large (LFS) files: the etag is the file's sha256
-        path.unlink(missing_ok=True)
-        raise WeightsNotFoundError(f"{source.filename}: its sha256 does not match the Hub's ({etag[:12]}...)")
+        blob.unlink(missing_ok=True)
+        raise WeightsNotFoundError(f"{source.filename}: its sha256 does not match the Hub's ({etag[:12]}...); removed")
     return path
 
 
@@ -201,30 +204,28 @@ def _sha256(path: Path) -> str:
 
 def hf_folder(repo: str, download: bool) -> Path:
     """The local snapshot folder of Hub repo ``repo`` with its config and weights (fetched when ``download``)."""
-    files = [*HF_FOLDER_FILES, *HF_FILES, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    found = {name: cached(Source(name, repo=repo)) for name in files}
-    if not any(found[n] for n in ("config.json", "open_clip_config.json")) and download:
-        for name in ("config.json", "open_clip_config.json"):
-            with contextlib.suppress(WeightsNotFoundError):
-                found[name] = fetch(Source(name, repo=repo))
+    configs = ("config.json", "open_clip_config.json")
+    config = next((p for n in configs if (p := cached(Source(n, repo=repo))) is not None), None)
+    if config is None and download:
+        for name in configs:  # a transformers or timm repo has config.json, an OpenCLIP one the other
+            try:
+                config = fetch(Source(name, repo=repo))
                 break
-    config = next((p for n in ("config.json", "open_clip_config.json") if (p := found[n])), None)
+            except NotOnHub:
+                continue
     if config is None:
         raise WeightsNotFoundError(
             f"hf:{repo}: its config.json is not in {hf_cache_dir()}; pass --download to fetch it, or "
             f"`huggingface-cli download {repo}`"
         )
-    weights = (
-        ("open_clip_model.safetensors", "open_clip_pytorch_model.bin") if config.name.startswith("open") else HF_FILES
-    )
-    if not any(found[n] for n in weights):
+    openclip = config.name == "open_clip_config.json"
+    weights = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin") if openclip else HF_FILES
+    if not any(cached(Source(n, repo=repo)) for n in weights):
         if not download:
-            raise WeightsNotFoundError(
-                f"hf:{repo}: {weights[0]} is not in {hf_cache_dir()}; pass --download to fetch it"
-            )
+            raise WeightsNotFoundError(f"hf:{repo}: {weights[0]} is not in {hf_cache_dir()}; pass --download")
         fetch(Source(weights[0], repo=repo))
-    if download and config.name == "config.json" and not found["preprocessor_config.json"]:
-        with contextlib.suppress(WeightsNotFoundError):
+    if download and not openclip and cached(Source("preprocessor_config.json", repo=repo)) is None:
+        with contextlib.suppress(NotOnHub):
             fetch(Source("preprocessor_config.json", repo=repo))
     return config.parent
 
