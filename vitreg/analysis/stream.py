@@ -137,6 +137,8 @@ class NormStream:
     def _keep_examples(self, indices, out, attention, normed_patches, images, denormalize, mask) -> None:
         """Keep the K lowest dataset indices seen: deterministic, so any sharding over ranks keeps the same set."""
         for j, index in enumerate(indices):
+            if self.examples_k == 0:
+                return  # --examples 0: no pictures
             if len(self.examples) >= self.examples_k and index >= self.examples[-1].index:
                 continue
             self.examples.append(

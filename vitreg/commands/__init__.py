@@ -9,6 +9,7 @@ COMMANDS: dict[str, str] = {
     "report": "re-render DIR/figures and DIR/report.html from a run directory's saved results",
     "train": "train ViTs with 0-16 registers, tracking token norms; resumable; torchrun for several processes",
     "probe": "position/pixel/global token probes and linear classification/dense probes",
+    "fix": "test-time registers: find the register neurons and move the artifacts out of the patches, no retraining",
     "lost": "unsupervised object discovery with LOST, scored with CorLoc",
     "flops": "FLOP and parameter overhead of registers, per resolution",
     "reproduce": "the paper's tables and figures on the embedded default (train, diagnose, probe, LOST, FLOPs, report)",

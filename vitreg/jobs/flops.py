@@ -45,6 +45,11 @@ def architecture(model: ModelSpec) -> Any:
 
     cfg, _ = resolve(model.spec, weights=None, registers=model.registers, img_size=model.img_size, random_init=True,
                      download=model.download, overrides={})  # fmt: skip
+    if model.test_time_registers:  # the extra tokens are counted like registers (their hooks are a few gathers)
+        from vitreg.results.fix import read_neurons
+
+        neurons = read_neurons(model.test_time_registers)
+        cfg.test_time_registers, cfg.register_neurons = neurons.registers, [tuple(n) for n in neurons.selected]
     return cfg
 
 
@@ -60,7 +65,13 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
         arch = architecture(spec)
         rows = flops_table(arch, counts, resolutions)
         models.append(
-            dict(model=spec.spec, width=arch.embed_dim, depth=arch.depth, patch_size=arch.patch_size, rows=rows)
+            dict(
+                model=spec.label if spec.test_time_registers else spec.spec,
+                width=arch.embed_dim,
+                depth=arch.depth,
+                patch_size=arch.patch_size,
+                rows=rows,
+            )
         )
     result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
     write_result(Path(cfg.out), result)

@@ -56,6 +56,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
     act: str = "gelu"  # "gelu" | "quick_gelu"
     source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
+    # Test-time registers (vitreg.models.ttr): extra untrained tokens after the registers, fed by these MLP units
+    test_time_registers: int = 0
+    register_neurons: list[tuple[int, int]] = field(default_factory=list)  # (block, hidden unit) pairs
 
     @property
     def is_timm(self) -> bool:
@@ -83,6 +86,9 @@ class ModelConfig:
         bad = [k for k, v in sizes.items() if v < 1]
         if bad or min(self.img_size) < 1 or not 0 <= self.registers <= MAX_REGISTERS:
             raise ConfigError(f"model config: {bad[0] if bad else 'img_size or registers'} out of range")
+        ttr = self.test_time_registers
+        if not 0 <= ttr <= MAX_REGISTERS or (self.register_neurons and not ttr):
+            raise ConfigError("model config: register_neurons need test_time_registers between 1 and 16")
         if not self.is_timm and self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"model config: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
@@ -267,6 +273,10 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
         "interpolation": "bicubic",
     }
     model.vitreg_config = cfg
+    if cfg.test_time_registers:
+        from vitreg.models.ttr import attach
+
+        attach(model, cfg.register_neurons, cfg.test_time_registers)
     return typing.cast(VisionTransformer, model)
 
 
