@@ -90,6 +90,67 @@ def test_second_reproduce_run_only_rerenders(quick_run, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
 
 
+def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_run, tmp_path, monkeypatch):
+    from vitreg.config import to_dict
+    from vitreg.errors import CheckpointError
+    from vitreg.models import load_model, zoo
+    from vitreg.reproduce.pipeline import build_stages
+    from vitreg.train.zoo import add_to_zoo
+
+    out, _ = quick_run
+    root = tmp_path / "zoo"
+    for n in (0, 4):
+        add_to_zoo(out / "train" / "seed0" / f"reg{n}", f"quick-reg{n}", "vitreg reproduce --quick", root=root)
+    monkeypatch.setattr(zoo, "ZOO_ROOT", root)
+    prov = zoo.get("quick-reg4").provenance
+    plan = make_plan(quick=True, coco=None)
+    assert prov["train_digest"] == zoo.train_digest(to_dict(plan.train_config(0, 4)))
+    assert prov["steps"] == 40
+    assert prov["sha256"] == zoo.sha256_file(root / "quick-reg4" / "model.safetensors")
+    assert abs(prov["top1"] - prov["top1_fp16"]) <= 0.05  # the fp16 copy predicts like the fp32 model
+
+    run = tmp_path / "run"
+    assert main(["reproduce", "--quick", "--coco", "none", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    kinds = [s["kind"] for s in results["stages"]]
+    assert kinds.count("zoo") == 2
+    assert "train" not in kinds
+    assert not (run / "train").exists()
+    assert [(m["registers"], m["source"], m["zoo"]) for m in results["models"]] == [
+        (0, "zoo", "quick-reg0"),
+        (4, "zoo", "quick-reg4"),
+    ]
+    report = (run / "report.md").read_text()
+    assert "zoo:quick-reg0 (trained once from this config by `vitreg reproduce --quick`" in report
+    # the diagnosis of the fp16 copies matches the fp32 originals' (same images, weights rounded to fp16)
+    a = json.loads((out / "diagnose" / "seed0" / "metrics.json").read_text())["models"]
+    b = json.loads((run / "diagnose" / "seed0" / "metrics.json").read_text())["models"]
+    for ma, mb in zip(a, b, strict=True):
+        assert mb["output"]["mean_norm_normal"] == pytest.approx(ma["output"]["mean_norm_normal"], rel=0.01)
+
+    # --retrain ignores the zoo; a changed weights file is refused on load, naming the entry
+    assert all(s.kind == "train" for s in build_stages(make_plan(quick=True, coco=None, retrain=True), run)[:2])
+    weights = root / "quick-reg0" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"zoo:quick-reg0: .* sha256"):
+        load_model("zoo:quick-reg0")
+
+
+def test_the_packaged_zoo_serves_the_default_demo_and_fits_its_budget():
+    from vitreg.models import zoo
+
+    assert zoo.zoo_bytes() <= zoo.MAX_ZOO_BYTES
+    plan = make_plan(coco=None)
+    found = [plan.zoo_entry(seed, n) for seed in plan.seeds for n in plan.registers]
+    assert all(found), f"the default plan's models are not all in the zoo ({found}): retrain them and add them"
+    for name in found:
+        entry = zoo.get(name)
+        assert entry.verify() == entry.weights
+        assert entry.provenance["weights_dtype"] == "float16"
+
+
 @dataclass
 class _Settings:
     value: str

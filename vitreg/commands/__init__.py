@@ -3,7 +3,8 @@ so that listing them imports nothing. A command module imports only light module
 into a job config and calls the library (vitreg.jobs), which imports torch when it runs."""
 
 COMMANDS: dict[str, str] = {
-    "models": "list model presets with their sizes",
+    "models": "list model presets with their sizes, and the model zoo",
+    "zoo": "check the model zoo's files, or add a finished training run to it",
     "inspect": "norm summary of a model's tokens over images, layer by layer",
     "diagnose": "find, measure and show high-norm artifact tokens of a model over images",
     "report": "re-render DIR/figures and DIR/report.html from a run directory's saved results",

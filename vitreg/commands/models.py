@@ -1,4 +1,4 @@
-"""`vitreg models`: the presets with their sizes."""
+"""`vitreg models`: the presets with their sizes, the other names --model takes, and the model zoo."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def available() -> int:
     return 0
 
 
+def print_zoo() -> None:
+    from vitreg.models import zoo
+
+    found = zoo.entries()
+    if not found:
+        print("\nThe model zoo is empty.")
+        return
+    print("\nModel zoo (--model zoo:NAME; fp16 weights, sha256 checked on load; provenance.json in vitreg/zoo/NAME):")
+    for e in found:
+        p = e.provenance
+        cpu = p.get("cpu") or {}
+        bf16 = "native bf16" if cpu.get("native_bf16") else "no native bf16"
+        print(
+            f"  zoo:{e.name:<22} {p.get('registers')} registers, {p.get('steps')} steps, held-out top-1 "
+            f"{p.get('top1')} (fp16 {p.get('top1_fp16')}), {p.get('update_minutes')} min of updates on "
+            f"{cpu.get('model', '?')} ({bf16}), commit {str(p.get('commit'))[:10]}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.available:
         return available()
@@ -52,4 +71,5 @@ def run(args: argparse.Namespace) -> int:
     print("Hub repos in a format vitreg reads: --model hf:REPO (e.g. hf:facebook/dinov2-with-registers-small).")
     print("OpenCLIP towers: --model openclip:ViT-B-16 --weights open_clip_model.safetensors (or an OpenCLIP folder).")
     print("Weights on this machine: vitreg models --available; --download fetches a named model's weights.")
+    print_zoo()
     return 0

@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation", action="store_true", help="train 0, 1, 2, 4, 8 and 16 registers (Fig. 8)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds per register count (mean ± std)")
     p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train every model from scratch even where the model zoo holds one trained from the same config",
+    )
+    p.add_argument(
         "--coco",
         default="auto",
         metavar="JSON",
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=jobs,
         config=args.config,
         overrides=args.overrides,
+        retrain=args.retrain,
     )
     out = args.out or Path("runs/reproduce") / ("quick" if args.quick else "default")
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from vitreg import atomic
 from vitreg.errors import CheckpointError, WeightsNotFoundError
-from vitreg.models import hub
+from vitreg.models import hub, zoo
 from vitreg.models.convert import to_model_layout
 from vitreg.models.formats import (
     ACCEPTED,
@@ -196,6 +196,9 @@ def resolve(
     reading anything large: what :func:`load_model` would load, or the error it would raise."""
     text = str(spec)
     path = Path(text)
+    if text.startswith(zoo.ZOO_PREFIX):  # a zoo entry: its weights are checked against their sha256 first
+        entry = zoo.get(text)
+        return read_sidecar(entry.directory / CONFIG_NAME), entry.verify()
     if text.startswith(HF_PREFIX):
         path = hub.hf_folder(text[len(HF_PREFIX) :], download)
     if path.is_dir():
@@ -233,6 +236,7 @@ def load_model(
 
     - folders and files: the formats of :mod:`vitreg.models.formats` (vitreg's run directory, transformers DINOv2,
       OpenCLIP, timm), each loaded weights-only;
+    - ``zoo:NAME``: an entry of the package's model zoo (:mod:`vitreg.models.zoo`), its sha256 checked;
     - names: a preset, ``timm:NAME``, a DINOv2 name, ``openclip:ARCH``, or ``hf:REPO`` (a Hub repo in one of the
       folder formats), with ``weights=FILE`` (any layout :mod:`vitreg.models.convert` knows) or the published weights
       found in the ecosystem's caches (:mod:`vitreg.models.hub`), downloaded first with ``download=True``;
@@ -240,7 +244,8 @@ def load_model(
     """
     cfg, file = resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size,
                         random_init=random_init, download=download, overrides=overrides)  # fmt: skip
-    named = not Path(str(path_or_spec)).exists() and not str(path_or_spec).startswith(HF_PREFIX)
+    text = str(path_or_spec)
+    named = not Path(text).exists() and not text.startswith((HF_PREFIX, zoo.ZOO_PREFIX))
     if not named:
         if registers is not None and registers != cfg.registers:
             raise CheckpointError(f"{file} was trained with {cfg.registers} registers; cannot load it with {registers}")

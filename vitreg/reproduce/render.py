@@ -194,6 +194,21 @@ def _overrides_text(overrides: list[str]) -> str:
     return " + " + ", ".join(shown) if shown else ""
 
 
+def models_line(results: ReproduceResults) -> str:
+    """Which models the run used and where they came from."""
+    parts = []
+    for m in results.models:
+        who = f"{m.registers} registers, seed {m.seed}"
+        if m.source == "zoo":
+            parts.append(
+                f"{who}: zoo:{m.zoo} (trained once from this config by `{m.command}` at commit {str(m.commit)[:10]}, "
+                f"{m.update_minutes} min of updates on {m.cpu}; `vitreg reproduce --retrain` trains it again)"
+            )
+        else:
+            parts.append(f"{who}: trained in this run ({m.directory})")
+    return "Models: " + "; ".join(parts) + "." if parts else "Models: none listed."
+
+
 def summary_lines(results: ReproduceResults) -> list[str]:
     plan = results.plan
     train = [s.seconds or 0 for s in results.stages if s.kind == "train"]
@@ -207,13 +222,15 @@ def summary_lines(results: ReproduceResults) -> list[str]:
     )
     if "config" not in plan:  # a pretrained pair: its notes say what was measured
         return [*results.notes, time_line, "Paper values are the published ones for the same family."]
-    time_line += (
-        f" Training took {min(train, default=0) / 60:.1f}-{max(train, default=0) / 60:.1f} min per model (side by "
-        "side when run with --jobs 2)."
-    )
+    if train:
+        time_line += (
+            f" Training took {min(train) / 60:.1f}-{max(train) / 60:.1f} min per model (side by side when run with "
+            "--jobs 2)."
+        )
     setting = "quick (tiny models, few steps: the numbers mean nothing)" if plan.get("quick") else "default"
     return [
         f"Setting: {setting}; training config `{plan['config']}`{_overrides_text(plan.get('overrides') or [])}.",
+        models_line(results),
         f"Registers {', '.join(map(str, results.registers))}; seeds {', '.join(map(str, results.seeds))}; "
         "values are mean ± std over seeds where more than one seed ran.",
         time_line,
