@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-lab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check vitreg tests bench
 	$(BIN)/ruff format --check vitreg tests bench
 	$(BIN)/mypy
+
+# The GPU lab (docs/artifact-lab.md): 0 and 4 registers side by side on one GPU, diagnosed, fp16 weights exported.
+gpu-lab: $(STAMP)
+	$(BIN)/vitreg lab docs/lab/gpu.yaml --jobs 2 --out runs/gpu-lab --export runs/gpu-lab/export
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

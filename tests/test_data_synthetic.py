@@ -111,6 +111,21 @@ def test_backgrounds_are_smooth(background):
     assert bg.mean() > 0.8
 
 
+@pytest.mark.parametrize("background", ["texture", "photo"])
+def test_textured_backgrounds_are_busy_and_deterministic(background):
+    # The opposite of the smooth ones: neighbouring background pixels differ a lot, the same index renders the same
+    # image, and objects still sit on top (their pixels are the instance masks' colours).
+    cfg = SceneConfig(img_size=64, background=background, max_objects=1, max_size=0.3)
+    s, again, other = render_scene(cfg, 0), render_scene(cfg, 0), render_scene(cfg, 1)
+    assert np.array_equal(s.image, again.image)
+    assert not np.array_equal(s.image, other.image)
+    img = s.image.astype(int)
+    bg = s.instances == 0
+    both = bg[:, 1:] & bg[:, :-1]
+    assert np.abs(img[:, 1:] - img[:, :-1])[both].mean() > 4
+    assert bg.mean() > 0.5
+
+
 @pytest.mark.parametrize("task", ["shape", "color", "count"])
 def test_labels_within_num_classes_and_all_classes_appear(task):
     cfg = SceneConfig(task=task, img_size=32, min_objects=1, max_objects=4)
@@ -159,7 +174,7 @@ def test_config_validation_and_options():
     with pytest.raises(ValueError, match="shapes"):
         SceneConfig(shapes=("blob",))
     with pytest.raises(ValueError, match="background"):
-        SceneConfig(background="photo")
+        SceneConfig(background="marble")
     cfg = parse_scene_options("task=count,img_size=48x64,shapes=circle+bar,min_size=0.2,seed=7")
     assert cfg.task == "count"
     assert cfg.hw == (48, 64)

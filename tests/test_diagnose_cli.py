@@ -237,3 +237,24 @@ def test_every_kept_example_is_drawn(tmp_path: Path):
     rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
     assert len(rows) == 8
     assert main(["diagnose", *TINY, "--examples", "17", "--out", str(tmp_path / "x")]) == 2  # more is refused
+
+
+def test_diagnose_lost_and_probe_on_a_dinov3_architecture(tmp_path: Path):
+    """A DINOv3 model (timm's Eva: RoPE, 4 storage tokens) through the three commands, end to end."""
+    model = ["--model", "timm:vit_small_patch16_dinov3", "--random-init", "--img-size", "64", "--threads", "1"]
+    assert main(["diagnose", *model, "--limit", "8", "--examples", "2", "--out", str(tmp_path / "d")]) == 0
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())["models"][0]
+    assert m["registers"] == 4
+    assert m["grid"] == [4, 4]
+    assert m["depth"] == 12
+    assert m["register_analysis"]["query_names"] == ["cls", "reg0", "reg1", "reg2", "reg3"]
+    assert (tmp_path / "d" / "report.html").is_file()
+    assert main(["lost", *model, "--limit", "4", "--out", str(tmp_path / "l")]) == 0
+    lost = json.loads((tmp_path / "l" / "lost.json").read_text())
+    assert lost["registers"] == 4
+    assert lost["images"] == 4
+    probe = ["--limit", "12", "--epochs", "2", "--seeds", "1", "--out", str(tmp_path / "p")]
+    assert main(["probe", *model, *probe]) == 0
+    p = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert p["registers"] == 4
+    assert p["local"]["grid"] == [4, 4]

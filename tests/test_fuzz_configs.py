@@ -19,7 +19,7 @@ from vitreg.config import load_config
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.lab.grid import Grid, load_grid
 from vitreg.models import create_model, load_model, save_model
-from vitreg.models.checkpoints import _read_config
+from vitreg.models.formats import read_sidecar
 from vitreg.models.presets import ModelConfig, model_config
 from vitreg.models.sidecar import MAX_PARAMETERS
 from vitreg.train.config import DataConfig, TrainConfig
@@ -109,7 +109,7 @@ def test_model_sidecars(tmp_path: Path, monkeypatch):
     @given(sidecar_bytes())
     def case(data: bytes):
         path.write_bytes(data)
-        result = outcome(lambda: _read_config(path), path, seen)
+        result = outcome(lambda: read_sidecar(path), path, seen)
         if isinstance(result, ModelConfig):
             _check_model_config(result)
         else:

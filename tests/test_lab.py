@@ -62,3 +62,41 @@ def test_distinct_task_counts_distinct_colours():
     for i in range(40):
         s = render_scene(cfg, i)
         assert s.label == len(set(np.asarray(s.colors).tolist())) - 1
+
+
+GPU_TINY = """
+base: gpu_lab
+seeds: [0]
+registers: [0, 1]
+diagnose_limit: 8
+points:
+  tiny: {model: vit_pico_patch4_32, img_size: 32, steps: 3, batch_size: 8, warmup_steps: 1, compile: false,
+         precision: fp32, data: {train_size: 1000, eval_size: 16, scene: {max_objects: 4}}, track_every: 3,
+         track_batch: 8, eval_every: 3, checkpoint_every: 3, log_every: 1}
+"""
+
+
+def test_the_gpu_lab_path_runs_on_a_cpu_in_a_tiny_setting(tmp_path, capsys, one_thread):
+    """The gpu_lab preset's path (device scenes, sink statistics, fp16 export) end to end, on the CPU: the GPU
+    itself is not tested here."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GPU_TINY)
+    out, export = tmp_path / "lab", tmp_path / "export"
+    assert main(["lab", str(grid), "--out", str(out), "--export", str(export)]) == 0
+    start = json.loads((out / "tiny" / "seed0" / "reg1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["data"].startswith("device scenes task=count")
+    rows = json.loads((out / "lab.json").read_text())["rows"]
+    assert [r["registers"] for r in rows] == [0, 1]
+    assert all(r["sink_heads"] is not None and 0 <= r["sink_top_mass"] <= 1 for r in rows)
+    diag = json.loads((out / "tiny" / "seed0" / "diagnose" / "metrics.json").read_text())
+    assert diag["config"]["images"]["src"] == "device-scenes"
+    assert len(diag["models"][0]["sinks"]) == 2  # one entry per block
+    assert "sink heads (block)" in (out / "lab.md").read_text()
+    for n in (0, 1):
+        entry = export / f"tiny-seed0-reg{n}"
+        prov = json.loads((entry / "provenance.json").read_text())
+        assert prov["weights_dtype"] == "float16"
+        assert prov["steps"] == 3
+        assert prov["registers"] == n
+        assert prov["command"].startswith("vitreg lab")
+        assert set(prov["cpu"]) >= {"model", "flags", "native_bf16"}

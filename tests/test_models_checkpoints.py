@@ -87,7 +87,9 @@ def test_dinov2_original_checkpoint_converts_exactly(tmp_path, regs, swiglu, chu
     sd = _dinov2_state_dict(regs, swiglu, chunks)
     path = tmp_path / "dinov2_test_pretrain.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}} if chunks else sd, path)
-    model = load_model(path).eval()
+    arch = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, img_size=GRID * PATCH, init_values=1.0)
+    arch |= dict(mlp="swiglu", mlp_ratio=8.0) if swiglu else {}
+    model = load_model("vit_small_patch14_224", weights=path, registers=regs, **arch).eval()
     assert model.num_reg_tokens == regs
     assert len(model.blocks) == DEPTH
     x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
@@ -135,12 +137,27 @@ def test_plain_files_and_wrappers(tmp_path):
     with torch.no_grad():
         want = m.forward_features(x)
         for name in ("w.safetensors", "timm_ckpt.pth", "ddp.pth"):
-            got = load_model(tmp_path / name, num_heads=2).eval().forward_features(x)
-            assert torch.allclose(got, want, atol=1e-6), name
-        got = load_model("vit_pico_patch4_32", weights=tmp_path / "w.safetensors", registers=1).eval()
-        assert torch.allclose(got.forward_features(x), want, atol=1e-6)
+            got = load_model("vit_pico_patch4_32", weights=tmp_path / name, registers=1).eval()
+            assert torch.allclose(got.forward_features(x), want, atol=1e-6), name
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model("vit_pico_patch4_32", weights=tmp_path / "w.safetensors", registers=2)
+
+
+def test_a_bare_weights_file_is_never_guessed(tmp_path):
+    """pico has 2 heads; its weights alone do not say so (they used to load with dim // 64 = 1 head, silently)."""
+    m = create_model("vit_pico_patch4_32", registers=1)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path / "w.safetensors")
+    text = str(err.value)
+    assert "width 64, 2 blocks, patch 4; the number of heads is not in it" in text
+    assert "--model ARCH --weights" in text
+    assert "vit_pico_patch4_32" in text
+    # with its sidecar (what save_model writes), the same file loads alone
+    save_model(m, tmp_path / "run")
+    (tmp_path / "run" / "model.safetensors").rename(tmp_path / "pico.safetensors")
+    (tmp_path / "run" / "model.json").rename(tmp_path / "pico.json")
+    assert load_model(tmp_path / "pico.safetensors").blocks[0].attn.num_heads == 2
 
 
 class _Evil:
@@ -156,7 +173,7 @@ def test_pickle_with_arbitrary_object_is_refused(tmp_path):
     os.chdir(tmp_path)
     try:
         with pytest.raises(CheckpointError, match="refused"):
-            load_model(path)
+            load_model(path)  # read (to say what it holds) before the missing sidecar is reported
         with pytest.raises(CheckpointError, match="refused"):
             load_model("vit_pico_patch4_32", weights=path)
     finally:
@@ -190,11 +207,8 @@ def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
     assert time.monotonic() - start < 30  # interpreter + torch import; the lookup itself never waits on a network
 
 
-def test_attention_pooling_model_round_trips_and_is_inferred(tmp_path):
-    from vitreg.models.checkpoints import infer_config
-
+def test_attention_pooling_model_round_trips(tmp_path):
     m = create_model("vit_pico_patch4_32", registers=2, class_token=False, global_pool="map", num_classes=3).eval()
     save_model(m, tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(load_model(tmp_path).eval()(x), m(x))
-    assert infer_config(m.state_dict()).global_pool == "map"

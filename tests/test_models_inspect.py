@@ -92,3 +92,40 @@ def test_capture_of_nothing_is_an_error():
         Inspector(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="out of range"):
         Inspector(m).run(torch.randn(1, 3, 32, 32), layers=[5])
+
+
+def _eager_attention(model: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every block's attention probabilities as the model itself computes them without SDPA (B, heads, N, N)."""
+    got, hooks = {}, []
+    for i, block in enumerate(model.blocks):
+        block.attn.fused_attn = False
+        hooks.append(block.attn.attn_drop.register_forward_hook(lambda m, a, out, i=i: got.__setitem__(i, out)))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    return got
+
+
+def test_dinov3_eva_layout_and_attention_after_rope():
+    """timm's Eva (DINOv3): [CLS], 4 storage tokens (counted as registers) and patches; attention recomputed from the
+    captured q/k with the block's own RoPE equals the model's eager attention."""
+    m = create_model("timm:vit_small_patch16_dinov3", img_size=64, depth=2, embed_dim=64, num_heads=2).eval()
+    x = torch.randn(2, 3, 64, 80)  # non-square: a 4 x 5 grid
+    layout = token_layout(m, (64, 80))
+    assert (layout.has_cls, layout.num_registers, layout.grid) == (True, 4, (4, 5))
+    cap = Inspector(m).run(x, layers="all", attention_layers="all", qkv_layers=[1], queries="all")
+    s = cap.split_tokens(1)
+    assert s.registers.shape == (2, 4, 64)
+    assert s.patches.shape == (2, 4, 5, 64)
+    eager = _eager_attention(m, x)
+    for i in (0, 1):
+        assert (cap.attention[i] - eager[i]).abs().max() <= 1e-5
+    # the RoPE really matters here: attention from the un-rotated q/k is another matrix
+    q, k = cap.qkv[1].q, cap.qkv[1].k
+    plain = ((q * m.blocks[1].attn.scale) @ k.transpose(-2, -1)).softmax(-1)
+    assert (plain - eager[1]).abs().max() > 1e-3
+    with torch.no_grad():
+        assert (cap.output - m(x)).abs().max() <= 1e-5  # inspected forward == plain forward

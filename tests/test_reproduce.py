@@ -90,6 +90,67 @@ def test_second_reproduce_run_only_rerenders(quick_run, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
 
 
+def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_run, tmp_path, monkeypatch):
+    from vitreg.config import to_dict
+    from vitreg.errors import CheckpointError
+    from vitreg.models import load_model, zoo
+    from vitreg.reproduce.pipeline import build_stages
+    from vitreg.train.zoo import add_to_zoo
+
+    out, _ = quick_run
+    root = tmp_path / "zoo"
+    for n in (0, 4):
+        add_to_zoo(out / "train" / "seed0" / f"reg{n}", f"quick-reg{n}", "vitreg reproduce --quick", root=root)
+    monkeypatch.setattr(zoo, "ZOO_ROOT", root)
+    prov = zoo.get("quick-reg4").provenance
+    plan = make_plan(quick=True, coco=None)
+    assert prov["train_digest"] == zoo.train_digest(to_dict(plan.train_config(0, 4)))
+    assert prov["steps"] == 40
+    assert prov["sha256"] == zoo.sha256_file(root / "quick-reg4" / "model.safetensors")
+    assert abs(prov["top1"] - prov["top1_fp16"]) <= 0.05  # the fp16 copy predicts like the fp32 model
+
+    run = tmp_path / "run"
+    assert main(["reproduce", "--quick", "--coco", "none", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    kinds = [s["kind"] for s in results["stages"]]
+    assert kinds.count("zoo") == 2
+    assert "train" not in kinds
+    assert not (run / "train").exists()
+    assert [(m["registers"], m["source"], m["zoo"]) for m in results["models"]] == [
+        (0, "zoo", "quick-reg0"),
+        (4, "zoo", "quick-reg4"),
+    ]
+    report = (run / "report.md").read_text()
+    assert "zoo:quick-reg0 (trained once from this config by `vitreg reproduce --quick`" in report
+    # the diagnosis of the fp16 copies matches the fp32 originals' (same images, weights rounded to fp16)
+    a = json.loads((out / "diagnose" / "seed0" / "metrics.json").read_text())["models"]
+    b = json.loads((run / "diagnose" / "seed0" / "metrics.json").read_text())["models"]
+    for ma, mb in zip(a, b, strict=True):
+        assert mb["output"]["mean_norm_normal"] == pytest.approx(ma["output"]["mean_norm_normal"], rel=0.01)
+
+    # --retrain ignores the zoo; a changed weights file is refused on load, naming the entry
+    assert all(s.kind == "train" for s in build_stages(make_plan(quick=True, coco=None, retrain=True), run)[:2])
+    weights = root / "quick-reg0" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"zoo:quick-reg0: .* sha256"):
+        load_model("zoo:quick-reg0")
+
+
+def test_the_packaged_zoo_serves_the_default_demo_and_fits_its_budget():
+    from vitreg.models import zoo
+
+    assert zoo.zoo_bytes() <= zoo.MAX_ZOO_BYTES
+    plan = make_plan(coco=None)
+    found = [plan.zoo_entry(seed, n) for seed in plan.seeds for n in plan.registers]
+    assert all(found), f"the default plan's models are not all in the zoo ({found}): retrain them and add them"
+    for name in found:
+        entry = zoo.get(name)
+        assert entry.verify() == entry.weights
+        assert entry.provenance["weights_dtype"] == "float16"
+
+
 @dataclass
 class _Settings:
     value: str
@@ -234,3 +295,45 @@ def test_coco_auto_looks_where_a_user_puts_it_and_says_where(tmp_path, monkeypat
     (elsewhere / "annotations" / "instances_train2017.json").write_text('{"images": []}')
     monkeypatch.setenv("VITREG_COCO_MINI", str(elsewhere))
     assert make_plan(quick=True).coco == str(elsewhere / "annotations" / "instances_train2017.json")
+
+
+def test_a_pretrained_pair_end_to_end_on_random_weights(coco_mini, tmp_path, capsys):
+    """`reproduce --models A,B`: no training; the paper's stages on DINOv2-S/14 architectures without and with
+    registers, LOST on coco-mini; random weights, so the report must say that they reproduce nothing."""
+    ann = coco_mini / "annotations" / "instances_train2017.json"
+    out = tmp_path / "pair"
+    argv = ["reproduce", "--models", "dinov2_vits14,dinov2_vits14_reg", "--random-init", "--coco20k", str(ann)]
+    assert main([*argv, "--quick", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["registers"] == [0, 4]
+    assert results["plan"]["family"] == "DINOv2"
+    assert [s["kind"] for s in results["stages"]] == ["diagnose", "probe", "probe", "lost", "lost", "flops"]
+    assert {c["status"] for c in results["claims"]} == {NOT_TESTED}
+    assert all("random weights reproduce nothing" in c["evidence"] for c in results["claims"])
+    t3 = next(i for i in results["items"] if i["id"] == "table3")
+    assert t3["rows"][0]["quantity"] == "CorLoc, COCO20k"
+    assert t3["rows"][0]["paper"] == CORLOC["rows"]["DINOv2"][0][2]  # published, beside ours
+    lost = json.loads((out / "lost" / "COCO20k" / "reg4" / "lost.json").read_text())
+    assert lost["settings"]["features"] == "k"  # the paper's features for DINOv2
+    assert t3["rows"][0]["ours"]["4"]["values"] == [lost["results"][0]["corloc"]]
+    html = (out / "report.html").read_text()
+    assert "RANDOM WEIGHTS" in html
+    assert "RANDOM WEIGHTS" in (out / "report.md").read_text()
+
+
+def test_a_pretrained_pair_is_checked_before_any_work(tmp_path):
+    from vitreg.errors import ConfigError
+    from vitreg.reproduce import make_pair_plan
+
+    with pytest.raises(ConfigError, match="A without registers and B with them"):
+        make_pair_plan(["dinov2_vits14_reg", "dinov2_vits14"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="two models"):
+        make_pair_plan(["dinov2_vits14"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="families"):
+        make_pair_plan(["vit_small_patch16_224", "vit_small_patch16_224_reg4"], {}, random_init=True)
+    with pytest.raises(ConfigError, match="--voc07"):
+        make_pair_plan(["dinov2_vits14", "dinov2_vits14_reg"], {"VOC07": str(tmp_path / "nope")}, random_init=True)
+    from vitreg.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match=r"dinov2_vits14_pretrain\.pth"):
+        make_pair_plan(["dinov2_vits14", "dinov2_vits14_reg"], {})  # no weights on disk: said before any work

@@ -32,6 +32,25 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@lru_cache(maxsize=1)
+def cpu_description() -> dict[str, object]:
+    """This machine's CPU: model name, cores and the vector flags that decide its speed (for provenance)."""
+    name, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown":
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    return {"model": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
+            "native_bf16": cpu_has_bf16()}  # fmt: skip
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``name`` in {auto, bf16, fp16, fp32}; None means plain fp32 (no autocast)."""
     if name == "fp32":

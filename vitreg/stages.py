@@ -110,8 +110,17 @@ def in_subprocess(stage: Stage, resume: bool) -> None:
         raise StageError(f"stage '{stage.name}' failed (exit status {rc}); what it wrote is in {d}")
 
 
-def run_stage(stage: Stage, index: int, total: int, log: Log = print, subprocess_: bool = False) -> dict:
-    """Run one stage (or take it from the cache); returns its timing record."""
+def run_stage(
+    stage: Stage,
+    index: int,
+    total: int,
+    log: Log = print,
+    subprocess_: bool = False,
+    progress: bool = True,
+    position: int = 0,
+) -> dict:
+    """Run one stage (or take it from the cache); returns its timing record. A training shows a progress bar
+    (``position``: its line among trainings side by side)."""
     d = stage.directory
     head = f"[{index}/{total}] {stage.name}"
     digest = stage.digest()
@@ -130,10 +139,11 @@ def run_stage(stage: Stage, index: int, total: int, log: Log = print, subprocess
     atomic.make_dirs(d)
     atomic.write_json(d / PENDING, {"digest": digest})
     t0 = time.perf_counter()
-    if subprocess_:
-        in_subprocess(stage, resume)
-    else:
-        stage.work(resume)
+    with TrainingProgress([stage], enabled=progress and stage.kind == "train", position=position):
+        if subprocess_:
+            in_subprocess(stage, resume)
+        else:
+            stage.work(resume)
     seconds = time.perf_counter() - t0
     missing = [o for o in stage.outputs if not (d / o).exists()]
     if missing:
@@ -144,7 +154,73 @@ def run_stage(stage: Stage, index: int, total: int, log: Log = print, subprocess
     return {"stage": stage.name, "kind": stage.kind, "cached": False, "seconds": round(seconds, 2)}
 
 
-def run_stages(stages: list[Stage], jobs: int = 1, log: Log = print) -> list[dict]:
+def _last_train_record(directory: Path) -> dict | None:
+    """The last ``train`` record of a running training's metrics.jsonl (read from its tail)."""
+    path = directory / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 8192))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "train":
+            return rec
+    return None
+
+
+class TrainingProgress:
+    """One tqdm bar per training running side by side in its own process (step, images/s, ETA), fed from the
+    records each one appends to its metrics.jsonl, so a long stage is never a silent "running"."""
+
+    def __init__(self, stages: list[Stage], every: float = 2.0, enabled: bool = True, position: int = 0):
+        self.stages, self.every, self.enabled, self.position = stages, every, enabled, position
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.bars: list[Any] = []
+
+    def __enter__(self) -> TrainingProgress:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bars = [
+                tqdm(total=int(getattr(s.config, "steps", 0)) or None, desc=s.name, unit="step",
+                     position=self.position + i, leave=True, file=sys.stderr, dynamic_ncols=True)
+                for i, s in enumerate(self.stages)
+            ]  # fmt: skip
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.update()
+            for bar in self.bars:
+                bar.close()
+
+    def update(self) -> None:
+        for stage, bar in zip(self.stages, self.bars, strict=True):
+            rec = _last_train_record(stage.directory)
+            if rec is None:
+                continue
+            step = int(rec.get("step", 0))
+            if bar.n == 0 and bar.last_print_n == 0 and step:  # resumed: start the rate estimate here
+                bar.reset(total=bar.total)
+                bar.n = bar.last_print_n = bar.initial = step
+            bar.update(max(0, step - bar.n))
+            bar.set_postfix(img_s=f"{float(rec.get('images_per_s', 0)):.0f}", loss=f"{float(rec.get('loss', 0)):.3f}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.update()
+
+
+def run_stages(stages: list[Stage], jobs: int = 1, log: Log = print, progress: bool = True) -> list[dict]:
     """Every stage in order, numbered for the progress lines; with ``jobs`` > 1 the stages that have a command
     (the trainings) run first, that many side by side, each in its own process. Returns the timing records in the
     stages' order."""
@@ -153,12 +229,13 @@ def run_stages(stages: list[Stage], jobs: int = 1, log: Log = print) -> list[dic
     parallel = [(i, s) for i, s in enumerate(stages, 1) if s.command is not None] if jobs > 1 else []
     if len(parallel) > 1:
         safe = locked(log)
+        slot = {i: k for k, (i, _) in enumerate(parallel)}  # one progress line each
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            done = pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, safe, subprocess_=True)), parallel)
+            done = pool.map(lambda a: (a[0], run_stage(a[1], a[0], total, safe, True, progress, slot[a[0]])), parallel)
             records.update(done)
     for i, s in enumerate(stages, 1):
         if i not in records:
-            records[i] = run_stage(s, i, total, log)
+            records[i] = run_stage(s, i, total, log, progress=progress)
     return [records[i] for i in sorted(records)]
 
 
@@ -196,6 +273,33 @@ def train_stage(name: str, cfg: Any, directory: Path, root: Path) -> Stage:
         root=root,
         command="train",
     )
+
+
+@dataclass
+class ZooModel:
+    """A stage config that takes a trained model from the package's zoo: its name and weights hash (so another
+    entry, or a changed one, is another stage and re-runs everything downstream)."""
+
+    entry: str
+    sha256: str
+    train_digest: str
+
+
+def zoo_stage(name: str, entry: Any, directory: Path, root: Path) -> Stage:
+    """Copy zoo ``entry`` (a :class:`vitreg.models.zoo.ZooEntry`) into ``directory``, its weights hash checked:
+    a training stage's outputs without the training."""
+
+    def work(resume: bool) -> object:
+        from vitreg.models.zoo import ENTRY_FILES
+
+        entry.verify()
+        for f in ENTRY_FILES:
+            shutil.copyfile(entry.directory / f, directory / f)
+        return entry
+
+    p = entry.provenance
+    cfg = ZooModel(entry=entry.name, sha256=str(p.get("sha256")), train_digest=str(p.get("train_digest")))
+    return Stage(name=name, kind="zoo", directory=directory, config=cfg, work=work, outputs=TRAIN_OUTPUTS, root=root)
 
 
 def diagnose_stage(name: str, cfg: Any, models: list[Stage], root: Path, report: bool) -> Stage:

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from vitreg.analysis.maps import patch_background
 from vitreg.analysis.neighbors import as_grid, capture_patch_embed, neighbor_similarity
+from vitreg.analysis.sinks import sink_sums
 from vitreg.analysis.stream import NormStream
 from vitreg.models import Inspector, token_layout
 
@@ -29,9 +31,11 @@ def diagnose_model(
     total: int | None = None,
     progress: bool = True,
     desc: str = "diagnose",
+    sinks: bool = False,
 ) -> NormStream:
     """Accumulate the diagnose statistics of ``model`` over ``batches`` (loader dicts with ``image`` (B, 3, H, W) at
     ``input_hw``, ``index``, optional ``mask`` (B, H, W) and ``bad``). ``cutoff`` becomes an exact histogram edge.
+    ``sinks``: also the attention-sink statistics of every block (attention of all queries, all blocks).
     Returns the (unmerged) stream; call ``merge_ranks()`` under torchrun."""
     depth = len(getattr(model, "blocks"))  # noqa: B009 - nn.Module attributes are dynamic
     layout = token_layout(model, input_hw)
@@ -55,7 +59,14 @@ def diagnose_model(
                 continue
             if isinstance(images, list) or tuple(images.shape[-2:]) != tuple(input_hw):
                 raise ValueError(f"diagnose needs every image resized to {input_hw}; got mixed or other sizes")
-            cap = inspector.run(images, layers="all", attention_layers=[last], normed=True)
+            if sinks:
+                cap = inspector.run(images, layers="all", attention_layers="all", queries="all", normed=True)
+                bg = batch.get("mask")
+                bg = patch_background(bg, layout.grid) if isinstance(bg, torch.Tensor) else None
+                for i in range(depth):
+                    stream.sums["sinks"][i] += sink_sums(cap.attention[i], layout, bg)
+            else:
+                cap = inspector.run(images, layers="all", attention_layers=[last], normed=True)
             b = images.shape[0]
             patch_norms = [cap.split_tokens(i).patches.norm(dim=-1).cpu() for i in range(depth)]
             out = cap.split_tokens(last)

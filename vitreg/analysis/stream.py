@@ -18,6 +18,7 @@ import torch
 from vitreg.analysis.maps import patch_background, pca_first_component
 from vitreg.analysis.norms import bin_index, default_edges
 from vitreg.analysis.registers import attention_similarity
+from vitreg.analysis.sinks import SINK_COLUMNS
 from vitreg.distributed import all_gather_objects, all_reduce_sum
 
 SIM_BINS = 200  # neighbour-similarity bins on [-1, 1]
@@ -70,6 +71,7 @@ class NormStream:
             "attention_sum": np.zeros((q, gh, gw), np.float64),
             "register_similarity_sum": np.zeros((r, r), np.float64),
             "counts": np.zeros(2, np.int64),  # images, images with a mask
+            "sinks": np.zeros((self.depth, len(SINK_COLUMNS)), np.float64),  # per block, with sinks=True
         }
         self.layer_max = np.zeros(self.depth, np.float64)
 
@@ -137,6 +139,8 @@ class NormStream:
     def _keep_examples(self, indices, out, attention, normed_patches, images, denormalize, mask) -> None:
         """Keep the K lowest dataset indices seen: deterministic, so any sharding over ranks keeps the same set."""
         for j, index in enumerate(indices):
+            if self.examples_k == 0:
+                return  # --examples 0: no pictures
             if len(self.examples) >= self.examples_k and index >= self.examples[-1].index:
                 continue
             self.examples.append(

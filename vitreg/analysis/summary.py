@@ -15,6 +15,7 @@ from vitreg.analysis.norms import (
     snap_threshold,
 )
 from vitreg.analysis.registers import mean_offdiag
+from vitreg.analysis.sinks import sink_summary
 from vitreg.analysis.stream import NormStream
 
 # verdict thresholds: a redundant-share or background-share this far from its no-preference baseline counts
@@ -103,6 +104,7 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "masks": _masks(stream, cut),
         # the register count is "registers" above; the register maps' analysis lives here
         "register_analysis": _register_analysis(stream, mean_attention, reg_sim),
+        "sinks": sink_summary(s["sinks"]),
     }
     result["verdict"] = verdict(result, rule, value)
     arrays = _arrays(stream, position_counts, position_totals, nb_out, nb_norm, mean_attention, reg_sim, applied)

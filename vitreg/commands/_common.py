@@ -39,17 +39,24 @@ def list_arg(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
     return parse
 
 
-def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: bool = True) -> None:
-    """``--model SPEC --weights PATH --registers N --img-size S --random-init`` (with ``suffix`` for a 2nd model)."""
+def add_model_args(
+    parser: argparse.ArgumentParser, suffix: str = "", required: bool = True, registers: bool = True
+) -> None:
+    """``--model SPEC --weights PATH --registers N --img-size S --random-init`` (with ``suffix`` for a 2nd model;
+    ``registers=False`` leaves ``--registers`` to the command)."""
     g = parser.add_argument_group(f"model{suffix}")
     g.add_argument(
         f"--model{suffix}",
         required=required,
         metavar="SPEC",
-        help="preset (see `vitreg models`), timm:NAME, a DINOv2 name, a weights file, or a run directory",
+        help="a preset (see `vitreg models`), timm:NAME, a DINOv2 name, openclip:ARCH, hf:REPO, a model folder, or a "
+        "weights file with its .json sidecar (the README lists the formats that load)",
     )
-    g.add_argument(f"--weights{suffix}", metavar="PATH", help="weights file (.safetensors, .pth, DINOv2 original)")
-    g.add_argument(f"--registers{suffix}", type=int, metavar="N", help="number of register tokens (0-16)")
+    g.add_argument(
+        f"--weights{suffix}", metavar="PATH", help="weights of the named architecture (.safetensors, weights-only .pth)"
+    )
+    if registers:
+        g.add_argument(f"--registers{suffix}", type=int, metavar="N", help="number of register tokens (0-16)")
     g.add_argument(
         f"--img-size{suffix}", type=size_arg, metavar="S|HxW", help="input resolution (position embedding resampled)"
     )
@@ -58,11 +65,21 @@ def add_model_args(parser: argparse.ArgumentParser, suffix: str = "", required: 
         action="store_true",
         help="use random weights on purpose (a named model never falls back to random weights silently)",
     )
+    g.add_argument(
+        f"--download{suffix}",
+        action="store_true",
+        help="fetch a named model's published weights into the Hugging Face / torch hub cache when missing",
+    )
+    g.add_argument(
+        f"--test-time-registers{suffix}",
+        metavar="NEURONS",
+        help="add test-time registers from a `vitreg fix` neurons.json (or its run directory)",
+    )
 
 
 def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
     def get(name: str):
-        return getattr(args, f"{name}{suffix}")
+        return getattr(args, f"{name}{suffix}", None)
 
     return ModelSpec(
         spec=get("model"),
@@ -70,6 +87,8 @@ def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
         registers=get("registers"),
         img_size=get("img_size"),
         random_init=get("random_init"),
+        download=get("download"),
+        test_time_registers=get("test_time_registers"),
     )
 
 
@@ -105,14 +124,18 @@ def runtime(args: argparse.Namespace) -> Runtime:
     return Runtime(device=args.device, precision=args.precision, threads=args.threads, seed=args.seed)
 
 
-def add_rule_args(parser: argparse.ArgumentParser) -> None:
-    """``--auto | --cutoff X | --percentile P``: the outlier rule on output patch-token norms."""
+def add_rule_args(parser: argparse.ArgumentParser, sigma: bool = False) -> None:
+    """``--auto | --cutoff X | --percentile P`` (``| --sigma K``): the outlier rule on output patch-token norms."""
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument("--auto", action="store_true", help="data-driven split, none unless bimodal (default)")
     rule.add_argument("--cutoff", type=float, metavar="X", help="outliers: output norm > X (paper: 150 for DINOv2)")
     rule.add_argument(
         "--percentile", type=float, metavar="P", help="outliers: above the P-th percentile (reproducibility study: 98)"
     )
+    if sigma:
+        rule.add_argument(
+            "--sigma", type=float, metavar="K", help="outliers: above mean + K standard deviations (Jiang et al.: 3)"
+        )
 
 
 def rule_of(args: argparse.Namespace) -> tuple[str, float | None]:
@@ -120,6 +143,8 @@ def rule_of(args: argparse.Namespace) -> tuple[str, float | None]:
         return "cutoff", args.cutoff
     if args.percentile is not None:
         return "percentile", args.percentile
+    if getattr(args, "sigma", None) is not None:
+        return "sigma", args.sigma
     return "auto", None
 
 

@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"images kept for the pictures (default 8, at most {MAX_EXAMPLES}; every one is drawn)",
     )
+    p.add_argument(
+        "--sinks",
+        action="store_true",
+        help="also attention sinks per block: the largest mass one token gets from the patch queries, sink heads",
+    )
     p.add_argument("--log-x", action="store_true", help="report: show the norm histogram on a log axis first")
     p.add_argument("--no-report", action="store_true", help="write metrics and arrays only (`vitreg report DIR` later)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory to write")
@@ -70,6 +75,7 @@ def config(args: argparse.Namespace) -> DiagnoseConfig:
         cutoff=args.cutoff,
         percentile=args.percentile,
         examples=args.examples,
+        sinks=args.sinks,
         log_x=args.log_x,
         out=str(args.out),
     )

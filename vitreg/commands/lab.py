@@ -17,6 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--jobs", type=int, default=1, help="trainings side by side, one thread each (default 1)")
     p.add_argument("--threads", type=int, help="threads per training (default: all, or 1 with --jobs > 1)")
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="also write every trained model as fp16 safetensors with its provenance into DIR/NAME (zoo layout)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
-    run_lab(load_grid(args.grid), args.out, jobs=args.jobs, threads=args.threads)
+    command = f"vitreg lab {args.grid} --jobs {args.jobs} --out {args.out}"
+    run_lab(load_grid(args.grid), args.out, jobs=args.jobs, threads=args.threads, export=args.export, command=command)
     print((args.out / "lab.md").read_text())
-    print(f"wrote {args.out / 'lab.md'} and lab.json")
+    print(f"wrote {args.out / 'lab.md'} and lab.json" + (f"; fp16 models in {args.export}" if args.export else ""))
     return 0

@@ -1,4 +1,4 @@
-"""`vitreg models`: the presets with their sizes."""
+"""`vitreg models`: the presets with their sizes, the other names --model takes, and the model zoo."""
 
 from __future__ import annotations
 
@@ -7,9 +7,53 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "The model presets with their sizes, and the other names --model takes."
+    p.add_argument(
+        "--available",
+        action="store_true",
+        help="list the named models whose weights are on this machine (Hugging Face cache, torch hub checkpoints)",
+    )
+
+
+def available() -> int:
+    from vitreg.models import hub
+
+    rows = hub.available()
+    if not rows:
+        print(
+            f"no published weights on this machine (looked in {hub.hf_cache_dir()} and {hub.torch_hub_checkpoints()})"
+        )
+        print(
+            "--download fetches a named model's weights there, e.g. vitreg inspect --model dinov2_vits14_reg --download"
+        )
+        return 0
+    width = max(len(name) for name, _ in rows)
+    for name, path in rows:
+        print(f"{name:<{width}}  {path}")
+    return 0
+
+
+def print_zoo() -> None:
+    from vitreg.models import zoo
+
+    found = zoo.entries()
+    if not found:
+        print("\nThe model zoo is empty.")
+        return
+    print("\nModel zoo (--model zoo:NAME; fp16 weights, sha256 checked on load; provenance.json in vitreg/zoo/NAME):")
+    for e in found:
+        p = e.provenance
+        cpu = p.get("cpu") or {}
+        bf16 = "native bf16" if cpu.get("native_bf16") else "no native bf16"
+        print(
+            f"  zoo:{e.name:<22} {p.get('registers')} registers, {p.get('steps')} steps, held-out top-1 "
+            f"{p.get('top1')} (fp16 {p.get('top1_fp16')}), {p.get('update_minutes')} min of updates on "
+            f"{cpu.get('model', '?')} ({bf16}), commit {str(p.get('commit'))[:10]}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.available:
+        return available()
     from vitreg.models.presets import DINOV2_ALIASES, describe_presets
 
     rows = describe_presets()
@@ -24,4 +68,8 @@ def run(args: argparse.Namespace) -> int:
     print("\nAdd registers with --registers N (0-16) or a _regN suffix, e.g. vit_small_patch16_224_reg4.")
     print("Any timm ViT: --model timm:NAME (e.g. timm:vit_small_patch14_reg4_dinov2).")
     print(f"DINOv2 names (weights via --weights, original .pth accepted): {', '.join(DINOV2_ALIASES)}")
+    print("Hub repos in a format vitreg reads: --model hf:REPO (e.g. hf:facebook/dinov2-with-registers-small).")
+    print("OpenCLIP towers: --model openclip:ViT-B-16 --weights open_clip_model.safetensors (or an OpenCLIP folder).")
+    print("Weights on this machine: vitreg models --available; --download fetches a named model's weights.")
+    print_zoo()
     return 0

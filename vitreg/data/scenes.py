@@ -52,7 +52,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (120, 50, 180),
 }
 
-BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise")
+# flat / gradient / noise: smooth, redundant backgrounds; texture: procedural high-frequency grey noise; photo: crops
+# of the photos bundled with the pinned packages (both give every background patch content of its own).
+BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise", "texture", "photo")
 
 
 @dataclass(frozen=True)

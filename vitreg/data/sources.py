@@ -31,7 +31,8 @@ from vitreg.errors import DataError
 __all__ = ["ACCEPTED_SOURCES", "DEFAULT_SYNTHETIC_N", "PHOTO_FILES", "bundled_photo_paths", "open_source"]
 
 ACCEPTED_SOURCES = (
-    '"synthetic" (or "synthetic:task=count,img_size=96,n=500"), "photos" (photos bundled with installed packages), '
+    '"synthetic" (or "synthetic:task=count,img_size=96,n=500"), "device-scenes" (the scenes of data kind device), '
+    '"photos" (photos bundled with installed packages), '
     "a folder of images, a COCO instances .json, a .txt listing image paths, a .npz with images/labels arrays, "
     "or a single image file"
 )
@@ -115,6 +116,24 @@ def _limit(dataset: Any, limit: int | None, seed: int) -> Any:
     return dataset.subset(sorted(int(i) for i in order[:limit]))
 
 
+def _scenes(keyword: str, options: str, base: SceneConfig, limit: int | None, transform: Any) -> Dataset:
+    """``synthetic[:options]`` (numpy scenes) or ``device-scenes[:options]`` (the scenes of data kind device,
+    rendered here on the CPU); option ``n`` is the number of scenes, the others are scene options over ``base``."""
+    opts = split_options(options)
+    n_text = opts.pop("n", None)
+    try:
+        n = int(n_text) if n_text is not None else DEFAULT_SYNTHETIC_N
+    except ValueError:
+        raise DataError(f"bad value for {keyword} option n: {n_text!r}") from None
+    cfg = parse_scene_options(opts, base)
+    n = n if limit is None else min(n, limit)
+    if keyword == "device-scenes":
+        from vitreg.data.device_scenes import DeviceScenesDataset
+
+        return DeviceScenesDataset(n, cfg, transform)
+    return SyntheticScenes(n, cfg, transform)
+
+
 def open_source(
     src: str,
     transform: Callable[[Image.Image], Any] | None = None,
@@ -140,18 +159,9 @@ def open_source(
     keyword, _, options = text.partition(":")
     keyword = keyword.strip().lower()
 
-    if keyword == "synthetic":
+    if keyword in ("synthetic", "device-scenes"):
         base = synthetic if synthetic is not None else SceneConfig(seed=seed)
-        opts = split_options(options)
-        n_text = opts.pop("n", None)
-        try:
-            n = int(n_text) if n_text is not None else DEFAULT_SYNTHETIC_N
-        except ValueError:
-            raise DataError(f"bad value for synthetic option n: {n_text!r}") from None
-        cfg = parse_scene_options(opts, base)
-        if limit is not None:
-            n = min(n, limit)
-        return SyntheticScenes(n, cfg, transform)
+        return _scenes(keyword, options, base, limit, transform)
 
     if keyword == "photos" and not options:
         paths = bundled_photo_paths()

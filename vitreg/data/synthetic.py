@@ -23,6 +23,7 @@ Conventions (all arrays numpy, ``H, W = cfg.hw``):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from vitreg.data.scenes import (
     split_options,
 )
 from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from vitreg.errors import DataError
 
 __all__ = [
     "BACKGROUNDS",
@@ -124,9 +126,65 @@ _SHAPE_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 # -- rendering -----------------------------------------------------------------------------------------------------
 
 
+PHOTO_SIDE = 256  # bundled photos are kept at most this large for background crops
+PHOTO_SATURATION = 0.35  # photo backgrounds keep this much of their colour, so objects stay salient
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_pool() -> tuple[np.ndarray, ...]:
+    """The photos bundled with the pinned packages (:data:`vitreg.data.sources.PHOTO_FILES`), RGB uint8, each at
+    most PHOTO_SIDE on its long side; the same files, in the same order, on every machine with the same pins."""
+    from vitreg.data.sources import bundled_photo_paths
+
+    pool = []
+    for path in bundled_photo_paths():
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BICUBIC)
+            pool.append(np.asarray(im, np.uint8))
+    if not pool:
+        raise DataError("background=photo needs the sample photos of scikit-image / scikit-learn / matplotlib")
+    return tuple(pool)
+
+
+def _photo_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random crop (a quarter to all of the photo's short side, flipped half the time) of a bundled photo,
+    resized to (H, W) and desaturated: real-image texture instead of a redundant flat background."""
+    pool = _photo_pool()
+    photo = pool[int(rng.integers(len(pool)))]
+    ph, pw = photo.shape[:2]
+    side = int(rng.uniform(0.25, 1.0) * min(ph, pw))
+    side = max(side, 8)
+    y0, x0 = int(rng.integers(ph - side + 1)), int(rng.integers(pw - side + 1))
+    crop = Image.fromarray(photo[y0 : y0 + side, x0 : x0 + side]).resize((w, h), Image.Resampling.BILINEAR)
+    x = np.asarray(crop, np.float32)  # (H, W, 3)
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    gray = x.mean(-1, keepdims=True)
+    return gray + PHOTO_SATURATION * (x - gray)
+
+
+def _texture_background(rng: np.random.Generator, base: np.ndarray, h: int, w: int) -> np.ndarray:
+    """High-frequency grey texture: value noise at cell sizes of 2 to 8 pixels plus per-pixel grain, so no two
+    background patches carry the same content (a flat background makes every patch a ready-made sink)."""
+    out = np.broadcast_to(base.astype(np.float32), (h, w, 3)).copy()
+    for cell, amp in ((8, 30.0), (4, 22.0), (2, 15.0)):
+        gh, gw = -(-h // cell) + 1, -(-w // cell) + 1
+        coarse = rng.uniform(-amp, amp, size=(gh, gw, 1)).astype(np.float32)
+        dy, dx = (int(v) for v in rng.integers(cell, size=2))  # cells not aligned with the patch grid
+        out += np.repeat(np.repeat(coarse, cell, 0), cell, 1)[dy : dy + h, dx : dx + w]
+    out += rng.normal(0, 8.0, size=(h, w, 1)).astype(np.float32)
+    return out
+
+
 def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
-    """Smooth, low-saturation background, float32 (H, W, 3) in 0..255."""
+    """The background, float32 (H, W, 3) in 0..255: smooth and low-saturation (flat, gradient, noise), or textured
+    (texture: procedural high-frequency grey noise; photo: crops of real photos)."""
+    if kind == "photo":
+        return _photo_background(rng, h, w)
     base = rng.uniform(60, 190) + rng.uniform(-15, 15, size=3)  # grey with a slight tint
+    if kind == "texture":
+        return _texture_background(rng, base, h, w)
     if kind == "flat":
         return np.broadcast_to(base.astype(np.float32), (h, w, 3)).copy()
     ys = (np.arange(h, dtype=np.float32) + 0.5) / h  # (H,)

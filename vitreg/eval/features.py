@@ -12,10 +12,13 @@ What is kept per image (h, w = patch grid, C = width, P = 3 * patch_h * patch_w)
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vitreg.errors import DataError
 from vitreg.models import Inspector
@@ -50,6 +53,12 @@ def patchify(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, h, w, c * ph * pw)
 
 
+def progress_bar(loader: Any, desc: str) -> Any:
+    """A tqdm bar over the images of ``loader`` (on stderr), advanced by the caller per batch."""
+    total = len(getattr(loader, "dataset", ())) or None
+    return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
 def collect_features(
     model: torch.nn.Module,
     loader,
@@ -66,9 +75,11 @@ def collect_features(
         k: [] for k in ("prenorm", "normed", "cls", "cls_prenorm", "pixels", "labels", "masks", "depth")
     }
     bad: list[tuple[str, str]] = []
+    bar = progress_bar(loader, "features")
     for batch in loader:
         bad.extend(batch.get("bad", []))
         x = batch.get("image")
+        bar.update(len(batch.get("bad", [])) + (len(x) if x is not None else 0))
         if x is None or (isinstance(x, list) and not x):
             continue
         if isinstance(x, list):
@@ -88,6 +99,7 @@ def collect_features(
                 keep[key].append(v.numpy())
     if not keep["prenorm"]:
         raise DataError("no usable images: every image was bad or the source was empty")
+    bar.close()
     m = sum(len(a) for a in keep["prenorm"])
 
     def cat(key: str) -> np.ndarray | None:

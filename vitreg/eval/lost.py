@@ -12,7 +12,7 @@ For one image with patch features F (N, C) on an (h, w) grid:
 4. box = the bounding box of the 4-connected component of the mask containing the seed, patch coords -> pixels.
 
 Only patch tokens form the graph: [CLS] and registers are split off by the token layout, never by slicing.
-Images with the same grid are processed as one batch of (B, N, N) matrix products.
+Images with the same grid are batched, and processed in chunks whose (B, N, N) Gram matrices fit in cache.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from vitreg.errors import ConfigError, DataError
 from vitreg.eval.boxes import best_iou, corloc
+from vitreg.eval.features import progress_bar
 from vitreg.models import Inspector, split_tokens
 from vitreg.models.inspect import TokenLayout
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 FeatureKind = Literal["k", "q", "v", "tokens"]
 FEATURE_KINDS: tuple[str, ...] = ("k", "q", "v", "tokens")
 GRAM_BUDGET = 1 << 30  # bytes for the (B, N, N) float32 Gram matrices of one chunk of images
+CACHE_BUDGET = 4 << 20  # bytes of Gram matrices processed at once inside lost_from_patches (a few MB of cache)
 
 
 @dataclass
@@ -47,6 +49,21 @@ class LostOutput:
     masks: np.ndarray  # bool (B, h, w) the expanded mask before the connected component
     degree: np.ndarray  # int64 (B, h, w) number of positive correlations per patch
     seed_outside_mask: np.ndarray  # bool (B,) the seed's own mask value was <= 0; box = the seed patch alone
+
+
+def _seed_and_mask(f: torch.Tensor, k: int, bias: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-3 for a chunk of images f (B, N, C): seed (B,), degree (B, N) and the expanded mask (B, N)."""
+    b, n, _ = f.shape
+    a = torch.baddbmm(torch.full((1, 1, 1), bias), f, f.transpose(1, 2))  # (B, N, N) A = F F^T + bias
+    degree = (a > 0).sum(-1)  # (B, N)
+    order = torch.argsort(degree, dim=-1, stable=True)  # (B, N) ascending; ties broken by patch index
+    potentials = order[:, : min(k, n)]  # (B, k)
+    seed = order[:, 0]  # (B,)
+    similar = torch.gather(a[torch.arange(b), seed], 1, potentials) > 0  # (B, k) potentials correlated with the seed
+    # sum of the rows A[p, :] over the similar potentials p, as one (1, N) x (N, N) product per image
+    weights = torch.zeros(b, n).scatter_(1, potentials, similar.float())  # (B, N)
+    score = torch.bmm(weights.unsqueeze(1), a).squeeze(1)  # (B, N)
+    return seed, degree, score > 0
 
 
 def lost_from_patches(
@@ -65,16 +82,13 @@ def lost_from_patches(
     f = patches.reshape(b, n, c).float()  # (B, N, C)
     if normalize:
         f = F.normalize(f, dim=-1)
-    a = f @ f.transpose(1, 2) + float(bias)  # (B, N, N)
-    degree = (a > 0).sum(-1)  # (B, N)
-    order = torch.argsort(degree, dim=-1, stable=True)  # (B, N) ascending; ties broken by patch index
-    potentials = order[:, : min(int(k), n)]  # (B, k)
-    seed = order[:, 0]  # (B,)
-    ar = torch.arange(b)
-    similar = torch.gather(a[ar, seed], 1, potentials) > 0  # (B, k) potentials correlated with the seed
-    rows = torch.gather(a, 1, potentials[..., None].expand(-1, -1, n))  # (B, k, N) = A[potentials, :]
-    score = (rows * similar[..., None]).sum(1)  # (B, N)
-    mask = (score > 0).reshape(b, h, w).numpy()
+    # Images go through in chunks whose Gram matrices fit in cache: one (B, N, N) product over a whole batch is
+    # memory-bound and can be slower than a loop of single images on CPUs with small caches.
+    step = max(1, CACHE_BUDGET // (4 * n * n))
+    parts = [_seed_and_mask(f[i : i + step], int(k), float(bias)) for i in range(0, b, step)]
+    seed = torch.cat([p[0] for p in parts])  # (B,)
+    degree = torch.cat([p[1] for p in parts])  # (B, N)
+    mask = torch.cat([p[2] for p in parts]).reshape(b, h, w).numpy()
 
     seeds = np.stack([(seed // w).numpy(), (seed % w).numpy()], 1)  # (B, 2) row, col
     patch_boxes = np.zeros((b, 4), np.int64)
@@ -170,8 +184,10 @@ def run_lost(
     bad: list[tuple[str, str]] = []
     outside = dict.fromkeys(biases, 0)
     ex: dict[str, list] = {"image": [], "mask": [], "degree": [], "box": [], "gt": [], "seed": []}
+    bar = progress_bar(loader, "LOST")
     for batch in loader:
         bad.extend(batch.get("bad", []))
+        bar.update(len(batch.get("path", [])) + len(batch.get("bad", [])))
         if not len(batch.get("path", [])):
             continue
         for pos, imgs in _groups(batch["image"]):
@@ -205,6 +221,7 @@ def run_lost(
                     ex["box"].append(out0.boxes[j])
                     ex["gt"].append(gt)
                     ex["seed"].append(out0.seeds[j])
+    bar.close()
     if not gts:
         raise DataError("no usable images: every image was bad or the dataset was empty")
     results = []

@@ -38,6 +38,7 @@ class DiagnoseConfig:
     cutoff: float | None = None  # paper: 150 for DINOv2
     percentile: float | None = None  # reproducibility study: 98
     examples: int = 8
+    sinks: bool = False  # attention-sink statistics of every block (attention of all queries: slower)
     log_x: bool = False  # report option: log-scaled norm axis first
     out: str
 
@@ -140,6 +141,7 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
         total=len(shard),
         progress=dist.is_main(),
         desc=f"diagnose {entry.key}",
+        sinks=cfg.sinks,
     )
     stream.merge_ranks()
     if stream.images == 0:

@@ -39,13 +39,18 @@ class FlopsConfig:
 
 
 def architecture(model: ModelSpec) -> Any:
-    """The model's ModelConfig: a name resolves without building anything; a run directory or weights file is
-    loaded once (on CPU) for its config. Only the architecture matters: weights never change a FLOP count."""
-    from vitreg.models.presets import model_config
+    """The model's ModelConfig, from its name or its files' config (no weights are read: they never change a FLOP
+    count)."""
+    from vitreg.models.checkpoints import resolve
 
-    if not Path(model.spec).exists():
-        return model_config(model.spec, registers=model.registers, img_size=model.img_size)
-    return model.load().vitreg_config
+    cfg, _ = resolve(model.spec, weights=None, registers=model.registers, img_size=model.img_size, random_init=True,
+                     download=model.download, overrides={})  # fmt: skip
+    if model.test_time_registers:  # the extra tokens are counted like registers (their hooks are a few gathers)
+        from vitreg.results.fix import read_neurons
+
+        neurons = read_neurons(model.test_time_registers)
+        cfg.test_time_registers, cfg.register_neurons = neurons.registers, [tuple(n) for n in neurons.selected]
+    return cfg
 
 
 def flops(cfg: FlopsConfig) -> FlopsResult:
@@ -60,7 +65,13 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
         arch = architecture(spec)
         rows = flops_table(arch, counts, resolutions)
         models.append(
-            dict(model=spec.spec, width=arch.embed_dim, depth=arch.depth, patch_size=arch.patch_size, rows=rows)
+            dict(
+                model=spec.label if spec.test_time_registers else spec.spec,
+                width=arch.embed_dim,
+                depth=arch.depth,
+                patch_size=arch.patch_size,
+                rows=rows,
+            )
         )
     result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
     write_result(Path(cfg.out), result)

@@ -88,6 +88,7 @@ def lost(cfg: LostConfig) -> LostResult:
     from vitreg import atomic
     from vitreg.data.loader import make_loader
     from vitreg.eval.lost import run_lost
+    from vitreg.models.inspect import num_registers
     from vitreg.results.rundir import LOST_EXAMPLES, write_result
 
     validate_all(cfg)
@@ -109,7 +110,7 @@ def lost(cfg: LostConfig) -> LostResult:
     ex = summary.pop("_examples")
     data = dict(
         model=cfg.model.spec,
-        registers=int(model.num_reg_tokens),
+        registers=num_registers(model),
         dataset=str(cfg.dataset),
         protocol=protocol,
         config=to_dict(cfg),

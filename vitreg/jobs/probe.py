@@ -50,6 +50,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     """Run every requested probe the data allows and write DIR/probe.json; returns its contents."""
     from vitreg.analysis.norms import find_threshold, outlier_stats
     from vitreg.eval.features import collect_features
+    from vitreg.models.inspect import num_registers
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
@@ -60,7 +61,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     thr = find_threshold(feats.norms, cfg.rule, cfg.value)
     data: dict[str, Any] = dict(
         model=cfg.model.spec,
-        registers=int(model.num_reg_tokens),
+        registers=num_registers(model),
         images=cfg.images.src,
         num_images=feats.num_images,
         bad_images=[dict(path=p, reason=r) for p, r in feats.bad],

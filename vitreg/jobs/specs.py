@@ -42,6 +42,8 @@ class ModelSpec:
     registers: int | None = None
     img_size: int | tuple[int, int] | None = None  # H or (H, W); the position embedding is resampled
     random_init: bool = False  # random weights on purpose (a named model never falls back to them silently)
+    download: bool = False  # fetch a named model's published weights into the ecosystem's cache when missing
+    test_time_registers: str | None = None  # a `vitreg fix` neurons.json (or its run directory) to apply
 
     @property
     def label(self) -> str:
@@ -56,6 +58,8 @@ class ModelSpec:
             parts.append(f"@{h}x{w}")
         if self.random_init and not Path(self.spec).exists():  # a file or run directory has its own weights
             parts.append("(random init)")
+        if self.test_time_registers:
+            parts.append("+test-time registers")
         return " ".join(parts)
 
     def check(self) -> None:
@@ -68,7 +72,12 @@ class ModelSpec:
             registers=self.registers,
             img_size=self.img_size,
             random_init=self.random_init,
+            download=self.download,
         )
+        if self.test_time_registers:
+            from vitreg.results.fix import read_neurons
+
+            read_neurons(self.test_time_registers)
 
     def start(self, runtime: Runtime) -> tuple[torch.nn.Module, torch.device, torch.dtype | None]:
         """Check the model, set up ``runtime`` and load the model on its device: (model, device, autocast dtype)."""
@@ -86,7 +95,14 @@ class ModelSpec:
             registers=self.registers,
             img_size=self.img_size,
             random_init=self.random_init,
+            download=self.download,
         )
+        if self.test_time_registers:
+            from vitreg.models.ttr import add_test_time_registers
+            from vitreg.results.fix import read_neurons
+
+            neurons = read_neurons(self.test_time_registers)
+            model = add_test_time_registers(model, neurons.selected, neurons.registers)
         return model.eval().to(device)
 
 

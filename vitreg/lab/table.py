@@ -21,6 +21,10 @@ HEADER = [
     "nbr sim out / normal",
     "on background out / all",
     "norm bar met",
+    "sink heads (block)",
+    "sink mass",
+    "sinks on bg",
+    "[CLS] share",
     "train min",
 ]
 
@@ -47,6 +51,10 @@ def _cells(r: LabRow) -> list[str]:
         f"{_f(r.sim_outlier)} / {_f(r.sim_normal)}",
         f"{_f(r.background_outliers)} / {_f(r.background_patches)}",
         _f(r.artifacts),
+        "–" if r.sink_heads is None else f"{100 * r.sink_heads:.0f}% ({r.sink_layer})",
+        _f(r.sink_top_mass),
+        _f(r.sinks_on_background),
+        _f(r.cls_share_last),
         f"{r.minutes:.1f}",
     ]
 
@@ -56,7 +64,10 @@ def lab_markdown(grid: Grid, rows: list[LabRow]) -> str:
         f"Base config `{grid.base}`; diagnosed on {grid.diagnose_limit} held-out generated scenes "
         f"(generator seed {grid.scene_seed}). Bar for artifacts: auto rule bimodal, >= {100 * MIN_OUTLIER_RATIO:g}% "
         f"of patch tokens, >= {MIN_NORM_RATIO:g}x norm ratio. "
-        "First layer: the first block (0-based) whose own tokens the auto rule splits, even when the output has none.",
+        "First layer: the first block (0-based) whose own tokens the auto rule splits, even when the output has none. "
+        "Sinks: per block and head, the largest share of the patch queries' attention one token receives; a head has "
+        "a sink above 30%. Columns: the block with most sink heads (their share), their mean top mass, the share of "
+        "those sinks on a background patch, and the last block's attention share on [CLS].",
         "",
         "| point | overrides |",
         "|---|---|",

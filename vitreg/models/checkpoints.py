@@ -1,32 +1,43 @@
-"""Load and save model weights: safetensors, weights-only ``.pth``, timm checkpoints, original DINOv2 checkpoints.
+"""Load and save models: every format of :mod:`vitreg.models.formats`, weights-only (safetensors, or
+``torch.load(weights_only=True)``: a pickle of other Python objects is refused, never run).
 
-Offline by design: nothing here touches the network. A named pretrained model whose weights are not on disk
-fails at once with a message naming the file to provide (``--weights PATH``); it never falls back to random
-weights unless ``random_init=True`` is asked for.
+Nothing is downloaded unless asked (``download=True``, ``--download``): a named model whose weights are not in the
+ecosystem's caches fails at once with a message naming the file to provide, where vitreg looks for it, and the flags
+(``--weights PATH``, ``--download``). It never falls back to random weights unless ``random_init=True`` is asked for.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 
 from vitreg import atomic
 from vitreg.errors import CheckpointError, WeightsNotFoundError
+from vitreg.models import hub, zoo
+from vitreg.models.convert import to_model_layout
+from vitreg.models.formats import (
+    ACCEPTED,
+    OPENCLIP_PREFIX,
+    candidates,
+    openclip_named_config,
+    read_folder,
+    read_sidecar,
+    shape_summary,
+)
 from vitreg.models.presets import DINOV2_ALIASES, TIMM_PREFIX, ModelConfig, build_model, model_config
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
+HF_PREFIX = "hf:"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -94,109 +105,16 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-# ------------------------------------------------------------------------------------- DINOv2 original layout
-def is_dinov2_original(sd: dict[str, torch.Tensor]) -> bool:
-    """DINOv2's own ``DinoVisionTransformer`` keys: ``mask_token`` and/or ``register_tokens``."""
-    return "mask_token" in sd or "register_tokens" in sd
-
-
-def convert_dinov2(sd: dict[str, torch.Tensor], no_embed_class: bool = True) -> dict[str, torch.Tensor]:
-    """Original DINOv2 keys -> timm VisionTransformer keys.
-
-    - ``register_tokens`` (1, R, C) -> ``reg_token``.
-    - DINOv2 adds ``pos_embed[:, 0]`` to [CLS]; with ``no_embed_class`` (timm layout used for registers) that
-      constant is folded into ``cls_token`` and ``pos_embed`` keeps only the patch grid (1, H*W, C).
-    - chunked blocks ``blocks.<chunk>.<i>.`` -> ``blocks.<i>.`` (the index inside a chunk is already global).
-    - SwiGLU ``mlp.w12`` / ``mlp.w3`` -> ``mlp.fc1`` / ``mlp.fc2`` (timm SwiGLUPacked).
-    """
-    sd = dict(sd)
-    sd.pop("mask_token", None)
-    out: dict[str, torch.Tensor] = {}
-    if "register_tokens" in sd:
-        out["reg_token"] = sd.pop("register_tokens")
-    pos = sd.pop("pos_embed")
-    cls = sd.pop("cls_token")
-    if no_embed_class:
-        out["cls_token"] = cls + pos[:, :1]
-        out["pos_embed"] = pos[:, 1:]
-    else:
-        out["cls_token"] = cls
-        out["pos_embed"] = pos
-    for k, v in sd.items():
-        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)
-        k = re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", k)
-        k = re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)
-        out[k] = v
-    return out
-
-
-# --------------------------------------------------------------------------------- config from weights alone
-def infer_config(sd: dict[str, torch.Tensor], spec: str = "inferred") -> ModelConfig:
-    """Architecture of a timm-layout state dict (heads assumed 64-dim, as in every DeiT/DINOv2 ViT)."""
-    try:
-        proj = sd["patch_embed.proj.weight"]  # (C, 3, p, p)
-    except KeyError:
-        raise CheckpointError("not a ViT checkpoint: no patch_embed.proj.weight") from None
-    dim, patch = proj.shape[0], proj.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
-    regs = sd["reg_token"].shape[1] if "reg_token" in sd else 0
-    has_cls = "cls_token" in sd
-    n_pos = sd["pos_embed"].shape[1]
-    grid = round(n_pos**0.5)
-    if grid * grid != n_pos:  # pos_embed holds the [CLS] entry too: not the no_embed_class layout
-        raise CheckpointError(
-            "this checkpoint's position embedding includes the [CLS] token (no_embed_class=False); load it with "
-            "--model timm:NAME naming its timm architecture"
-        )
-    fc1 = sd["blocks.0.mlp.fc1.weight"]  # (hidden, C) or (2*hidden, C) for packed SwiGLU
-    fc2 = sd["blocks.0.mlp.fc2.weight"]  # (C, hidden)
-    swiglu = fc1.shape[0] == 2 * fc2.shape[1]
-    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-    return ModelConfig(
-        spec=spec,
-        registers=regs,
-        img_size=(grid * patch, grid * patch),
-        patch_size=patch,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=max(1, dim // 64),
-        mlp_ratio=fc1.shape[0] / dim,
-        mlp="swiglu" if swiglu else "mlp",
-        init_values=1.0 if "blocks.0.ls1.gamma" in sd else None,  # the real gammas are loaded over this
-        num_classes=num_classes,
-        global_pool="map" if "attn_pool.latent" in sd else "avg" if "fc_norm.weight" in sd else "token",
-        class_token=has_cls,
-        qkv_bias="blocks.0.attn.qkv.bias" in sd,
-    )
-
-
 # ------------------------------------------------------------------------------------------ loading into a model
-def adapt_state_dict(sd: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """Convert a foreign layout and resample the position embedding to the model's grid (bicubic, antialiased)."""
-    if is_dinov2_original(sd):
-        sd = convert_dinov2(sd, no_embed_class=model.no_embed_class)
-    pos = sd.get("pos_embed")
-    if pos is not None and model.pos_embed is not None and pos.shape != model.pos_embed.shape:
-        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        old = round((pos.shape[1] - prefix) ** 0.5)
-        sd = dict(sd)
-        sd["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=prefix
-        )
-    return sd
-
-
-def load_weights(model: VisionTransformer, sd: dict[str, torch.Tensor], source: str) -> VisionTransformer:
-    sd = adapt_state_dict(sd, model)
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Load ``sd`` (any layout :mod:`vitreg.models.convert` knows) into ``model``; every tensor must fit."""
+    sd = to_model_layout(sd, model)
     own = model.state_dict()
     if "head.weight" in sd and ("head.weight" not in own or own["head.weight"].shape != sd["head.weight"].shape):
-        # A classifier for another label set (or none asked for): the backbone is what matters here.
-        log.info("%s: dropping its classifier head (%s)", source, tuple(sd["head.weight"].shape))
+        # A classifier (or a CLIP projection) for another purpose: the backbone is what matters here.
+        log.info("%s: dropping its head (%s)", source, tuple(sd["head.weight"].shape))
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    missing, unexpected = [], []
-    for k in own:
-        if k not in sd and not k.startswith("head."):
-            missing.append(k)
+    missing = [k for k in own if k not in sd and not k.startswith("head.")]
     unexpected = [k for k in sd if k not in own]
     shape_bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     if missing or unexpected or shape_bad:
@@ -208,38 +126,110 @@ def load_weights(model: VisionTransformer, sd: dict[str, torch.Tensor], source: 
         if shape_bad:
             k = shape_bad[0]
             details.append(f"shape mismatch for {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise CheckpointError(f"{source}: weights do not fit the model: {'; '.join(details)}")
+        raise CheckpointError(f"{source}: weights do not fit the model: {'; '.join(details)}; accepted: {ACCEPTED}")
     model.load_state_dict(sd, strict=False)
     return model
 
 
-def _pretrained_file_hint(cfg: ModelConfig) -> str:
-    name = cfg.spec[len(TIMM_PREFIX) :] if cfg.is_timm else cfg.spec
-    for alias, (timm_name, fname) in DINOV2_ALIASES.items():
-        if timm_name == name:
-            return f"{fname} (the original DINOv2 checkpoint, alias {alias})"
+# --------------------------------------------------------------------------------------- where weights come from
+def weight_sources(spec: str, cfg: ModelConfig) -> list[hub.Source]:
+    """The published files of a named model, the original publisher's first."""
+    sources = []
+    if spec in DINOV2_ALIASES:
+        sources.append(hub.dinov2_source(spec.removesuffix("_reg"), DINOV2_ALIASES[spec][1]))
+    if cfg.is_timm:
+        import timm
+
+        name = cfg.spec[len(TIMM_PREFIX) :]
+        deit3 = hub.deit3_source(name)
+        if deit3 is not None:
+            sources.append(deit3)
+        pcfg = timm.models.get_pretrained_cfg(name)
+        repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+        if repo:
+            sources += [hub.Source(f, repo=repo) for f in hub.HF_FILES]
+    return sources
+
+
+def _spec_weights(
+    cfg: ModelConfig, spec: str | Path, weights: str | Path | None, random_init: bool, download: bool
+) -> Path | None:
+    """Where a named model's weights come from (None: random on purpose); WeightsNotFoundError when nowhere."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise CheckpointError(f"checkpoint not found: {weights}")
+        return Path(weights)
+    if random_init:
+        return None
+    sources = weight_sources(str(spec), cfg)
+    hit = next((p for s in sources if (p := hub.cached(s)) is not None), None)
+    if hit is not None:
+        return hit
+    if download and sources:
+        return hub.fetch(sources[0])
+    where = f"; or pass --download to fetch {sources[0].filename}" if sources else ""
+    raise WeightsNotFoundError(
+        f"no weights on disk for {str(spec)!r}. Provide {_pretrained_file_hint(cfg, sources)} with --weights PATH "
+        f"(API: weights=PATH){where}, or pass --random-init to use random weights on purpose."
+    )
+
+
+def _pretrained_file_hint(cfg: ModelConfig, sources: list[hub.Source]) -> str:
+    if sources:
+        return f"{sources[0].filename} (vitreg looks for it in {sources[0].where})"
     return f"the weights of {cfg.spec} (a .safetensors or weights-only .pth file)"
 
 
-def _cached_timm_weights(cfg: ModelConfig) -> Path | None:
-    """Weights of a timm model already in the local Hugging Face cache; never a network call."""
-    if not cfg.is_timm:
-        return None
-    import timm
+def _bare_file(path: Path) -> CheckpointError:
+    """A weights file that does not say its architecture: refused, with the names that fit its shapes."""
+    sd = read_state_dict(path)
+    names = candidates(sd)
+    fits = f" (architectures of this width, depth and patch: {', '.join(names)})" if names else ""
+    return CheckpointError(
+        f"{path}: a weights file without a {path.with_suffix('.json').name} sidecar does not say its architecture "
+        f"({shape_summary(sd)}); pass --model ARCH --weights {path}{fits}"
+    )
 
-    pcfg = timm.models.get_pretrained_cfg(cfg.spec[len(TIMM_PREFIX) :])
-    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        hit = try_to_load_from_cache(repo, fname)
-        if isinstance(hit, str) and os.path.isfile(hit):
-            return Path(hit)
-    return None
+
+# -------------------------------------------------------------------------------------------------- the API
+def resolve(
+    spec: str | Path,
+    *,
+    weights: str | Path | None,
+    registers: int | None,
+    img_size: Any,
+    random_init: bool,
+    download: bool,
+    overrides: dict[str, Any],
+) -> tuple[ModelConfig, Path | None]:
+    """The architecture of ``spec`` and the file its weights come from (None: random init), without building or
+    reading anything large: what :func:`load_model` would load, or the error it would raise."""
+    text = str(spec)
+    path = Path(text)
+    if text.startswith(zoo.ZOO_PREFIX):  # a zoo entry: its weights are checked against their sha256 first
+        entry = zoo.get(text)
+        return read_sidecar(entry.directory / CONFIG_NAME), entry.verify()
+    if text.startswith(HF_PREFIX):
+        path = hub.hf_folder(text[len(HF_PREFIX) :], download)
+    if path.is_dir():
+        cfg, file = read_folder(path)
+        if text.startswith(HF_PREFIX):
+            cfg.spec = text
+        return cfg, file
+    if path.is_file() or path.suffix in WEIGHT_SUFFIXES:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise _bare_file(path)
+        return read_sidecar(sidecar), path
+    if text.startswith(OPENCLIP_PREFIX):
+        cfg = openclip_named_config(text)
+        if weights is None and not random_init:
+            raise WeightsNotFoundError(f"{text}: give its weights with --weights (open_clip_model.safetensors or .bin)")
+        return cfg, None if random_init else Path(weights)  # type: ignore[arg-type]
+    cfg = model_config(text, registers=registers, img_size=img_size, **overrides)
+    return cfg, _spec_weights(cfg, text, weights, random_init, download)
 
 
 def load_model(
@@ -249,55 +239,36 @@ def load_model(
     registers: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     random_init: bool = False,
+    download: bool = False,
     **overrides: Any,
-) -> VisionTransformer:
-    """A ready model from a run directory, a weights file, or a named spec with ``weights``.
+) -> nn.Module:
+    """A ready model from a model folder, a weights file with its sidecar, or a named architecture.
 
-    - directory: ``model.json`` + ``model.safetensors`` written by :func:`save_model`;
-    - file: safetensors / weights-only .pth / timm / original DINOv2 checkpoint (architecture from a JSON sidecar
-      or inferred from the keys);
-    - spec (preset, ``timm:NAME``, DINOv2 alias): its architecture, with ``weights`` (or a timm model's weights
-      already in the local cache); ``random_init=True`` asks for random weights on purpose.
+    - folders and files: the formats of :mod:`vitreg.models.formats` (vitreg's run directory, transformers DINOv2,
+      OpenCLIP, timm), each loaded weights-only;
+    - ``zoo:NAME``: an entry of the package's model zoo (:mod:`vitreg.models.zoo`), its sha256 checked;
+    - names: a preset, ``timm:NAME``, a DINOv2 name, ``openclip:ARCH``, or ``hf:REPO`` (a Hub repo in one of the
+      folder formats), with ``weights=FILE`` (any layout :mod:`vitreg.models.convert` knows) or the published weights
+      found in the ecosystem's caches (:mod:`vitreg.models.hub`), downloaded first with ``download=True``;
+      ``random_init=True`` asks for random weights on purpose.
     """
-    path = Path(str(path_or_spec))
-    if path.is_dir():
-        cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise CheckpointError(f"{path}: a model directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        cfg = _read_config(cfg_path)
-        return _finish(cfg, read_state_dict(w_path), str(w_path), registers, img_size, overrides)
-    if path.is_file() or path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-        sd = read_state_dict(path)
-        sidecar = path.with_suffix(".json")
-        if sidecar.is_file():
-            cfg = _read_config(sidecar)
-        else:
-            if is_dinov2_original(sd):
-                sd = convert_dinov2(sd)
-            cfg = infer_config(sd, spec=f"file:{path.name}")
-        return _finish(cfg, sd, str(path), registers, img_size, overrides)
-
-    cfg = model_config(str(path_or_spec), registers=registers, img_size=img_size, **overrides)
-    source = _spec_weights(cfg, path_or_spec, weights, random_init)
+    cfg, file = resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size,
+                        random_init=random_init, download=download, overrides=overrides)  # fmt: skip
+    text = str(path_or_spec)
+    named = not Path(text).exists() and not text.startswith((HF_PREFIX, zoo.ZOO_PREFIX))
+    if not named:
+        if registers is not None and registers != cfg.registers:
+            raise CheckpointError(f"{file} was trained with {cfg.registers} registers; cannot load it with {registers}")
+        if img_size is not None:
+            cfg.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)  # type: ignore[assignment]
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if not hasattr(cfg, k):
+                raise CheckpointError(f"unknown model option {k!r}")
+            setattr(cfg, k, v)
     model = build_model(cfg)
-    return model if source is None else load_weights(model, read_state_dict(source), str(source))
-
-
-def _spec_weights(cfg: ModelConfig, spec: str | Path, weights: str | Path | None, random_init: bool) -> Path | None:
-    """Where a named model's weights come from (None: random on purpose); WeightsNotFoundError when nowhere."""
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise CheckpointError(f"checkpoint not found: {weights}")
-        return Path(weights)
-    if random_init:
-        return None
-    cached = _cached_timm_weights(cfg)
-    if cached is not None:
-        return cached
-    raise WeightsNotFoundError(
-        f"no weights on disk for {str(spec)!r}. Provide {_pretrained_file_hint(cfg)} with --weights PATH "
-        f"(API: weights=PATH), or pass --random-init to use random weights on purpose. vitreg never downloads."
-    )
+    return model if file is None else load_weights(model, read_state_dict(file), str(file))
 
 
 def check_model(
@@ -307,54 +278,16 @@ def check_model(
     registers: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     random_init: bool = False,
+    download: bool = False,
 ) -> None:
     """Raise what :func:`load_model` would raise for a missing file, an unknown name or missing weights, without
-    building the model or reading the weights (so every model of a run is checked before any work)."""
-    path = Path(str(path_or_spec))
-    if path.is_dir():
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise CheckpointError(f"{path}: a model directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        _read_config(path / CONFIG_NAME)
-        return
-    if path.is_file() or path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        return
-    cfg = model_config(str(path_or_spec), registers=registers, img_size=img_size)
-    _spec_weights(cfg, path_or_spec, weights, random_init)
+    building the model, so every model of a run is checked before any work (with ``download``, fetching its files
+    is part of the check)."""
+    resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size, random_init=random_init,
+            download=download, overrides={})  # fmt: skip
 
 
-def _read_config(path: Path) -> ModelConfig:
-    # every value checked against its type and range, and the architecture built on the meta device, so a hostile
-    # sidecar ("depth": "twelve") is a CheckpointError naming the file and key, never a traceback from timm
-    from vitreg.models.sidecar import read_model_config
-
-    return read_model_config(path)
-
-
-def _finish(
-    cfg: ModelConfig,
-    sd: dict[str, torch.Tensor],
-    source: str,
-    registers: int | None,
-    img_size: Any,
-    overrides: dict[str, Any],
-) -> VisionTransformer:
-    if registers is not None and registers != cfg.registers:
-        raise CheckpointError(f"{source} was trained with {cfg.registers} registers; cannot load it with {registers}")
-    if img_size is not None:
-        cfg.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if not hasattr(cfg, k):
-            raise CheckpointError(f"unknown model option {k!r}")
-        setattr(cfg, k, v)
-    return load_weights(build_model(cfg), sd, source)
-
-
-def save_model(model: VisionTransformer, directory: str | Path) -> Path:
+def save_model(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model.safetensors`` + ``model.json`` so ``load_model(directory)`` re-creates the model alone."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

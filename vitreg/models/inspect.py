@@ -1,10 +1,15 @@
 """Inspector: one forward pass that captures what the analyses need, with fused attention left on.
 
+Works on timm's ``VisionTransformer`` (DINOv2, CLIP, DeiT-III, vitreg's own) and ``Eva`` (DINOv3, with RoPE and
+storage tokens, which count as registers):
+
 - block outputs (the residual stream after each block, *before* the final norm: what the paper's norms use),
 - the final normed tokens (after ``model.norm``) and the head's output,
-- q, k, v of chosen layers (LOST uses keys), from a hook on the fused ``attn.qkv`` projection,
+- q, k, v of chosen layers (LOST uses keys): q and k from hooks on ``attn.q_norm`` / ``attn.k_norm`` (both classes
+  call them right after the projection), v from the projection itself; keys are as projected, before any RoPE,
 - attention probabilities of chosen layers for chosen query tokens ([CLS] and each register by default),
-  recomputed as softmax(q k^T * scale) from the captured q/k, so SDPA stays on everywhere else.
+  recomputed as softmax(q k^T * scale) from the captured q/k, with RoPE applied to the patch tokens as the block
+  itself does (timm's ``apply_rot_embed_cat``, the block's own rope), so SDPA stays on everywhere else.
 
 Token bookkeeping lives here once: ``[CLS]? + registers + patches`` in that order (timm ``_pos_embed``).
 Never slice ``x[:, 1:]``: with registers that counts registers as patches.
@@ -18,6 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import apply_rot_embed_cat
 
 from vitreg.device import autocast
 from vitreg.errors import ConfigError
@@ -74,16 +81,23 @@ class TokenSplit:
     patches: torch.Tensor  # (B, H, W, C)
 
 
+def num_registers(model: nn.Module) -> int:
+    """Register tokens of a timm ViT (VisionTransformer ``reg_token``, Eva/DINOv3 storage tokens): its prefix tokens
+    other than [CLS]."""
+    vit: Any = model  # timm's attributes (patch_embed, cls_token, ...) are dynamic on nn.Module
+    return int(vit.num_prefix_tokens) - int(vit.cls_token is not None)
+
+
 def token_layout(model: nn.Module, image_hw: tuple[int, ...]) -> TokenLayout:
     """Layout of the token sequence a timm ViT produces for an image of size ``image_hw`` (H, W)."""
-    vit: Any = model  # timm's attributes (patch_embed, cls_token, ...) are dynamic on nn.Module
+    vit: Any = model
     pe = vit.patch_embed
     h, w = int(image_hw[0]), int(image_hw[1])
     if hasattr(pe, "dynamic_feat_size"):
         gh, gw = (int(g) for g in pe.dynamic_feat_size((h, w)))
     else:
         gh, gw = h // pe.patch_size[0], w // pe.patch_size[1]
-    return TokenLayout(has_cls=vit.cls_token is not None, num_registers=int(vit.num_reg_tokens), grid=(gh, gw))
+    return TokenLayout(has_cls=vit.cls_token is not None, num_registers=num_registers(model), grid=(gh, gw))
 
 
 def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:
@@ -99,8 +113,8 @@ def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:
 
 @dataclass
 class QKV:
-    q: torch.Tensor  # (B, heads, N, head_dim), after q_norm
-    k: torch.Tensor  # (B, heads, N, head_dim), after k_norm
+    q: torch.Tensor  # (B, heads, N, head_dim), after q_norm (before RoPE)
+    k: torch.Tensor  # (B, heads, N, head_dim), after k_norm (before RoPE)
     v: torch.Tensor  # (B, heads, N, head_dim)
 
 
@@ -147,7 +161,7 @@ def _resolve_layers(spec: Iterable[int] | str | None, depth: int) -> list[int]:
 
 
 class Inspector:
-    """Runs a timm VisionTransformer and captures tokens, q/k/v and attention for the layers asked for.
+    """Runs a timm VisionTransformer or Eva and captures tokens, q/k/v and attention for the layers asked for.
 
     >>> cap = Inspector(model).run(images, layers="all", attention_layers=[-1])
     >>> cap.split_tokens(-1 % len(model.blocks)).patches.shape  # (B, H, W, C)
@@ -155,7 +169,7 @@ class Inspector:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None = None):
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
-            raise CaptureError(f"Inspector needs a timm VisionTransformer, got {type(model).__name__}")
+            raise CaptureError(f"Inspector needs a timm VisionTransformer or Eva, got {type(model).__name__}")
         vit: Any = model  # timm's attributes (blocks, norm, ...) are dynamic on nn.Module
         self.model = vit
         self.dtype = dtype  # autocast dtype (bf16 on capable CPUs), None = fp32
@@ -193,16 +207,14 @@ class Inspector:
             raise CaptureError("nothing to capture: ask for layers, attention_layers, qkv_layers or normed")
 
         cap = Capture(layout=layout, queries=q_idx)
-        raw_qkv: dict[int, torch.Tensor] = {}
+        hooked: dict[int, _AttentionHooks] = {}
         handles = []
         try:
             for i in tok_layers:
                 handles.append(model.blocks[i].register_forward_hook(self._store(cap.tokens, i)))
             for i in sorted(set(att_layers) | set(keep_qkv)):
-                attn = model.blocks[i].attn
-                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-                    raise CaptureError(f"block {i}'s attention has no fused qkv projection to hook")
-                handles.append(attn.qkv.register_forward_hook(self._store(raw_qkv, i)))
+                hooked[i] = _AttentionHooks(model.blocks[i].attn, i)
+                handles += hooked[i].handles
             if normed:
                 handles.append(model.norm.register_forward_hook(self._store_normed(cap)))
             with autocast(device, self.dtype):
@@ -211,15 +223,12 @@ class Inspector:
             for h in handles:
                 h.remove()
 
-        for i, flat in raw_qkv.items():
-            qkv = self._split_qkv(model.blocks[i].attn, flat)
+        for i, hooks in hooked.items():
+            qkv = hooks.qkv()
             if i in keep_qkv:
                 cap.qkv[i] = qkv
             if i in att_layers:
-                attn = model.blocks[i].attn
-                q = qkv.q[:, :, q_idx]  # (B, heads, Q, hd)
-                logits = (q * attn.scale) @ qkv.k.transpose(-2, -1)  # (B, heads, Q, N)
-                cap.attention[i] = logits.softmax(dim=-1)
+                cap.attention[i] = hooks.attention(qkv, q_idx)
         missing = [i for i in tok_layers if i not in cap.tokens] + [i for i in att_layers if i not in cap.attention]
         if missing or (normed and cap.normed is None):
             raise CaptureError(f"capture failed: hooks did not fire for layers {missing or ['norm']}")
@@ -239,9 +248,69 @@ class Inspector:
 
         return hook
 
-    @staticmethod
-    def _split_qkv(attn: Any, flat: torch.Tensor) -> QKV:
-        b, n, _ = flat.shape  # (B, N, 3 * heads * hd)
-        qkv = flat.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
-        return QKV(q=attn.q_norm(q).float(), k=attn.k_norm(k).float(), v=v.float())
+
+class _AttentionHooks:
+    """The hooks on one block's attention that give its q, k, v and its RoPE, and the attention recomputed from them.
+
+    q and k come from ``q_norm`` / ``k_norm`` (identity unless the model has qk-norm), which timm's Attention and
+    EvaAttention call on the projected q and k; v from the projection output (``qkv`` fused, ``v_proj`` split), or,
+    for an Eva whose fused projection adds a separate q/v bias (timm then calls ``F.linear`` on ``qkv.weight``
+    directly), from the attention's input and that weight. RoPE is the ``rope`` argument the block passes in.
+    """
+
+    def __init__(self, attn: Any, layer: int):
+        self.attn, self.layer = attn, layer
+        self.got: dict[str, Any] = {}
+        self.handles = [
+            attn.register_forward_pre_hook(self._inputs, with_kwargs=True),
+            attn.q_norm.register_forward_hook(self._keep("q")),
+            attn.k_norm.register_forward_hook(self._keep("k")),
+        ]
+        proj = getattr(attn, "qkv", None)
+        if isinstance(proj, nn.Linear) and getattr(attn, "q_bias", None) is None:
+            self.handles.append(proj.register_forward_hook(self._keep("qkv")))
+        elif isinstance(getattr(attn, "v_proj", None), nn.Linear):
+            self.handles.append(attn.v_proj.register_forward_hook(self._keep("v_flat")))
+        elif not isinstance(proj, nn.Linear):
+            raise CaptureError(f"block {layer}'s attention ({type(attn).__name__}) has no q/k/v projection to hook")
+
+    def _inputs(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.got["x"] = args[0] if args else kwargs.get("x")
+        self.got["rope"] = kwargs.get("rope")
+
+    def _keep(self, name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            self.got[name] = output.detach()
+
+        return hook
+
+    def _v(self) -> torch.Tensor:
+        a, got = self.attn, self.got
+        b, _, n, hd = got["q"].shape
+        if "qkv" in got:
+            return got["qkv"].reshape(b, n, 3, -1, hd)[:, :, 2].transpose(1, 2)  # (B, kv heads, N, hd)
+        if "v_flat" in got:
+            return got["v_flat"].reshape(b, n, -1, hd).transpose(1, 2)
+        c = a.qkv.weight.shape[1]
+        v = F.linear(got["x"], a.qkv.weight[-c:], a.v_bias)  # (B, N, C): the v third of the fused projection
+        return v.reshape(b, n, -1, hd).transpose(1, 2)
+
+    def qkv(self) -> QKV:
+        if "q" not in self.got or "k" not in self.got:
+            raise CaptureError(f"capture failed: the q/k hooks of block {self.layer} did not fire")
+        return QKV(q=self.got["q"].float(), k=self.got["k"].float(), v=self._v().float())
+
+    def attention(self, qkv: QKV, queries: list[int]) -> torch.Tensor:
+        """(B, heads, Q, N) softmax(q k^T * scale) for the ``queries`` rows, after the block's RoPE."""
+        q, k = qkv.q, qkv.k
+        rope = self.got.get("rope")
+        if rope is not None:
+            npt = int(getattr(self.attn, "num_prefix_tokens", 0))  # prefix tokens ([CLS], registers) get no RoPE
+            half = bool(getattr(self.attn, "rotate_half", False))
+            rope = rope.float()
+            q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2)
+            k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: each k/v head serves several q heads
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        logits = (q[:, :, queries] * self.attn.scale) @ k.transpose(-2, -1)  # (B, heads, Q, N)
+        return logits.softmax(dim=-1)

@@ -9,6 +9,7 @@ the position embedding bicubically with antialiasing (paper appendix A).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import timm
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import SwiGLUPacked
+from timm.layers import QuickGELU, SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from vitreg.errors import ConfigError
@@ -48,6 +49,16 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs of a timm pass-through model
+    # Layout details of converted checkpoints (OpenCLIP: a norm before the blocks, [CLS] in the position
+    # embedding, eps 1e-5, QuickGELU for OpenAI's weights); the defaults are vitreg's own ViTs.
+    pre_norm: bool = False
+    no_embed_class: bool = True
+    norm_eps: float = 1e-6
+    act: str = "gelu"  # "gelu" | "quick_gelu"
+    source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
+    # Test-time registers (vitreg.models.ttr): extra untrained tokens after the registers, fed by these MLP units
+    test_time_registers: int = 0
+    register_neurons: list[tuple[int, int]] = field(default_factory=list)  # (block, hidden unit) pairs
 
     @property
     def is_timm(self) -> bool:
@@ -61,15 +72,27 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}")
-        d = dict(d)
-        for k in ("img_size", "mean", "std"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        """The config of a ``model.json``: every key checked by name and type (ConfigError naming it)."""
+        from vitreg.config import from_dict
+
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of model config keys, got {type(d).__name__}")
+        return from_dict(cls, d)
+
+    def validate(self) -> None:
+        if self.mlp not in ("mlp", "swiglu") or self.act not in ("gelu", "quick_gelu"):
+            raise ConfigError(f"unknown mlp {self.mlp!r} or act {self.act!r}; allowed: mlp, swiglu; gelu, quick_gelu")
+        sizes = dict(patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
+        bad = [k for k, v in sizes.items() if v < 1]
+        if bad or min(self.img_size) < 1 or not 0 <= self.registers <= MAX_REGISTERS:
+            raise ConfigError(f"model config: {bad[0] if bad else 'img_size or registers'} out of range")
+        ttr = self.test_time_registers
+        if not 0 <= ttr <= MAX_REGISTERS or (self.register_neurons and not ttr):
+            raise ConfigError("model config: register_neurons need test_time_registers between 1 and 16")
+        if not self.is_timm and self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"model config: embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
 
 
 def _p(img: int, patch: int, dim: int, depth: int, heads: int, **kw: Any) -> dict[str, Any]:
@@ -162,22 +185,32 @@ def model_config(
     return ModelConfig(spec=name, **kwargs)
 
 
+def _is_eva(timm_name: str) -> bool:
+    return timm.models.model_entrypoint(timm_name).__module__.endswith(".eva")
+
+
 def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
     timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
         raise ConfigError(f"timm has no model named {timm_name!r} (timm {timm.__version__})")
     # Build once on the meta device to read the architecture without allocating weights.
     import torch
+    from timm.models.eva import Eva
 
-    with torch.device("meta"):
-        probe = timm.create_model(timm_name, pretrained=False)
-    if not isinstance(probe, VisionTransformer):
-        raise ConfigError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer")
-    pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
-    regs = probe.num_reg_tokens if registers is None else _check_registers(registers)
-    hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
     extra = {k: v for k, v in overrides.items() if v is not None}
-    num_classes = extra.pop("num_classes", probe.num_classes)
+    num_classes = extra.pop("num_classes", None)
+    with torch.device("meta"):
+        try:
+            probe = timm.create_model(timm_name, pretrained=False, **extra)
+        except TypeError as err:
+            raise ConfigError(f"timm:{timm_name} does not take {sorted(extra)}: {err}") from None
+    if not isinstance(probe, VisionTransformer | Eva):
+        raise ConfigError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer or Eva (DINOv3)")
+    pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
+    own_regs = probe.num_prefix_tokens - (probe.cls_token is not None)
+    regs = own_regs if registers is None else _check_registers(registers)
+    hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
+    num_classes = probe.num_classes if num_classes is None else num_classes
     vit: Any = probe  # timm's attributes are dynamic on nn.Module
     return ModelConfig(
         spec=name,
@@ -200,21 +233,17 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
     """Instantiate ``cfg`` with random weights (timm's own initialisation)."""
     model: Any
     if cfg.is_timm:
-        model = timm.create_model(
-            cfg.spec[len(TIMM_PREFIX) :],
-            pretrained=False,
-            reg_tokens=cfg.registers,
-            img_size=cfg.img_size,
-            num_classes=cfg.num_classes,
-            dynamic_img_size=True,
-            **cfg.timm_kwargs,
-        )
+        name = cfg.spec[len(TIMM_PREFIX) :]
+        # timm's Eva (DINOv3, EVA) names its register ("storage") tokens num_reg_tokens
+        regs: dict[str, Any] = {"num_reg_tokens" if _is_eva(name) else "reg_tokens": cfg.registers}
+        model = timm.create_model(name, pretrained=False, img_size=cfg.img_size, num_classes=cfg.num_classes,
+                                  dynamic_img_size=True, **regs, **cfg.timm_kwargs)  # fmt: skip
     else:
         mlp_kwargs: dict[str, Any] = {}
         if cfg.mlp == "swiglu":
             mlp_kwargs = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
-        elif cfg.mlp != "mlp":
-            raise ConfigError(f"unknown mlp {cfg.mlp!r}; allowed: mlp, swiglu")
+        elif cfg.act == "quick_gelu":
+            mlp_kwargs = dict(act_layer=QuickGELU)
         model = VisionTransformer(
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,
@@ -229,7 +258,9 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
             qkv_bias=cfg.qkv_bias,
             drop_path_rate=cfg.drop_path_rate,
             reg_tokens=cfg.registers,
-            no_embed_class=True,
+            no_embed_class=cfg.no_embed_class,
+            pre_norm=cfg.pre_norm,
+            norm_layer=functools.partial(nn.LayerNorm, eps=cfg.norm_eps),
             dynamic_img_size=True,
             **mlp_kwargs,
         )
@@ -242,6 +273,10 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
         "interpolation": "bicubic",
     }
     model.vitreg_config = cfg
+    if cfg.test_time_registers:
+        from vitreg.models.ttr import attach
+
+        attach(model, cfg.register_neurons, cfg.test_time_registers)
     return typing.cast(VisionTransformer, model)
 
 

@@ -24,7 +24,7 @@ MAX_SIDE = 8192  # input pixels per side
 MAX_DEPTH = 256
 MAX_WIDTH = 16384
 MAX_CLASSES = 1_000_000
-CHOICES = {"mlp": ("mlp", "swiglu"), "global_pool": ("token", "avg", "map")}
+CHOICES = {"mlp": ("mlp", "swiglu"), "global_pool": ("token", "avg", "map"), "act": ("gelu", "quick_gelu")}
 
 
 def read_model_config(path: Path) -> ModelConfig:
@@ -75,6 +75,12 @@ def _int_in(where: str, key: str, value: int, lo: int, hi: int) -> None:
 
 def _check_ranges(cfg: ModelConfig, where: str) -> None:
     _int_in(where, "registers", cfg.registers, 0, MAX_REGISTERS)
+    _int_in(where, "test_time_registers", cfg.test_time_registers, 0, MAX_REGISTERS)
+    for block, unit in cfg.register_neurons:
+        _int_in(where, "register_neurons", block, 0, cfg.depth - 1)
+        _int_in(where, "register_neurons", unit, 0, int(cfg.embed_dim * cfg.mlp_ratio) - 1)
+    if not (math.isfinite(cfg.norm_eps) and 0 < cfg.norm_eps < 1):
+        raise _fail(where, "norm_eps", "in (0, 1)", cfg.norm_eps)
     for side in cfg.img_size:
         _int_in(where, "img_size", side, 1, MAX_SIDE)
     _int_in(where, "patch_size", cfg.patch_size, 1, min(cfg.img_size))

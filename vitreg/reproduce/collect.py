@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitreg.reproduce import items
-from vitreg.reproduce.pipeline import flops_dir
+from vitreg.reproduce.pipeline import flops_dir, model_dir
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.table import read_table
 from vitreg.results.flops import FlopsResult
-from vitreg.results.reproduce import ReproduceResults, StageRecord
+from vitreg.results.reproduce import ModelSource, ReproduceResults, StageRecord
 from vitreg.results.rundir import read_result
 
 TITLE = "vitreg reproduce: Vision Transformers Need Registers on a small ViT"
@@ -24,6 +24,30 @@ def coco_note(plan: Plan) -> str:
         f" coco-mini was not found (looked in {', '.join(plan.coco_searched)}; set VITREG_COCO_MINI or pass "
         "--coco JSON)."
     )
+
+
+def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
+    """Which models the run used and where each came from (zoo entries with their provenance)."""
+    from vitreg.models import zoo
+
+    rows = []
+    for seed in plan.seeds:
+        for n in plan.registers:
+            entry = plan.zoo_entry(seed, n)
+            d = str(model_dir(out, seed, n, entry))
+            if entry is None:
+                rows.append(ModelSource(registers=n, seed=seed, source="trained", directory=d))
+                continue
+            p = zoo.get(entry).provenance
+            cpu = p.get("cpu") or {}
+            rows.append(
+                ModelSource(
+                    registers=n, seed=seed, source="zoo", directory=d, zoo=entry, command=p.get("command"),
+                    commit=p.get("commit"), update_minutes=p.get("update_minutes"),
+                    cpu=f"{cpu.get('model', '?')}{' (native bf16)' if cpu.get('native_bf16') else ' (no native bf16)'}",
+                )
+            )  # fmt: skip
+    return rows
 
 
 def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "") -> ReproduceResults:
@@ -55,5 +79,6 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
         claims=[c for it in found for c in it.claims],
         per_model={str(n): {str(s): r for s, r in rows.items()} for n, rows in table.items()},
         stages=[StageRecord(**s) for s in stages],
+        models=model_sources(plan, out),
         notes=[coco_note(plan).strip()] if coco_note(plan) else [],
     )

@@ -73,7 +73,7 @@ def fig3(table: Table, base: int, reg: int) -> Item:
 
 def fig4(table: Table, base: int) -> Item:
     art0 = has_artifacts(table, base)
-    emerged = series(table, base, lambda r: r.train.emergence_fraction)
+    emerged = series(table, base, lambda r: r.train.emergence_fraction if r.train else None)
     first_layer = (paper.EMERGENCE["first_layer"] + 1) / paper.EMERGENCE["depth"]
     return Item(
         id="fig4",
@@ -86,7 +86,7 @@ def fig4(table: Table, base: int) -> Item:
                 paper.EMERGENCE["first_training_fraction"],
                 None,
                 table,
-                lambda r: r.train.emergence_fraction,
+                lambda r: r.train.emergence_fraction if r.train else None,
             ),
         ],
         figures=["fig4a_layers.png", "fig4b_training.png"],
@@ -233,7 +233,7 @@ def table2(table: Table, base: int, reg: int) -> Item:
             row("segmentation mIoU", *t2["ade20k_miou"], table, lambda r: r.seg_miou),
             row("depth RMSE (lower is better)", *t2["nyud_rmse"], table, lambda r: r.depth_rmse),
             row("depth RMSE of predicting the mean", None, None, table, lambda r: r.depth_rmse_baseline),
-            row("training top-1 on held-out scenes", None, None, table, lambda r: r.train.top1),
+            row("training top-1 on held-out scenes", None, None, table, lambda r: r.train.top1 if r.train else None),
         ],
         claims=[
             claim(

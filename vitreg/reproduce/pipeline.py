@@ -10,13 +10,15 @@ from vitreg.jobs.lost import LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.reproduce.plan import Plan
-from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage
+from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage, zoo_stage
 
 LOST_FEATURES = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
 
 
-def model_dir(out: Path, seed: int, registers: int) -> Path:
-    return out / "train" / f"seed{seed}" / f"reg{registers}"
+def model_dir(out: Path, seed: int, registers: int, zoo: str | None = None) -> Path:
+    """Where a model of the run lives: trained here (train/seedS/regN) or copied from zoo entry ``zoo`` (zoo/NAME,
+    so a zoo run never replaces a model trained with --retrain, nor the other way round)."""
+    return out / "zoo" / zoo if zoo else out / "train" / f"seed{seed}" / f"reg{registers}"
 
 
 def diagnose_dir(out: Path, seed: int) -> Path:
@@ -47,6 +49,13 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
     trained: dict[tuple[int, int], Stage] = {}
     for seed in plan.seeds:
         for n in plan.registers:
+            entry = plan.zoo_entry(seed, n)
+            if entry is not None:
+                from vitreg.models import zoo
+
+                name = f"model: seed {seed}, {n} registers from zoo:{entry}"
+                trained[(seed, n)] = zoo_stage(name, zoo.get(entry), model_dir(out, seed, n, entry), out)
+                continue
             cfg = plan.train_config(seed, n)
             trained[(seed, n)] = train_stage(f"train: seed {seed}, {n} registers", cfg, model_dir(out, seed, n), out)
     stages = list(trained.values())

@@ -57,6 +57,7 @@ class Plan:
     threads: int | None = None
     jobs: int = 1  # trainings side by side
     scene_seed: int = EVAL_SCENE_SEED
+    retrain: bool = False  # train even where the model zoo holds a model trained from the same config
 
     @property
     def label(self) -> str:
@@ -74,6 +75,16 @@ class Plan:
             threads=threads if threads else cfg.threads,
             progress=False,
         )
+
+    def zoo_entry(self, seed: int, registers: int) -> str | None:
+        """The zoo entry trained from exactly this model's config (runtime keys aside), unless ``retrain``."""
+        if self.retrain:
+            return None
+        from vitreg.config import to_dict
+        from vitreg.models import zoo
+
+        entry = zoo.match(to_dict(self.train_config(seed, registers)))
+        return entry.name if entry else None
 
 
 def coco_candidates(cwd: Path | None = None) -> list[Path]:
@@ -95,13 +106,14 @@ def make_plan(
     jobs: int = 1,
     config: str | None = None,
     overrides: list[str] | None = None,
+    retrain: bool = False,
 ) -> Plan:
     """The default plan, shrunk by ``quick``; ``coco="auto"`` uses coco-mini where :func:`coco_candidates` finds it."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)))
+    plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)), retrain=retrain)
     if config:
         plan.config = config
     if ablation:

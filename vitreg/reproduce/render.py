@@ -18,8 +18,9 @@ from vitreg.results.reproduce import Item, ReproduceResults, Stat
 from vitreg.results.rundir import load_run
 
 
-def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
-    """Every figure the results allow into OUT/figures; returns the names drawn."""
+def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None) -> list[str]:
+    """Every figure the results allow into OUT/figures; returns the names drawn. ``diag``: the diagnose run of the
+    compared models (default: the first seed's)."""
     figdir = out / "figures"
     drawn: list[str] = []
 
@@ -28,20 +29,21 @@ def draw_figures(results: ReproduceResults, out: Path) -> list[str]:
             save_figure(fig, figdir / name)
             drawn.append(name)
 
-    diag = diagnose_dir(out, results.seeds[0])
+    diag = diag or diagnose_dir(out, results.seeds[0])
     run = load_run(diag)
     for m, n in zip(run.models, results.registers, strict=True):
         m.label = f"{n} registers"  # "reg0" paths mean little on a figure
     keep("fig3_norm_hist.png", plot_norms.norm_histogram(run, log_x=True))
     keep("fig4a_layers.png", plot_norms.layer_norms(run))
-    keep("fig4b_training.png", _training_figure(results))
+    if any(r.train is not None for rows in results.per_model.values() for r in rows.values()):
+        keep("fig4b_training.png", _training_figure(results))
     keep("fig5a_neighbors.png", plot_norms.neighbors(run))
     keep("fig5b_local.png", _local_figure(results))
     if len(results.registers) > 2:
         keep("fig8_ablation.png", _ablation_figure(results))
     keep("fig12_overhead.png", _overhead_figure(results))
-    for i, n in enumerate(results.registers):
-        src = diag / "figures" / f"examples_s{i}.png"
+    for m, n in zip(run.models, results.registers, strict=True):
+        src = diag / "figures" / f"examples_{m.key}.png"
         if n in results.compared and src.is_file():
             atomic.write_bytes(figdir / f"maps_reg{n}.png", src.read_bytes())
             drawn.append(f"maps_reg{n}.png")
@@ -60,7 +62,7 @@ def _training_figure(results: ReproduceResults) -> Figure:
     colors = _colors()
     for i, n in enumerate(results.compared):
         for s, row in results.per_model[str(n)].items():
-            tr = row.train.tracking
+            tr = row.train.tracking if row.train else []
             steps = [t.step for t in tr]
             c = colors[i % len(colors)]
             lab = f"{n} reg" if s == str(results.seeds[0]) else None
@@ -190,6 +192,21 @@ def _overrides_text(overrides: list[str]) -> str:
     return " + " + ", ".join(shown) if shown else ""
 
 
+def models_line(results: ReproduceResults) -> str:
+    """Which models the run used and where they came from."""
+    parts = []
+    for m in results.models:
+        who = f"{m.registers} registers, seed {m.seed}"
+        if m.source == "zoo":
+            parts.append(
+                f"{who}: zoo:{m.zoo} (trained once from this config by `{m.command}` at commit {str(m.commit)[:10]}, "
+                f"{m.update_minutes} min of updates on {m.cpu}; `vitreg reproduce --retrain` trains it again)"
+            )
+        else:
+            parts.append(f"{who}: trained in this run ({m.directory})")
+    return "Models: " + "; ".join(parts) + "." if parts else "Models: none listed."
+
+
 def summary_lines(results: ReproduceResults) -> list[str]:
     plan = results.plan
     train = [s.seconds or 0 for s in results.stages if s.kind == "train"]
@@ -199,13 +216,19 @@ def summary_lines(results: ReproduceResults) -> list[str]:
     time_line = (
         f"Time: this run {(timing.this_run_seconds if timing else 0) / 60:.1f} min with {cached} of "
         f"{len(results.stages)} stages from the cache; the last run that computed stages took "
-        f"{last.get('wall_seconds', 0) / 60:.1f} min for {last.get('stages_run', 0)} stages. Training took "
-        f"{min(train, default=0) / 60:.1f}-{max(train, default=0) / 60:.1f} min per model (side by side when run with "
-        "--jobs 2)."
+        f"{last.get('wall_seconds', 0) / 60:.1f} min for {last.get('stages_run', 0)} stages."
     )
+    if "config" not in plan:  # a pretrained pair: its notes say what was measured
+        return [*results.notes, time_line, "Paper values are the published ones for the same family."]
+    if train:
+        time_line += (
+            f" Training took {min(train) / 60:.1f}-{max(train) / 60:.1f} min per model (side by side when run with "
+            "--jobs 2)."
+        )
     setting = "quick (tiny models, few steps: the numbers mean nothing)" if plan.get("quick") else "default"
     return [
         f"Setting: {setting}; training config `{plan['config']}`{_overrides_text(plan.get('overrides') or [])}.",
+        models_line(results),
         f"Registers {', '.join(map(str, results.registers))}; seeds {', '.join(map(str, results.seeds))}; "
         "values are mean ± std over seeds where more than one seed ran.",
         time_line,

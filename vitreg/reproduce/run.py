@@ -10,6 +10,7 @@ from vitreg.errors import ConfigError
 from vitreg.reproduce.collect import build_results
 from vitreg.reproduce.pipeline import build_stages
 from vitreg.reproduce.plan import Plan
+from vitreg.reproduce.pretrained import PairPlan, pair_results, pair_stages
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
 from vitreg.results.reproduce import ReproduceResults, Timing
 from vitreg.results.rundir import write_result
@@ -49,13 +50,31 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
     records = run_stages(stages, plan.jobs, log)
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
     results = build_results(plan, out, records, config_text(plan.config))
-    wall = time.perf_counter() - t0
+    return _publish(results, out, records, time.perf_counter() - t0)
+
+
+def reproduce_pair(plan: PairPlan, out: Path, log: Log = print) -> ReproduceResults:
+    """The paper's measurements on a pretrained pair (:mod:`vitreg.reproduce.pretrained`), cached like reproduce."""
+    out = Path(out)
+    stages = pair_stages(plan, out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    records = run_stages(stages, 1, log)
+    log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
+    results = pair_results(plan, out, records)
+    return _publish(results, out, records, time.perf_counter() - t0, diag=out / "diagnose")
+
+
+def _publish(
+    results: ReproduceResults, out: Path, records: list[dict], wall: float, diag: Path | None = None
+) -> ReproduceResults:
+    """Timing, results.json, the figures, report.md and report.html."""
     if any(not r["cached"] for r in records):  # the last run that computed something: the real cost
         ran = sum(not r["cached"] for r in records)
         atomic.write_json(out / TIMING, {"wall_seconds": round(wall, 1), "stages_run": ran, "stages": len(records)})
     results.timing = Timing(this_run_seconds=round(wall, 1), last_computing_run=read_json(out / TIMING))
     write_result(out, results)
-    draw_figures(results, out)
+    draw_figures(results, out, diag)
     write_markdown(results, out)
     write_html(results, out)
     return results

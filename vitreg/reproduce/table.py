@@ -93,7 +93,7 @@ def read_table(plan: Plan, out: Path) -> Table:
         for n, m in zip(plan.registers, diag.models, strict=True):
             probe = read_result(probe_dir(out, seed, n), ProbeResult)
             table[n][seed] = ModelRow(
-                train=TrainingSummary.of(read_training_log(model_dir(out, seed, n))),
+                train=TrainingSummary.of(read_training_log(model_dir(out, seed, n, plan.zoo_entry(seed, n)))),
                 corloc_synthetic=corloc_summary(lost_dir(out, "synthetic", seed, n)),
                 corloc_coco=corloc_summary(lost_dir(out, "coco", seed, n)),
                 **diagnosis_fields(m),

@@ -116,6 +116,21 @@ class RegisterAnalysis:
 
 
 @dataclass(kw_only=True)
+class SinkLayer:
+    """Attention sinks of one block (``diagnose --sinks``): over images and heads, the mean of the largest
+    attention mass one token receives from the patch queries, the share of heads where that exceeds 30%, where
+    those sinks sit, and the mean mass on [CLS] and on all registers."""
+
+    layer: int
+    top_mass: float
+    sink_heads: float
+    sinks_on_patches: float | None = None
+    sinks_on_background: float | None = None
+    cls_share: float = 0.0
+    register_share: float = 0.0
+
+
+@dataclass(kw_only=True)
 class ModelResult:
     """One model of a diagnose run; its arrays are in ``arrays_<key>.npz``."""
 
@@ -135,6 +150,7 @@ class ModelResult:
     neighbors: Neighbors = field(default_factory=Neighbors)
     masks: Masks = field(default_factory=Masks)
     register_analysis: RegisterAnalysis = field(default_factory=RegisterAnalysis)
+    sinks: list[SinkLayer] = field(default_factory=list)  # per block, with --sinks
     verdict: str = ""
     input_size: list[int] | None = None  # (H, W) the images were resized to
     precision: str | None = None

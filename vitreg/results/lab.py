@@ -29,6 +29,13 @@ class LabRow:
     sim_normal: float | None = None
     background_outliers: float | None = None
     background_patches: float | None = None
+    # attention sinks (diagnose --sinks): the block with the largest share of heads with a sink, that share, its
+    # heads' mean top mass, the share of those sinks on a background patch, and the last block's [CLS] share
+    sink_layer: int | None = None
+    sink_heads: float | None = None
+    sink_top_mass: float | None = None
+    sinks_on_background: float | None = None
+    cls_share_last: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -35,7 +35,7 @@ class CorlocSummary:
 class ModelRow:
     """One trained model's numbers (one seed, one register count), read from its stages."""
 
-    train: TrainingSummary
+    train: TrainingSummary | None = None  # None for a pretrained model (nothing was trained)
     # diagnose (output patch tokens)
     outlier_ratio: float
     norm_ratio: float | None = None
@@ -75,6 +75,7 @@ class ModelRow:
     # LOST
     corloc_synthetic: CorlocSummary | None = None
     corloc_coco: CorlocSummary | None = None
+    corloc: dict[str, CorlocSummary] = field(default_factory=dict)  # pretrained pairs: VOC07, VOC12, COCO20k
 
 
 @dataclass(kw_only=True)
@@ -127,6 +128,21 @@ class StageRecord:
 
 
 @dataclass(kw_only=True)
+class ModelSource:
+    """Where one model of the run came from: trained in this run, or the package's zoo (with its provenance)."""
+
+    registers: int
+    seed: int
+    source: str  # "trained" | "zoo"
+    directory: str
+    zoo: str | None = None  # entry name
+    command: str | None = None  # the command that trained the zoo entry
+    commit: str | None = None
+    cpu: str | None = None
+    update_minutes: float | None = None
+
+
+@dataclass(kw_only=True)
 class Timing:
     this_run_seconds: float
     last_computing_run: dict[str, Any] | None = None  # wall_seconds, stages_run, stages
@@ -148,6 +164,7 @@ class ReproduceResults:
     claims: list[Claim]
     per_model: dict[str, dict[str, ModelRow]]  # registers -> seed -> row
     stages: list[StageRecord]
+    models: list[ModelSource] = field(default_factory=list)
     timing: Timing | None = None
     notes: list[str] = field(default_factory=list)  # e.g. where coco-mini was looked for
 

@@ -20,6 +20,7 @@ from vitreg import atomic
 from vitreg.errors import RunDirError
 from vitreg.results.codec import check_schema, from_json, to_json
 from vitreg.results.diagnose import DiagnoseResult, ModelResult
+from vitreg.results.fix import FixResult, NeuronsFile
 from vitreg.results.flops import FlopsResult
 from vitreg.results.inspect import InspectResult
 from vitreg.results.lost import LostResult
@@ -34,6 +35,8 @@ RESULT_FILES: dict[type, str] = {
     LostResult: "lost.json",
     FlopsResult: "flops.json",
     InspectResult: "inspect.json",
+    FixResult: "fix.json",
+    NeuronsFile: "neurons.json",
 }
 LOST_EXAMPLES = "figures/lost_examples.npz"
 # Arrays every diagnose model must carry; the rest are optional and their figures are skipped when absent.

@@ -26,8 +26,9 @@ class AugmentConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    """Drawn on the CPU generator (so a step's randomness is the same on every device), then moved to ``device``."""
+    return (lo + (hi - lo) * torch.rand(n, generator=g)).to(device or "cpu")
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
 
 
@@ -47,7 +48,9 @@ def crop_flip(x: torch.Tensor, scale_min: float, hflip: float, g: torch.Generato
     b = x.shape[0]
     flip = torch.rand(b, generator=g) < hflip
     if scale_min >= 1.0:
-        return torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+        if not hflip:
+            return x
+        return torch.where(flip.to(x.device).view(b, 1, 1, 1), x.flip(-1), x)
     area = _uniform(b, scale_min, 1.0, g)
     ratio = torch.exp(_uniform(b, math.log(3 / 4), math.log(4 / 3), g))
     w = torch.sqrt(area * ratio).clamp(max=1.0)  # crop size as a fraction of the image
@@ -59,13 +62,13 @@ def crop_flip(x: torch.Tensor, scale_min: float, hflip: float, g: torch.Generato
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma."""
-    w = torch.tensor(_GRAY, dtype=x.dtype).view(1, 3, 1, 1)
+    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -74,8 +77,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     radius = max(1, math.ceil(3 * float(sigma.max())))
     radius = min(radius, (min(h, w) - 1) // 2) or 1
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))  # (B, K)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.to(x.device).view(-1, 1) ** 2))  # (B, K)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*3, K)
     y = x.reshape(1, b * c, h, w)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
@@ -87,7 +90,7 @@ def three_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """One of grayscale / solarize / blur per image (DeiT-III). Blur sigma is U(0.1, 2) at 224 px, scaled to the
     image size so a 32 px scene is not wiped out."""
     b, _, h, _ = x.shape
-    choice = torch.randint(0, 3, (b,), generator=g).view(b, 1, 1, 1)
+    choice = torch.randint(0, 3, (b,), generator=g).to(x.device).view(b, 1, 1, 1)
     sigma = _uniform(b, 0.1, 2.0, g) * max(h / 224, 0.1)
     sigma = sigma.clamp(min=0.1)
     gray = grayscale(x).expand_as(x)
@@ -99,7 +102,7 @@ def three_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and saturation factors in [1 - s, 1 + s] per image (fixed order, batched)."""
     b = x.shape[0]
-    bright, contrast, sat = (_uniform(b, 1 - strength, 1 + strength, g).view(b, 1, 1, 1) for _ in range(3))
+    bright, contrast, sat = (_uniform(b, 1 - strength, 1 + strength, g, x.device).view(b, 1, 1, 1) for _ in range(3))
     x = (x * bright).clamp(0, 1)
     mean = grayscale(x).mean((2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean).clamp(0, 1)

@@ -31,7 +31,7 @@ class DataConfig:
     uint8 and ``labels`` (N,); both hold out ``eval_fraction`` of the images (shuffled with ``seed``) unless
     ``eval_path`` names a separate source of the same kind."""
 
-    kind: Literal["synthetic", "folder", "npz"] = "synthetic"
+    kind: Literal["synthetic", "device", "folder", "npz"] = "synthetic"  # device: scenes rendered on the GPU
     path: str = ""
     eval_path: str = ""
     eval_fraction: float = 0.1

@@ -11,6 +11,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,17 @@ def _rendered(cfg: SceneConfig, n: int, start: int) -> tuple[torch.Tensor, torch
     return torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
 
 
-def load_data(dc: DataConfig, hw: tuple[int, int]) -> ArrayData:
-    """Train and held-out arrays for ``dc`` at input size ``hw`` = (H, W)."""
+def load_data(dc: DataConfig, hw: tuple[int, int], device: Any = "cpu") -> ArrayData:
+    """Train and held-out arrays for ``dc`` at input size ``hw`` = (H, W). ``kind: device`` renders every batch on
+    ``device`` when it is indexed (:mod:`vitreg.data.device_scenes`) instead of holding a uint8 cache."""
+    if dc.kind == "device":
+        from vitreg.data.device_scenes import DeviceScenes
+
+        cfg = scene_config(dc, hw)
+        train = DeviceScenes(cfg, dc.train_size, 0, device)
+        held = DeviceScenes(cfg, dc.eval_size, dc.eval_start, device)
+        desc = f"device scenes task={cfg.task} train 0..{dc.train_size - 1} held-out {dc.eval_start}..+{dc.eval_size}"
+        return ArrayData(train, train.labels, held, held.labels, cfg.num_classes, desc)  # type: ignore[arg-type]
     if dc.kind == "synthetic":
         cfg = scene_config(dc, hw)
         tx, ty = _rendered(cfg, dc.train_size, 0)

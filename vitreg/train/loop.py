@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vitreg import distributed as dist
-from vitreg.device import autocast, resolve_device, resolve_dtype, set_threads
+from vitreg.device import autocast, cpu_description, resolve_device, resolve_dtype, set_threads
 from vitreg.errors import ConfigError, TrainingDiverged
 from vitreg.models.checkpoints import save_model
 from vitreg.models.presets import create_model, model_config
@@ -239,7 +239,8 @@ def _start(cfg: TrainConfig, out: Path, resume: bool, data: ArrayData | None) ->
         raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the {world} processes")
     threads = set_threads(cfg.threads)
     dtype = resolve_dtype(cfg.precision, device)
-    data = data if data is not None else load_data(cfg.data, model_config(cfg.model, img_size=cfg.img_size).img_size)
+    if data is None:
+        data = load_data(cfg.data, model_config(cfg.model, img_size=cfg.img_size).img_size, device)
     model = build_run_model(cfg, cfg.registers[0], data.num_classes).to(device)
     fused = configure_attention(model, cfg.fused_attn, device)
     optimizer = build_optimizer(model, cfg)
@@ -258,7 +259,7 @@ def _start(cfg: TrainConfig, out: Path, resume: bool, data: ArrayData | None) ->
         dict(kind="start", step=start, resumed=bool(start), world_size=world, device=str(device),
              dtype=str(dtype).replace("torch.", "") if dtype else "fp32", threads=threads,
              params=sum(p.numel() for p in model.parameters()), fused_attn=fused, data=data.description,
-             skipped_images=len(data.skipped), registers=cfg.registers[0])
+             skipped_images=len(data.skipped), registers=cfg.registers[0], cpu=cpu_description())
     )  # fmt: skip
     net: torch.nn.Module = model
     if dist.is_active():

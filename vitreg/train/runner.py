@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vitreg import distributed as dist
 from vitreg.config import load_config, save_config
+from vitreg.device import resolve_device
 from vitreg.errors import ConfigError
 from vitreg.models.presets import model_config
 from vitreg.runlock import run_lock
@@ -64,7 +65,9 @@ def _run(cfg: TrainConfig, out: Path, resumed: bool) -> list[RunResult]:
     hw = input_size(cfg)
     if dist.is_main():
         save_config(cfg, out, CONFIG_NAME)
-    data = load_data(cfg.data, hw)  # once for the whole sweep: every value sees the same images
+    # once for the whole sweep: every value sees the same images (device scenes render on the training device)
+    device = "cpu" if cfg.data.kind != "device" else resolve_device(cfg.device)
+    data = load_data(cfg.data, hw, device)
     results = []
     for n, directory in run_dirs(cfg, out):
         sub = dataclasses.replace(cfg, registers=[n])

@@ -1,0 +1,97 @@
+"""`vitreg fix`: arguments -> :class:`vitreg.jobs.fix.FixConfig` -> :func:`vitreg.jobs.fix.fix`, then the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitreg.commands import _common as common
+from vitreg.jobs.fix import FixConfig
+from vitreg.results.fix import FixResult
+
+
+def top_k_arg(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of neurons or 'auto', got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Find the MLP units that write the high-norm artifact tokens (register neurons) and move their activations "
+        "into extra untrained tokens at inference (test-time registers, Jiang, Dravid et al. 2025). Writes "
+        "DIR/neurons.json (for --test-time-registers of diagnose, lost and probe), the diagnosis of the model "
+        "before (a) and after (b), DIR/fix.json and the report."
+    )
+    common.add_model_args(p, registers=False)  # --registers is the test-time registers' count here
+    common.add_image_args(p)
+    p.set_defaults(limit=256)
+    common.add_runtime_args(p)
+    g = p.add_argument_group("register neurons")
+    g.add_argument("--top-k", type=top_k_arg, default=None, metavar="K|auto",
+                   help="neurons to move (default auto: the smallest k that clears the outliers)")  # fmt: skip
+    g.add_argument("--registers", dest="ttr", type=int, default=1, metavar="N",
+                   help="test-time registers to add (default 1; the model's own come from its spec)")  # fmt: skip
+    g.add_argument("--detect-layer", type=int, default=-1, metavar="L", help="block whose outputs mark the outliers")
+    g.add_argument("--top-layer", type=int, metavar="L",
+                   help="score units in blocks 0..L (default: the block where the outliers first appear)")  # fmt: skip
+    common.add_rule_args(p, sigma=True)
+    g.add_argument("--sparse", type=float, metavar="S",
+                   help="keep only units inactive on at least this share of the other patches")  # fmt: skip
+    g.add_argument("--max-top-k", type=int, default=64, metavar="K", help="largest k of the sweep (default 64)")
+    g.add_argument("--clear", type=float, default=0.05,
+                   help="cleared: at most this fraction of the outliers left (default 0.05)")  # fmt: skip
+    p.add_argument("--examples", type=int, default=8, metavar="K", help="images kept for the pictures")
+    p.add_argument("--save-model", action="store_true", help="also write the fixed model to DIR/model/")
+    p.add_argument("--no-report", action="store_true", help="write results only (`vitreg report DIR` later)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory to write")
+
+
+def config(args: argparse.Namespace) -> FixConfig:
+    rule, value = common.rule_of(args)
+    return FixConfig(
+        model=common.model_spec(args),
+        images=common.image_spec(args),
+        runtime=common.runtime(args),
+        top_k=args.top_k,
+        registers=args.ttr,
+        detect_layer=args.detect_layer,
+        top_layer=args.top_layer,
+        rule=rule,  # type: ignore[arg-type]  # one of the flags' rules
+        value=value,
+        sparse=args.sparse,
+        max_top_k=args.max_top_k,
+        clear=args.clear,
+        examples=args.examples,
+        save_model=args.save_model,
+        out=str(args.out),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitreg.jobs.fix import fix
+
+    result = fix(config(args))
+    print_summary(result, args.out)
+    if args.no_report:
+        print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
+    else:
+        common.report(args.out)
+    return 0
+
+
+def print_summary(result: FixResult, out: Path) -> None:
+    print(f"{result.model}: {result.outcome}")
+    sweep = result.sweep
+    if sweep is not None:
+        ks = ", ".join(f"k={p.k}: {100 * p.outlier_share:.2f}%" for p in sweep.points)
+        print(f"  outlier share as top-k grows (threshold {sweep.threshold:.4g}): {ks}")
+        if result.flops_overhead is not None:
+            print(f"  FLOPs overhead of the test-time register(s): {100 * result.flops_overhead:.2f}%")
+        print(f"  use them: --test-time-registers {Path(out) / 'neurons.json'}")
+    if result.saved_model:
+        print(f"  fixed model: {result.saved_model}")
+    print(f"wrote {Path(out) / 'neurons.json'}, fix.json and the diagnosis (metrics.json)")

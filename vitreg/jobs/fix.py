@@ -1,0 +1,171 @@
+"""Fix: find a model's register neurons and move them into test-time registers (`vitreg fix`).
+
+Writes DIR/neurons.json (what ``--test-time-registers`` reads), the diagnosis of the original (``a``) and the fixed
+model (``b``) side by side (DIR/metrics.json, arrays, as `vitreg diagnose --compare` does), DIR/fix.json (the top-k
+sweep and the outlier share per block before and after) and, with ``save_model``, the fixed model in DIR/model/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from vitreg.config import to_dict, validate_all
+from vitreg.errors import ConfigError
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.results.fix import FixLayer, FixResult, NeuronSearch, NeuronsFile, TopKSweep
+
+NEURONS_FILE = "neurons.json"
+
+
+@dataclass(kw_only=True)
+class FixConfig:
+    """Everything `vitreg fix` does (saved in fix.json)."""
+
+    model: ModelSpec
+    images: ImageSpec = field(default_factory=ImageSpec)
+    runtime: Runtime = field(default_factory=Runtime)
+    top_k: int | None = None  # None: auto, the smallest k that clears the outliers
+    registers: int = 1  # test-time registers to add
+    detect_layer: int = -1  # block whose output marks the outliers
+    top_layer: int | None = None  # score units in blocks 0..top_layer (None: where the outliers first appear)
+    rule: Literal["auto", "cutoff", "percentile", "sigma"] = "auto"
+    value: float | None = None  # the rule's parameter (cutoff norm, percentile, number of sigmas)
+    sparse: float | None = None  # keep only units inactive on at least this share of the other patches
+    max_top_k: int = 64  # the sweep's largest k
+    clear: float = 0.05  # cleared: at most this fraction of the original outlier share left
+    examples: int = 8
+    save_model: bool = False
+    out: str
+
+    def validate(self) -> None:
+        if self.model.test_time_registers:
+            raise ConfigError("--test-time-registers: give the original model to `vitreg fix`")
+        if not 1 <= self.registers <= 16:
+            raise ConfigError(f"--registers must be between 1 and 16, got {self.registers}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1 or 'auto', got {self.top_k}")
+        if self.max_top_k < 1:
+            raise ConfigError(f"--max-top-k must be >= 1, got {self.max_top_k}")
+        if not 0 <= self.clear < 1:
+            raise ConfigError(f"--clear must be a fraction in [0, 1), got {self.clear}")
+        if self.sparse is not None and not 0 < self.sparse <= 1:
+            raise ConfigError(f"--sparse must be a share in (0, 1], got {self.sparse}")
+
+
+def fix(cfg: FixConfig) -> FixResult:
+    """Run `vitreg fix` and write its run directory; returns what fix.json holds."""
+    from vitreg import atomic
+    from vitreg.analysis.register_neurons import find_register_neurons, image_batches
+    from vitreg.analysis.ttr_sweep import sweep_top_k
+    from vitreg.data.transforms import ImageTransform
+    from vitreg.results.codec import to_json
+    from vitreg.results.rundir import write_result
+
+    validate_all(cfg)
+    model, _device, dtype = cfg.model.start(cfg.runtime)
+    out = Path(cfg.out)
+    ds = cfg.images.open(ImageTransform.from_model(model, mode="resize"), seed=cfg.runtime.seed)
+    batches = image_batches(cfg.images.loader(ds), cfg.images.batch_size)
+    search = find_register_neurons(
+        model, batches, detect_layer=cfg.detect_layer, top_layer=cfg.top_layer, rule=cfg.rule, value=cfg.value,
+        sparse=cfg.sparse, keep=max(256, cfg.max_top_k), dtype=dtype,
+    )  # fmt: skip
+    sweep = None
+    if search.neurons:
+        sweep = sweep_top_k(model, search, batches, registers=cfg.registers, top_k=cfg.top_k, max_k=cfg.max_top_k,
+                            clear=cfg.clear, dtype=dtype)  # fmt: skip
+    top_k = sweep.chosen if sweep is not None else 0
+    neurons = NeuronsFile(model=cfg.model.label, spec=cfg.model.spec, registers=cfg.registers, top_k=top_k,
+                          search=search)  # fmt: skip
+    atomic.write_json(out / NEURONS_FILE, to_json(neurons))
+    metrics = _diagnose(cfg, out, fixed=bool(top_k))
+    result = FixResult(
+        model=cfg.model.label,
+        registers=cfg.registers,
+        top_k=top_k,
+        auto=cfg.top_k is None,
+        outcome=outcome(search, sweep, cfg.registers),
+        reason=search.reason,
+        sweep=sweep,
+        layers=_layers(out, metrics) if top_k else [],
+        flops_overhead=_flops_overhead(model, cfg.registers) if top_k else None,
+        config=to_dict(cfg),
+    )
+    if top_k and cfg.save_model:
+        from vitreg.models.checkpoints import save_model
+        from vitreg.models.ttr import add_test_time_registers
+
+        fixed = add_test_time_registers(model, neurons.selected, cfg.registers)
+        result.saved_model = str(save_model(fixed, out / "model"))
+    write_result(out, result)
+    return result
+
+
+def _diagnose(cfg: FixConfig, out: Path, fixed: bool) -> Any:
+    """The original (key a) and, when neurons were moved, the fixed model (key b), on the same images."""
+    from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry, diagnose
+
+    spec = to_dict(cfg.model)
+    models = [ModelEntry(key="a", **spec)]
+    if fixed:
+        models.append(ModelEntry(key="b", **(spec | {"test_time_registers": str(out / NEURONS_FILE)})))
+    return diagnose(DiagnoseConfig(models=models, images=cfg.images, runtime=cfg.runtime, examples=cfg.examples,
+                                   out=str(out)))  # fmt: skip
+
+
+def _layers(out: Path, metrics: Any) -> list[FixLayer]:
+    """Per block: patch tokens above the original's auto threshold there, in the original and the fixed model."""
+    from vitreg.results.rundir import outlier_count, read_arrays
+
+    a, b = read_arrays(out, "a"), read_arrays(out, "b")
+    edges = a["hist_edges"]
+    rows = []
+    for la, lb in zip(metrics.models[0].layers, metrics.models[1].layers, strict=True):
+        i, thr = la.layer, la.auto_threshold
+        ca, cb = a["hist_counts"][i], b["hist_counts"][i]
+        rows.append(
+            FixLayer(
+                layer=i,
+                threshold=thr,
+                share_before=outlier_count(edges, ca, thr) / max(int(ca.sum()), 1),
+                share_after=outlier_count(edges, cb, thr) / max(int(cb.sum()), 1),
+                threshold_after=lb.auto_threshold,
+            )
+        )
+    return rows
+
+
+def _flops_overhead(model: Any, registers: int) -> float | None:
+    from vitreg.flops import count
+
+    cfg = getattr(model, "vitreg_config", None)
+    if cfg is None:
+        return None
+    base = count(cfg, cfg.registers)
+    fixed = count(replace(cfg, test_time_registers=registers, register_neurons=[]), cfg.registers)
+    return fixed["flops"] / base["flops"] - 1.0
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def outcome(search: NeuronSearch, sweep: TopKSweep | None, registers: int) -> str:
+    """One line: what the fix did (or why it did nothing)."""
+    if sweep is None:
+        return search.reason
+    p, b = sweep.at(sweep.chosen), sweep.before
+    what = "cleared" if sweep.cleared else f"not cleared: at most {_pct(sweep.clear)} of them were to remain"
+    line = (
+        f"moved {sweep.chosen} register neuron(s) into {registers} test-time register(s): outliers at block "
+        f"{search.detect_layer} {_pct(b.outlier_share)} -> {_pct(p.outlier_share)} of patch tokens ({what})"
+    )
+    if p.cls_cosine is not None:
+        line += f"; final [CLS] cosine to the original {p.cls_cosine:.3f}"
+    if p.top1 is not None and b.top1 is not None:
+        line += f"; top-1 {b.top1:.3f} -> {p.top1:.3f}"
+    elif p.agreement is not None:
+        line += f"; predictions unchanged on {_pct(p.agreement)} of the images"
+    return line

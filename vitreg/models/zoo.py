@@ -1,0 +1,116 @@
+"""The model zoo inside the package (``vitreg/zoo/NAME/``): models trained once by `vitreg train`, stored as
+half-precision safetensors with their provenance, so the main job does not have to train them again.
+
+An entry holds ``model.safetensors`` (fp16), ``model.json`` (the architecture), ``metrics.jsonl`` (the training log
+as written, so a report drawn from the entry shows its training), ``config.yaml`` (the training config) and
+``provenance.json``: the config, the exact command, the commit, steps, the CPU and its flags, training minutes,
+held-out top-1 (of the fp32 model, and of the fp16 copy), and the sha256 of the weights file, checked on every load
+(``--model zoo:NAME``).
+
+Entries are matched to a training config by :func:`train_digest`: the config's dict without the keys that change how
+a run executes but not what it trains (device, precision, threads, progress, ...). Plain JSON here: importing this
+module does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitreg.errors import CheckpointError, WeightsNotFoundError
+
+ZOO_PREFIX = "zoo:"
+ZOO_ROOT = Path(__file__).resolve().parent.parent / "zoo"
+WEIGHTS = "model.safetensors"
+PROVENANCE = "provenance.json"
+ENTRY_FILES = (WEIGHTS, "model.json", "metrics.jsonl", "config.yaml", PROVENANCE)
+MAX_ZOO_BYTES = 12 * 1024 * 1024  # every zoo file together, as committed to git
+#: Training-config keys that change how a run executes, not the model it trains (numerics aside: ``precision``
+#: picks bf16 or fp32 arithmetic for the same recipe; the provenance records which one an entry used).
+RUNTIME_KEYS = frozenset(
+    {"device", "precision", "threads", "compile", "fused_attn", "progress", "log_every", "checkpoint_every",
+     "keep_steps", "keep_every"}
+)  # fmt: skip
+
+
+def train_digest(config: dict[str, Any]) -> str:
+    """Digest of a training config's dict (``vitreg.config.to_dict(TrainConfig)``) without its runtime keys."""
+    kept = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ZooEntry:
+    name: str
+    directory: Path
+    provenance: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.directory / WEIGHTS
+
+    @property
+    def spec(self) -> str:
+        return ZOO_PREFIX + self.name
+
+    def verify(self) -> Path:
+        """The weights file, after checking it against the provenance's sha256 (CheckpointError when it differs)."""
+        if not self.weights.is_file():
+            raise CheckpointError(f"{self.spec}: {self.weights} is missing")
+        want = self.provenance.get("sha256")
+        got = sha256_file(self.weights)
+        if got != want:
+            raise CheckpointError(
+                f"{self.spec}: {self.weights} has sha256 {got[:16]}..., its provenance says {str(want)[:16]}...: "
+                "the file was changed or damaged (reinstall vitreg, or retrain with `vitreg reproduce --retrain`)"
+            )
+        return self.weights
+
+
+def _read(directory: Path) -> ZooEntry | None:
+    try:
+        provenance = json.loads((directory / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+    return ZooEntry(directory.name, directory, provenance) if isinstance(provenance, dict) else None
+
+
+def entries(root: Path | None = None) -> list[ZooEntry]:
+    """Every zoo entry, by name."""
+    root = ZOO_ROOT if root is None else Path(root)
+    if not root.is_dir():
+        return []
+    found = [_read(d) for d in sorted(root.iterdir()) if d.is_dir()]
+    return [e for e in found if e is not None]
+
+
+def get(name: str, root: Path | None = None) -> ZooEntry:
+    """The entry ``name`` (``zoo:`` prefix allowed); WeightsNotFoundError listing the entries there are."""
+    name = name[len(ZOO_PREFIX) :] if name.startswith(ZOO_PREFIX) else name
+    for e in entries(root):
+        if e.name == name:
+            return e
+    names = ", ".join(e.name for e in entries(root)) or "none"
+    raise WeightsNotFoundError(f"no zoo entry {name!r}; the zoo holds: {names} (vitreg models lists them)")
+
+
+def match(config: dict[str, Any], root: Path | None = None) -> ZooEntry | None:
+    """The entry trained from ``config`` (a training config's dict), compared by :func:`train_digest`."""
+    digest = train_digest(config)
+    return next((e for e in entries(root) if e.provenance.get("train_digest") == digest), None)
+
+
+def zoo_bytes(root: Path | None = None) -> int:
+    root = ZOO_ROOT if root is None else Path(root)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0

@@ -1,0 +1,127 @@
+"""Put a finished training run into the package's model zoo (:mod:`vitreg.models.zoo`): fp16 weights, the training
+log and config, and a provenance record with every number measured here (nothing typed in)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitreg import __version__, atomic
+from vitreg.config import load_config, to_dict
+from vitreg.device import cpu_description
+from vitreg.errors import ConfigError, RunDirError
+from vitreg.models import zoo
+from vitreg.models.checkpoints import load_model
+from vitreg.results.train import read_training_log
+from vitreg.stages import STAMP, read_json
+from vitreg.train.augment import AugmentConfig, prepare_eval
+from vitreg.train.config import TrainConfig
+from vitreg.train.data import _rendered, scene_config
+from vitreg.train.tracking import evaluate
+
+
+def source_commit() -> str:
+    """The git commit of the source tree vitreg runs from ("unknown" outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=10, check=False)  # fmt: skip
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _held_out_top1(model: torch.nn.Module, cfg: TrainConfig) -> float:
+    """Top-1 on the run's held-out scenes (the ones its eval records use), fp32 arithmetic."""
+    hw = tuple(model.vitreg_config.img_size)  # type: ignore[union-attr]
+    images, labels = _rendered(scene_config(cfg.data, hw), cfg.data.eval_size, cfg.data.eval_start)
+    pc = model.pretrained_cfg
+    aug = AugmentConfig(mean=pc["mean"], std=pc["std"])
+    return evaluate(model, images, labels, lambda u: prepare_eval(u, aug), torch.device("cpu"), None)["top1"]
+
+
+def _training(run_dir: Path) -> dict[str, Any]:
+    """Steps, minutes inside updates, starts and the final top-1, from the run's metrics.jsonl."""
+    log = read_training_log(run_dir)
+    trains = [r for r in log.other if r.get("kind") == "train"]
+    starts = [r for r in log.other if r.get("kind") == "start"]
+    finals = [r for r in log.other if r.get("kind") == "final"]
+    if not finals or not log.evals:
+        raise RunDirError(f"{run_dir} is not a finished training run (no final record or evaluation)")
+    seconds, prev = 0.0, 0
+    for r in trains:  # each record covers the updates since the previous one, at its images/s
+        steps = int(r["step"]) - prev
+        if steps > 0 and r.get("images_per_s"):
+            seconds += steps * int(r.get("global_batch", 0)) / float(r["images_per_s"])
+        prev = int(r["step"])
+    return {
+        "steps": int(finals[-1]["step"]),
+        "top1": log.evals[-1].top1,
+        "update_minutes": round(seconds / 60, 2),
+        "starts": len(starts),
+        "precision": starts[0].get("dtype") if starts else None,
+        "threads": starts[0].get("threads") if starts else None,
+        "cpu": starts[0].get("cpu"),
+    }
+
+
+def add_to_zoo(
+    run_dir: str | Path,
+    name: str,
+    command: str,
+    commit: str | None = None,
+    root: Path | None = None,
+    limit_bytes: int | None = zoo.MAX_ZOO_BYTES,
+) -> zoo.ZooEntry:
+    """Store the finished run ``run_dir`` as zoo entry ``name`` in ``root`` (default: the package's zoo);
+    ``command`` is the exact command that trained it. ``limit_bytes``: what every entry of ``root`` may take
+    together (None: no limit), checked after writing (the entry is removed again when over)."""
+    run_dir = Path(run_dir)
+    root = zoo.ZOO_ROOT if root is None else Path(root)
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"a zoo entry name is a plain folder name, got {name!r}")
+    cfg = load_config(TrainConfig, run_dir / "config.yaml")
+    info = _training(run_dir)
+    model = load_model(run_dir).eval()
+    dest = root / name
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    half = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    atomic.write_safetensors(tmp / zoo.WEIGHTS, half, metadata={"format": "pt", "dtype": "float16"})
+    for f in ("model.json", "metrics.jsonl", "config.yaml"):
+        shutil.copyfile(run_dir / f, tmp / f)
+    wall = (read_json(run_dir / STAMP) or {}).get("seconds")  # the last (possibly resumed) stage run, when staged
+    provenance = {
+        "name": name,
+        "spec": zoo.ZOO_PREFIX + name,
+        "train_digest": zoo.train_digest(to_dict(cfg)),
+        "config": to_dict(cfg),
+        "command": command,
+        "commit": commit or source_commit(),
+        "vitreg_version": __version__,
+        "registers": cfg.registers[0],
+        "seed": cfg.seed,
+        **{k: info[k] for k in ("steps", "precision", "threads", "starts", "update_minutes")},
+        "last_stage_wall_minutes": round(wall / 60, 2) if wall else None,
+        "cpu": info["cpu"] or {**cpu_description(), "note": "read when the entry was made, on the training machine"},
+        "top1": info["top1"],
+        "top1_fp16": _held_out_top1(load_model(tmp).eval(), cfg),
+        "held_out_images": cfg.data.eval_size,
+        "weights_dtype": "float16",
+        "sha256": zoo.sha256_file(tmp / zoo.WEIGHTS),
+        "bytes": (tmp / zoo.WEIGHTS).stat().st_size,
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    atomic.write_json(tmp / zoo.PROVENANCE, provenance)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    total = zoo.zoo_bytes(root)
+    if limit_bytes is not None and total > limit_bytes:
+        shutil.rmtree(dest)
+        raise ConfigError(f"{root} would hold {total / 2**20:.1f} MiB, over its {limit_bytes / 2**20:.0f} MiB")
+    return zoo.get(name, root)
