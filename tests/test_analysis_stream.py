@@ -120,3 +120,22 @@ def test_stream_batches_add_up_like_one_batch():
     b, _ = _planted_stream(n_batches=1, b=16)
     assert a.sums["position_hist"].sum() == b.sums["position_hist"].sum()
     assert a.sums["hist_counts"].sum(1).tolist() == b.sums["hist_counts"].sum(1).tolist()
+
+
+def test_register_output_similarity_tells_identical_registers_from_distinct_ones():
+    from vitreg.analysis.diagnose import diagnose_model
+
+    torch.manual_seed(0)
+    model = create_model("vit_pico_patch4_32", registers=3).eval()  # timm's init: registers 1e-6 apart
+    x = torch.randn(8, 3, 32, 32)
+    batches = [{"image": x, "index": torch.arange(8)}]
+
+    def similarity() -> float:
+        stream = diagnose_model(model, batches, (32, 32), lambda t: t, examples=0, progress=False)
+        result, _ = summarize(stream, "auto", None, "a", "pico", "pico")
+        return result["register_analysis"]["output_similarity_mean_offdiag"]
+
+    assert similarity() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        model.reg_token.normal_(std=1.0)  # three different tokens
+    assert similarity() < 0.9

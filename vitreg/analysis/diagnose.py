@@ -84,6 +84,7 @@ def diagnose_model(
                 patch_norms=patch_norms,
                 cls_norm=out.cls.norm(dim=-1).cpu() if out.cls is not None else None,
                 reg_norms=out.registers.norm(dim=-1).cpu(),
+                reg_tokens=out.registers.cpu(),
                 neighbor_sim=neighbor_similarity(emb),
                 attention=attention,
                 normed_patches=normed,

@@ -70,6 +70,7 @@ class NormStream:
             "background_hist": np.zeros((e, 2), np.int64),  # output norm bin x (object, background)
             "attention_sum": np.zeros((q, gh, gw), np.float64),
             "register_similarity_sum": np.zeros((r, r), np.float64),
+            "register_output_similarity_sum": np.zeros((r, r), np.float64),  # cosine of the register output tokens
             "counts": np.zeros(2, np.int64),  # images, images with a mask
             "sinks": np.zeros((self.depth, len(SINK_COLUMNS)), np.float64),  # per block, with sinks=True
         }
@@ -89,12 +90,13 @@ class NormStream:
         indices: list[int],
         denormalize: Any,
         mask: torch.Tensor | None = None,
+        reg_tokens: torch.Tensor | None = None,
     ) -> None:
         """One batch of B images. ``patch_norms``: per block (B, gh, gw) norms before the final norm; ``cls_norm``
         (B,) or None; ``reg_norms`` (B, R); ``neighbor_sim`` (B, gh, gw); ``attention`` (B, Q, gh, gw) last-layer
         attention of the query tokens; ``normed_patches`` (B, gh, gw, C) after the final norm (for PCA);
         ``images`` (B, 3, H, W) normalised input; ``denormalize`` (3, H, W) -> uint8 (H, W, 3); ``mask`` (B, H, W)
-        with 0 = background, or None."""
+        with 0 = background, or None; ``reg_tokens`` (B, R, C) the registers' output tokens (their similarity)."""
         s, e = self.sums, len(self.edges) - 1
         b = images.shape[0]
         for i, pn in enumerate(patch_norms):
@@ -128,6 +130,9 @@ class NormStream:
         if self.registers:
             reg_maps = attention[:, len(self.query_names) - self.registers :]  # (B, R, gh, gw): registers come last
             s["register_similarity_sum"] += attention_similarity(reg_maps).sum(0).numpy()
+            if reg_tokens is not None:
+                unit = torch.nn.functional.normalize(reg_tokens.double(), dim=-1)  # (B, R, C)
+                s["register_output_similarity_sum"] += (unit @ unit.transpose(1, 2)).sum(0).numpy()
         if mask is not None:
             bg = patch_background(mask, self.grid).numpy().astype(np.int64)  # (B, gh, gw)
             s["background_hist"] += np.bincount((out_idx * 2 + bg).ravel(), minlength=e * 2).reshape(e, 2)

@@ -85,6 +85,7 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
     n = max(stream.images, 1)
     mean_attention = s["attention_sum"] / n  # (Q, gh, gw)
     reg_sim = s["register_similarity_sum"] / n  # (R, R)
+    reg_out_sim = s["register_output_similarity_sum"] / n  # (R, R)
     result: dict[str, Any] = {
         "key": key,
         "label": label,
@@ -103,7 +104,7 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "neighbors": _neighbors(stream, cut, nb_out, nb_norm),
         "masks": _masks(stream, cut),
         # the register count is "registers" above; the register maps' analysis lives here
-        "register_analysis": _register_analysis(stream, mean_attention, reg_sim),
+        "register_analysis": _register_analysis(stream, mean_attention, reg_sim, reg_out_sim),
         "sinks": sink_summary(s["sinks"]),
     }
     result["verdict"] = verdict(result, rule, value)
@@ -169,10 +170,13 @@ def _masks(stream: NormStream, cut: int) -> dict[str, Any]:
     }
 
 
-def _register_analysis(stream: NormStream, mean_attention: np.ndarray, reg_sim: np.ndarray) -> dict[str, Any]:
+def _register_analysis(
+    stream: NormStream, mean_attention: np.ndarray, reg_sim: np.ndarray, reg_out_sim: np.ndarray
+) -> dict[str, Any]:
     return {
         "count": stream.registers,
         "similarity_mean_offdiag": mean_offdiag(reg_sim),
+        "output_similarity_mean_offdiag": mean_offdiag(reg_out_sim),
         "query_names": stream.query_names,
         "attention_peak": {
             name: [int(v) for v in np.unravel_index(int(np.argmax(m)), m.shape)]

@@ -135,6 +135,7 @@ def print_summary(metrics: DiagnoseResult, out_dir: Path) -> None:
             )
         sim = r.register_analysis.similarity_mean_offdiag
         if sim is not None:
-            print(f"  register attention similarity (mean off-diagonal): {sim:.3f}")
+            tok = r.register_analysis.output_similarity_mean_offdiag
+            print(f"  register similarity (mean off-diagonal): attention maps {sim:.3f}, output tokens {_fmt(tok)}")
         print(f"  verdict: {r.verdict}")
     print(f"wrote {Path(out_dir) / 'metrics.json'} and arrays_<key>.npz")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from vitreg.data.scenes import COLORS, TASKS, SceneConfig
+from vitreg.data.shapes import SHAPE_FNS
+from vitreg.data.synthetic import SyntheticScenes
 from vitreg.errors import ConfigError
 
 DEVICE_TASKS = ("count", "distinct")
@@ -47,36 +49,6 @@ def uniforms(seed: int, index: torch.Tensor, stream: int, count: int) -> torch.T
     z = (z ^ _shr(z, 27)) * _MIX2
     z = z ^ _shr(z, 31)
     return _shr(z, 40).to(torch.float32) / float(1 << 24)
-
-
-def _polygon(u: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
-    sector = 2 * math.pi / n
-    a = torch.remainder(torch.atan2(v, u), sector) - sector / 2
-    return torch.hypot(u, v) * torch.cos(a) <= math.cos(math.pi / n)
-
-
-def _star(u: torch.Tensor, v: torch.Tensor, points: int = 5, inner: float = 0.45) -> torch.Tensor:
-    sector = 2 * math.pi / points
-    b = torch.abs(torch.remainder(torch.atan2(v, u), sector) - sector / 2)
-    rho = torch.hypot(u, v)
-    px, py = rho * torch.cos(b), rho * torch.sin(b)
-    dx, dy = inner * math.cos(sector / 2) - 1.0, inner * math.sin(sector / 2)
-    return dx * py - dy * (px - 1.0) >= 0
-
-
-# The same shapes as the numpy renderer, on (B, H, W) coordinates scaled by the radius.
-SHAPE_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "circle": lambda u, v: u * u + v * v <= 1.0,
-    "square": lambda u, v: torch.maximum(u.abs(), v.abs()) <= 0.7,
-    "triangle": lambda u, v: _polygon(u, v, 3),
-    "cross": lambda u, v: ((u.abs() <= 0.28) & (v.abs() <= 0.95)) | ((v.abs() <= 0.28) & (u.abs() <= 0.95)),
-    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.55**2),
-    "star": _star,
-    "diamond": lambda u, v: u.abs() / 0.55 + v.abs() <= 1.0,
-    "hexagon": lambda u, v: _polygon(u, v, 6),
-    "bar": lambda u, v: (u.abs() <= 0.95) & (v.abs() <= 0.28),
-    "ellipse": lambda u, v: u * u + (v / 0.55) ** 2 <= 1.0,
-}
 
 
 def check_device_scenes(cfg: SceneConfig) -> None:
@@ -204,23 +176,13 @@ class _Labels:
         return labels(self.scenes.cfg, self.scenes.indices(key))
 
 
-class DeviceScenesDataset(torch.utils.data.Dataset):
+class DeviceScenesDataset(SyntheticScenes):
     """``n`` device scenes as sample dicts (``image``, ``index``, ``path``, ``label``, ``mask``; no boxes), rendered
     one by one on the CPU: the images source ``device-scenes`` for diagnosing models trained on them."""
 
     def __init__(self, n: int, cfg: SceneConfig, transform: Callable[[Any], Any] | None = None):
-        from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
-
         check_device_scenes(cfg)
-        self.n, self.cfg, self.strict = int(n), cfg, False
-        self.transform = transform if transform is not None else ImageTransform(cfg.hw, IMAGENET_MEAN, IMAGENET_STD)
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.num_classes
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, cfg, transform)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from PIL import Image

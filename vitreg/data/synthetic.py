@@ -46,6 +46,7 @@ from vitreg.data.scenes import (
     register_task,
     split_options,
 )
+from vitreg.data.shapes import SHAPE_FNS
 from vitreg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from vitreg.errors import DataError
 
@@ -87,40 +88,7 @@ class Scene:
     colors: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 (K,) colour ids
 
 
-# -- shapes --------------------------------------------------------------------------------------------------------
-# Each takes rotated unit coordinates (u, v) of pixel centres, in units of the object radius, and returns the boolean
-# footprint; every shape lies inside the unit disc so the drawing window [c - r, c + r] contains it.
-
-
-def _regular_polygon(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
-    # Fold the angle into one sector: inside iff the distance along the edge normal is below the inradius cos(pi/n).
-    sector = 2 * math.pi / n
-    a = np.mod(np.arctan2(v, u), sector) - sector / 2
-    return np.hypot(u, v) * np.cos(a) <= math.cos(math.pi / n)
-
-
-def _star(u: np.ndarray, v: np.ndarray, points: int = 5, inner: float = 0.45) -> np.ndarray:
-    sector = 2 * math.pi / points
-    b = np.abs(np.mod(np.arctan2(v, u), sector) - sector / 2)  # 0 at a tip, pi/points between tips
-    rho = np.hypot(u, v)
-    px, py = rho * np.cos(b), rho * np.sin(b)
-    # Inside iff on the centre's side of the edge from the tip (1, 0) to the inner vertex.
-    dx, dy = inner * math.cos(sector / 2) - 1.0, inner * math.sin(sector / 2)
-    return dx * py - dy * (px - 1.0) >= 0
-
-
-_SHAPE_FNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "circle": lambda u, v: u * u + v * v <= 1.0,
-    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.7,
-    "triangle": lambda u, v: _regular_polygon(u, v, 3),
-    "cross": lambda u, v: ((np.abs(u) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.28) & (np.abs(u) <= 0.95)),
-    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.55**2),
-    "star": _star,
-    "diamond": lambda u, v: np.abs(u) / 0.55 + np.abs(v) <= 1.0,
-    "hexagon": lambda u, v: _regular_polygon(u, v, 6),
-    "bar": lambda u, v: (np.abs(u) <= 0.95) & (np.abs(v) <= 0.28),
-    "ellipse": lambda u, v: u * u + (v / 0.55) ** 2 <= 1.0,
-}
+# -- shapes: vitreg.data.shapes (one definition for this renderer and the device one) ------------------------
 
 
 # -- rendering -----------------------------------------------------------------------------------------------------
@@ -280,7 +248,7 @@ def render_scene(cfg: SceneConfig, index: int) -> Scene:
         dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None] / r  # (h_k, 1)
         c, s = math.cos(theta), math.sin(theta)
         u, v = c * dx + s * dy, -s * dx + c * dy  # (h_k, w_k) rotated unit coordinates
-        footprint = _SHAPE_FNS[cfg.shapes[shape_ids[k]]](u, v)  # (h_k, w_k) bool
+        footprint = SHAPE_FNS[cfg.shapes[shape_ids[k]]](u, v)  # (h_k, w_k) bool
         color = np.clip(np.asarray(COLORS[cfg.colors[color_ids[k]]]) + jitter, 0, 255).astype(np.uint8)
         image[y0:y1, x0:x1][footprint] = color
         mask[y0:y1, x0:x1][footprint] = shape_ids[k] + 1

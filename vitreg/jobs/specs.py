@@ -66,18 +66,15 @@ class ModelSpec:
         """Fail now, naming the file or flag, if :meth:`load` would fail for a missing file or unknown name."""
         from vitreg.models.checkpoints import check_model
 
-        check_model(
-            self.spec,
-            weights=self.weights,
-            registers=self.registers,
-            img_size=self.img_size,
-            random_init=self.random_init,
-            download=self.download,
-        )
+        check_model(self.spec, **self._load_args())
         if self.test_time_registers:
             from vitreg.results.fix import read_neurons
 
             read_neurons(self.test_time_registers)
+
+    def _load_args(self) -> dict[str, Any]:
+        return dict(weights=self.weights, registers=self.registers, img_size=self.img_size,
+                    random_init=self.random_init, download=self.download)  # fmt: skip
 
     def start(self, runtime: Runtime) -> tuple[torch.nn.Module, torch.device, torch.dtype | None]:
         """Check the model, set up ``runtime`` and load the model on its device: (model, device, autocast dtype)."""
@@ -89,14 +86,7 @@ class ModelSpec:
         """The model in eval mode on ``device``."""
         from vitreg.models.checkpoints import load_model
 
-        model = load_model(
-            self.spec,
-            weights=self.weights,
-            registers=self.registers,
-            img_size=self.img_size,
-            random_init=self.random_init,
-            download=self.download,
-        )
+        model = load_model(self.spec, **self._load_args())
         if self.test_time_registers:
             from vitreg.models.ttr import add_test_time_registers
             from vitreg.results.fix import read_neurons

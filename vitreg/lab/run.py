@@ -126,6 +126,7 @@ def lab_rows(grid: Grid, out: Path, index: dict[tuple[str, int, int], Stage]) ->
                         sim_normal=m.neighbors.mean_sim_normal,
                         background_outliers=m.masks.share_outliers_background,
                         background_patches=m.masks.share_patches_background,
+                        register_similarity=m.register_analysis.output_similarity_mean_offdiag,
                         **sink_fields(m),
                     )
                 )

@@ -25,6 +25,7 @@ HEADER = [
     "sink mass",
     "sinks on bg",
     "[CLS] share",
+    "register sim",
     "train min",
 ]
 
@@ -55,6 +56,7 @@ def _cells(r: LabRow) -> list[str]:
         _f(r.sink_top_mass),
         _f(r.sinks_on_background),
         _f(r.cls_share_last),
+        _f(r.register_similarity, ".3f"),
         f"{r.minutes:.1f}",
     ]
 
@@ -67,7 +69,8 @@ def lab_markdown(grid: Grid, rows: list[LabRow]) -> str:
         "First layer: the first block (0-based) whose own tokens the auto rule splits, even when the output has none. "
         "Sinks: per block and head, the largest share of the patch queries' attention one token receives; a head has "
         "a sink above 30%. Columns: the block with most sink heads (their share), their mean top mass, the share of "
-        "those sinks on a background patch, and the last block's attention share on [CLS].",
+        "those sinks on a background patch, and the last block's attention share on [CLS]. Register sim: the mean "
+        "pairwise cosine similarity of the registers' output tokens (1.000: the registers stayed identical).",
         "",
         "| point | overrides |",
         "|---|---|",

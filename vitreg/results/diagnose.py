@@ -111,6 +111,8 @@ class RegisterAnalysis:
 
     count: int = 0
     similarity_mean_offdiag: float | None = None  # mean pairwise cosine similarity of register attention maps
+    # the same for the registers' last-block output tokens (1.000: the registers never told themselves apart)
+    output_similarity_mean_offdiag: float | None = None
     query_names: list[str] = field(default_factory=list)  # ["cls", "reg0", ...]
     attention_peak: dict[str, list[int]] = field(default_factory=dict)  # query -> (row, column) of its mean map's max
 

@@ -36,6 +36,8 @@ class LabRow:
     sink_top_mass: float | None = None
     sinks_on_background: float | None = None
     cls_share_last: float | None = None
+    # mean off-diagonal cosine similarity of the registers' output tokens (1.000: identical registers)
+    register_similarity: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -65,7 +65,7 @@ def _training(run_dir: Path) -> dict[str, Any]:
         "starts": len(starts),
         "precision": starts[0].get("dtype") if starts else None,
         "threads": starts[0].get("threads") if starts else None,
-        "cpu": starts[0].get("cpu"),
+        "cpu": next((r["cpu"] for r in starts if r.get("cpu")), None),  # older start records lack it
     }
 
 
