@@ -337,3 +337,16 @@ def test_a_pretrained_pair_is_checked_before_any_work(tmp_path):
 
     with pytest.raises(WeightsNotFoundError, match=r"dinov2_vits14_pretrain\.pth"):
         make_pair_plan(["dinov2_vits14", "dinov2_vits14_reg"], {})  # no weights on disk: said before any work
+
+
+def test_a_run_keeps_the_zoo_choices_it_started_with(monkeypatch, tmp_path):
+    # an entry added to the zoo while a run trains must not send its report to look for the models in the zoo
+    from vitreg.models import zoo
+
+    monkeypatch.setattr(zoo, "ZOO_ROOT", tmp_path / "empty")
+    pinned = make_plan(coco=None).pin_models()
+    assert pinned.models == {"0/0": None, "0/4": None}
+    monkeypatch.undo()  # the packaged zoo, which holds both models
+    assert make_plan(coco=None).zoo_entry(0, 0) == "lab-reg0-seed0"
+    assert pinned.zoo_entry(0, 0) is None
+    assert pinned.zoo_entry(0, 4) is None

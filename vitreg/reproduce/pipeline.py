@@ -66,6 +66,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.diagnose_limit),
             runtime=runtime,
             examples=plan.examples,
+            sinks=True,  # attention sinks per block (docs/artifact-lab.md): sinks without high norms
             out=str(diagnose_dir(out, seed)),
         )
         name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"

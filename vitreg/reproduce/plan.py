@@ -58,6 +58,9 @@ class Plan:
     jobs: int = 1  # trainings side by side
     scene_seed: int = EVAL_SCENE_SEED
     retrain: bool = False  # train even where the model zoo holds a model trained from the same config
+    # the zoo entry (or None: trained) of each "seed/registers", fixed by pin_models() when a run starts, so an
+    # entry added to the zoo while the run trains does not change where its report looks for the models
+    models: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -80,11 +83,18 @@ class Plan:
         """The zoo entry trained from exactly this model's config (runtime keys aside), unless ``retrain``."""
         if self.retrain:
             return None
+        if f"{seed}/{registers}" in self.models:
+            return self.models[f"{seed}/{registers}"]
         from vitreg.config import to_dict
         from vitreg.models import zoo
 
         entry = zoo.match(to_dict(self.train_config(seed, registers)))
         return entry.name if entry else None
+
+    def pin_models(self) -> Plan:
+        """A copy whose zoo choices are made now, once for the whole run."""
+        chosen = {f"{s}/{n}": self.zoo_entry(s, n) for s in self.seeds for n in self.registers}
+        return dataclasses.replace(self, models=chosen)
 
 
 def coco_candidates(cwd: Path | None = None) -> list[Path]:

@@ -36,6 +36,7 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
     run one at a time in this process. Returns what OUT/results.json holds.
     """
     out = Path(out)
+    plan = plan.pin_models()  # the zoo is asked once: a run uses the models it started with
     cfg = plan.train_config()  # a bad key or value fails here, before any training
     if cfg.data.kind != "synthetic":
         raise ConfigError(
