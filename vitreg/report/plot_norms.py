@@ -133,7 +133,8 @@ def layer_norms(run: DiagnoseRun) -> Figure:
     models = run.models
     ncols = min(len(models), 4)
     nrows = math.ceil(len(models) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 4.6 * nrows), dpi=100, layout="constrained")
+    # at least 6 in wide: one model's panel needs room for its colorbar and legend (constrained layout collapses)
+    fig = Figure(figsize=(max(4.2 * ncols, 6.0), 4.6 * nrows), dpi=100, layout="constrained")
     grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
     for i, m in enumerate(models):
         r, c = divmod(i, ncols)
