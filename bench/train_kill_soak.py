@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -23,12 +22,9 @@ TINY += ["data.eval_size=32", "track_batch=8", "warmup_steps=20", "threads=1", "
 
 
 def _cpu() -> str:
-    """The CPU in words: model, cores this process may use, and whether it has bf16 instructions."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    bf16 = "avx512_bf16" in info or "amx_bf16" in info
-    cores = len(os.sched_getaffinity(0))
-    return f"{model or platform.processor() or 'unknown CPU'}, {cores} cores, {'with' if bf16 else 'no'} AVX512-BF16"
+    from vitreg.device import cpu_line  # here, so the parent process stays light until it prints
+
+    return cpu_line()
 
 
 def _env() -> dict[str, str]:

@@ -51,6 +51,13 @@ def cpu_description() -> dict[str, object]:
             "native_bf16": cpu_has_bf16()}  # fmt: skip
 
 
+def cpu_line() -> str:
+    """The CPU in words, for benchmark output: model, cores this process may use, and whether it has native bf16."""
+    d = cpu_description()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else d["cores"]
+    return f"{d['model']}, {cores} cores, {'with' if d['native_bf16'] else 'no'} AVX512-BF16"
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``name`` in {auto, bf16, fp16, fp32}; None means plain fp32 (no autocast)."""
     if name == "fp32":
