@@ -10,7 +10,7 @@ multiply-add (the counter's convention); norms, softmax and activations (a few %
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,13 +40,21 @@ def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict
     )
 
 
-def flops_table(cfg: ModelConfig, registers: Sequence[int], resolutions: Sequence[int | None] = (None,)) -> list[dict]:
-    """One row per (resolution, registers) with the overhead relative to the same model with 0 registers."""
+def flops_table(
+    cfg: ModelConfig,
+    registers: Sequence[int],
+    resolutions: Sequence[int | None] = (None,),
+    tick: Callable[[], object] | None = None,
+) -> list[dict]:
+    """One row per (resolution, registers) with the overhead relative to the same model with 0 registers;
+    ``tick`` is called after each row (a progress bar's update)."""
     rows = []
     for res in resolutions:
         base = count(cfg, 0, res)
         for n in registers:
             r = base if int(n) == 0 else count(cfg, n, res)
+            if tick is not None:
+                tick()
             rows.append(
                 dict(
                     r,

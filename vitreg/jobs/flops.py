@@ -54,6 +54,10 @@ def architecture(model: ModelSpec) -> Any:
 
 
 def flops(cfg: FlopsConfig) -> FlopsResult:
+    import sys
+
+    from tqdm import tqdm
+
     from vitreg.flops import flops_table
     from vitreg.results.rundir import write_result
 
@@ -61,9 +65,12 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
     counts = sorted(set(cfg.register_counts) | {0})
     resolutions: list[int | None] = list(cfg.resolutions) if cfg.resolutions else [None]
     models = []
+    # a large model at several resolutions takes seconds per row: one bar over every row
+    bar = tqdm(total=len(cfg.models) * len(resolutions) * len(counts), desc="FLOPs", unit="row", file=sys.stderr,
+               dynamic_ncols=True, leave=False)  # fmt: skip
     for spec in cfg.models:
         arch = architecture(spec)
-        rows = flops_table(arch, counts, resolutions)
+        rows = flops_table(arch, counts, resolutions, tick=bar.update)
         models.append(
             dict(
                 model=spec.label if spec.test_time_registers else spec.spec,
@@ -73,6 +80,7 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
                 rows=rows,
             )
         )
+    bar.close()
     result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
     write_result(Path(cfg.out), result)
     return result
