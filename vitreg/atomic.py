@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -65,6 +66,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def copy_file(src: str | Path, path: str | Path) -> Path:
+    """``src`` copied to ``path`` the same way (streamed, so a large weights file is never held in memory)."""
+    with open(src, "rb") as source:
+        return atomic_write(path, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
 
 def write_text(path: str | Path, text: str) -> Path:

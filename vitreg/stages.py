@@ -294,7 +294,7 @@ def zoo_stage(name: str, entry: Any, directory: Path, root: Path) -> Stage:
 
         entry.verify()
         for f in ENTRY_FILES:
-            shutil.copyfile(entry.directory / f, directory / f)
+            atomic.copy_file(entry.directory / f, directory / f)
         return entry
 
     p = entry.provenance

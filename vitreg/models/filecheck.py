@@ -1,4 +1,5 @@
-"""Checks a weights file passes before a library reads it: what the bytes claim is compared with what the file holds.
+"""Checks a weights file passes before a library reads it: what the bytes claim is compared with what the file holds
+(and the file's sha256, which downloads and zoo entries are checked against).
 
 A safetensors file starts with the 8-byte length of its JSON header; a file that lies about it (a length past the
 end of the file, or beyond what any header needs) is refused here, before anything is allocated for it.
@@ -6,6 +7,7 @@ end of the file, or beyond what any header needs) is refused here, before anythi
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from vitreg.errors import CheckpointError
@@ -31,3 +33,12 @@ def check_safetensors_header(path: Path) -> None:
         )
     if claimed > MAX_HEADER_BYTES:
         raise CheckpointError(f"{path}: refused: a {claimed}-byte safetensors header (at most {MAX_HEADER_BYTES})")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -12,7 +12,6 @@ fails within seconds, naming the file and where to put it; it never hangs (every
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitreg.errors import WeightsNotFoundError
+from vitreg.models.filecheck import sha256_file
 
 TIMEOUT_S = 8.0  # per request ($VITREG_HTTP_TIMEOUT): an unreachable host fails within this, under 10 s
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"  # override: $VITREG_DINOV2_URL
@@ -139,7 +139,7 @@ def _download_hf(source: Source) -> Path:
             f"{source.filename}: cannot download it from {source.repo} ({_reason(err)}); put it in {source.where}"
         ) from None
     etag = path.resolve().name
-    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) and _sha256(path) != etag:
+    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) and sha256_file(path) != etag:
         blob = path.resolve()
         path.unlink(missing_ok=True)
         blob.unlink(missing_ok=True)
@@ -192,14 +192,6 @@ def _download_url(source: Source) -> Path:
 def _reason(err: BaseException) -> str:
     lines = str(getattr(err, "reason", None) or err).splitlines()
     return (lines[0] if lines else type(err).__name__)[:160]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hf_folder(repo: str, download: bool) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vitreg.errors import CheckpointError, WeightsNotFoundError
+from vitreg.models.filecheck import sha256_file
 
 ZOO_PREFIX = "zoo:"
 ZOO_ROOT = Path(__file__).resolve().parent.parent / "zoo"
@@ -40,14 +41,6 @@ def train_digest(config: dict[str, Any]) -> str:
     """Digest of a training config's dict (``vitreg.config.to_dict(TrainConfig)``) without its runtime keys."""
     kept = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -45,7 +45,7 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
     for m, n in zip(run.models, results.registers, strict=True):
         src = diag / "figures" / f"examples_{m.key}.png"
         if n in results.compared and src.is_file():
-            atomic.write_bytes(figdir / f"maps_reg{n}.png", src.read_bytes())
+            atomic.copy_file(src, figdir / f"maps_reg{n}.png")
             drawn.append(f"maps_reg{n}.png")
     return drawn
 

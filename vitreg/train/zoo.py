@@ -93,8 +93,9 @@ def add_to_zoo(
     tmp.mkdir(parents=True)
     half = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     atomic.write_safetensors(tmp / zoo.WEIGHTS, half, metadata={"format": "pt", "dtype": "float16"})
-    for f in ("model.json", "metrics.jsonl", "config.yaml"):
-        shutil.copyfile(run_dir / f, tmp / f)
+    for f in zoo.ENTRY_FILES:
+        if f not in (zoo.WEIGHTS, zoo.PROVENANCE):  # written here: the fp16 weights above, the provenance below
+            atomic.copy_file(run_dir / f, tmp / f)
     wall = (read_json(run_dir / STAMP) or {}).get("seconds")  # the last (possibly resumed) stage run, when staged
     provenance = {
         "name": name,
