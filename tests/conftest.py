@@ -29,3 +29,33 @@ def coco_mini() -> Path:
     if not (COCO_MINI / "annotations" / "instances_train2017.json").is_file():
         pytest.skip("../shared/data/coco-mini is not present")
     return COCO_MINI
+
+
+def quick_args(run: Path) -> list[str]:
+    """`vitreg reproduce --quick` into ``run``, Part I on the planted-neuron model saved beside it by quick_run."""
+    planted = run.parent / "planted"
+    return ["reproduce", "--quick", "--coco", "none", "--released-model", str(planted), "--out", str(run)]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    """One real `vitreg reproduce --quick` (every stage, tiny models), shared by the end-to-end and browser tests.
+    Part I's released model is a pico ViT with a planted register neuron (tests/test_ttr.py), so that Part I finds
+    one, moves it and measures the result on other images, in seconds; the released CLIP is tests/test_real_clip.py's.
+    """
+    import contextlib
+    import io
+
+    from test_ttr import planted_model
+
+    from vitreg.cli import main
+    from vitreg.models import save_model
+
+    out = tmp_path_factory.mktemp("reproduce")
+    save_model(planted_model(), out / "planted")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(quick_args(out / "run"))
+    (out / "stdout.txt").write_text(buf.getvalue())
+    assert rc == 0, buf.getvalue()[-3000:]
+    return out / "run", buf.getvalue()

@@ -11,6 +11,8 @@ from vitreg.analysis.norms import (
     find_threshold,
     find_threshold_from_histogram,
     histogram,
+    outlier_agreement,
+    outlier_mask,
     outlier_stats,
     outlier_stats_from_histogram,
 )
@@ -100,3 +102,76 @@ def test_cutoff_inserted_as_edge_is_exact_on_bins():
     edges = default_edges(extra=150.0)
     s = outlier_stats_from_histogram(histogram(v, edges), edges, 150.0)
     assert s["outliers"] == int((v > 150).sum())
+
+
+# ------------------------------------------------------------------------------------------------ two runs' outliers
+def test_outlier_mask_is_diagnoses_histogram_procedure():
+    """The outlier tokens of a sample are those diagnose counts from its streamed histogram: the same threshold at
+    the same edge, the same count."""
+    v, high = _bimodal(np.random.default_rng(4))
+    mask, applied, found = outlier_mask(v)
+    edges = default_edges()
+    counts = histogram(v, edges)
+    stats = outlier_stats_from_histogram(counts, edges, found.threshold)
+    assert applied in edges
+    assert found.bimodal
+    assert int(mask.sum()) == stats["outliers"]
+    assert (mask == (v > applied)).all()
+    assert (mask == high).mean() > 0.999  # and they are the high mode
+    none, t, _ = outlier_mask(np.random.default_rng(5).lognormal(2, 0.2, 5000))
+    assert t is None
+    assert not none.any()
+    cut, t, _ = outlier_mask(v, "cutoff", 50.0)
+    assert t == 50.0  # a cutoff is an edge: applied exactly
+    assert (cut == (v > 50.0)).all()
+
+
+def test_outlier_agreement_counts_the_two_sets():
+    v, _ = _bimodal(np.random.default_rng(6))
+    same = outlier_agreement(v, v.copy())
+    assert same["jaccard"] == 1.0
+    assert same["max_rel_norm_diff"] == 0.0
+    assert same["outliers_ref"] == same["outliers_other"] == same["both"] == same["either"] > 0
+    other = v.copy()
+    out = np.flatnonzero(outlier_mask(v)[0])
+    normal = np.flatnonzero(~outlier_mask(v)[0])
+    other[out[:3]] = 5.0  # three outliers become normal tokens ...
+    other[normal[:2]] = 120.0  # ... and two normal tokens become outliers
+    a = outlier_agreement(v, other)
+    n = same["outliers_ref"]
+    assert a["outliers_ref"] == n
+    assert a["outliers_other"] == n - 1
+    assert a["both"] == n - 3
+    assert a["either"] == n + 2
+    assert a["jaccard"] == pytest.approx((n - 3) / (n + 2))
+    assert a["max_rel_norm_diff"] == pytest.approx(np.max(np.abs(other - v) / v))
+    assert outlier_agreement(other, v)["jaccard"] == a["jaccard"]  # symmetric
+    flat = np.random.default_rng(7).lognormal(2, 0.2, 5000)
+    assert outlier_agreement(flat, flat * 1.001)["jaccard"] == 1.0  # no outliers in either run: they agree
+    with pytest.raises(ValueError, match="same tokens"):
+        outlier_agreement(v, v[:-1])
+
+
+def test_bf16_and_fp32_outliers_compared_as_the_bench_does():
+    """bench/diagnose_clip.py's comparison on a small model: every block's patch norms under fp32 and under bf16
+    autocast, the same images, then :func:`outlier_agreement` per block. The planted artifact is far above every
+    other token, so bf16 must find the same outlier tokens, and its norms stay within bf16's resolution."""
+    import torch
+    from test_ttr import LAYER, planted_model
+
+    from vitreg.analysis.register_neurons import block_norms
+    from vitreg.models import Inspector
+
+    model = planted_model()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    depth = len(model.blocks)
+
+    def norms(dtype):
+        cap = Inspector(model, dtype=dtype).run(x, layers=None, norm_layers="all", attention_layers=None)
+        return block_norms(cap, depth).astype(np.float64)  # (images, blocks, patches)
+
+    ref, low = norms(None), norms(torch.bfloat16)
+    rows = [outlier_agreement(ref[:, i], low[:, i]) for i in range(depth)]
+    assert all(r["outliers_ref"] > 0 for r in rows[LAYER:])  # the planted artifact, from its block on
+    assert all(r["jaccard"] == 1.0 for r in rows)
+    assert all(0 < r["max_rel_norm_diff"] < 0.05 for r in rows)  # bf16 did run, with its 8-bit mantissa

@@ -124,6 +124,26 @@ def test_feature_kinds_have_expected_widths():
         extract_features(insp, x, 5, "k")
 
 
+def test_several_feature_kinds_from_one_pass_equal_one_pass_each(tmp_path):
+    """Keys and values from one capture (``also``): each directory equals its own single-kind run."""
+    from vitreg.jobs.lost import LostConfig, lost
+    from vitreg.jobs.specs import ModelSpec
+
+    model = ModelSpec(spec="vit_pico_patch4_32", random_init=True, registers=2)
+    both = LostConfig(model=model, limit=6, features="k", also={"v": str(tmp_path / "v")}, out=str(tmp_path / "k"))
+    lost(both)
+    for kind in ("k", "v"):
+        lost(LostConfig(model=model, limit=6, features=kind, out=str(tmp_path / f"{kind}-alone")))
+        shared = json.loads((tmp_path / kind / "lost.json").read_text())
+        alone = json.loads((tmp_path / f"{kind}-alone" / "lost.json").read_text())
+        assert shared["settings"]["features"] == kind
+        assert shared["config"]["features"] == kind
+        assert shared["per_image"] == alone["per_image"]
+        assert shared["results"] == alone["results"]
+    with pytest.raises(ValueError, match="another feature kind"):
+        lost(LostConfig(model=model, features="k", also={"k": str(tmp_path / "x")}, out=str(tmp_path / "x")))
+
+
 def test_lost_command_synthetic(tmp_path):
     out = tmp_path / "run"
     # a negative list is a value, written either way: "--bias -1,0" (used to fail in argparse) or "--bias=-1,0"

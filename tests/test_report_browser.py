@@ -1,59 +1,47 @@
 """report.html in a real headless browser: the norm explorer's slider updates the outlier counts to the numbers
-Python computes from the same saved histogram, with no console errors and no network request."""
+Python computes from the same saved histogram, with no console errors and no network request; and the pages of a
+real `vitreg diagnose` and `vitreg reproduce --quick` run, screenshotted, show their figures (not a blank page)."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM_ARGS, PageProblems, chromium, ink, launched, screenshot  # noqa: F401
 from report_rundir import make_run
 
+from vitreg.cli import main
 from vitreg.report.html import write_report
 from vitreg.results.rundir import load_run, outlier_count
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _chromium() -> str | None:
-    for name in (os.environ.get("VITREG_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = name and (shutil.which(name) or (name if Path(name).is_file() else None))
-        if path:
-            return path
-    return None
+_chromium = chromium  # test_report_hostile imports _chromium and CHROMIUM_ARGS from here
 
 
 @pytest.fixture(scope="module")
-def page_and_run(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no chromium executable found (install Debian's chromium; .ci/run does)")
+def browser():
+    """One Chromium for the module (playwright's sync API allows one instance at a time per thread)."""
+    with launched() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def page_and_run(tmp_path_factory, browser):
     run_dir = make_run(tmp_path_factory.mktemp("browser") / "run")
     html_path = write_report(run_dir)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        problems: list[str] = []
-        page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else 0)
-        page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-        # a self-contained page asks for nothing beyond its own file, and its policy blocks nothing it needs
-        url = html_path.resolve().as_uri()
-        page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
-        page.on("request", lambda req: problems.append(f"request {req.url}") if req.url != url else 0)
-        page.goto(url)
-        page.wait_for_selector("#norm-slider")
-        yield page, load_run(run_dir), problems
-        browser.close()
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else 0)
+    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+    # a self-contained page asks for nothing beyond its own file, and its policy blocks nothing it needs
+    url = html_path.resolve().as_uri()
+    page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
+    page.on("request", lambda req: problems.append(f"request {req.url}") if req.url != url else 0)
+    page.goto(url)
+    page.wait_for_selector("#norm-slider")
+    yield page, load_run(run_dir), problems
+    page.close()
 
 
 def _set_slider(page, index: int) -> None:
@@ -112,3 +100,85 @@ def test_keyboard_and_reset(page_and_run):
     page.click("#explorer-logx")  # redraw on linear x must not throw
     page.click("#explorer-logy")
     assert problems == []
+
+
+# ------------------------------------------------------------------------------------------------ screenshots
+def _run(argv: list[str]) -> None:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = main(argv)
+    assert rc == 0, buf.getvalue()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def diagnose_page(tmp_path_factory) -> Path:
+    """report.html of a real `vitreg diagnose` run at its tiny setting (random pico ViT, 8 generated scenes)."""
+    out = tmp_path_factory.mktemp("diagnose-page") / "run"
+    _run(["diagnose", "--model", "vit_pico_patch4_32", "--random-init", "--limit", "8", "--threads", "1",
+          "--out", str(out)])  # fmt: skip
+    return out / "report.html"
+
+
+@pytest.fixture(scope="module")
+def reproduce_page(quick_run) -> Path:
+    """report.html of the session's `vitreg reproduce --quick` run (tests/conftest.py)."""
+    return quick_run[0] / "report.html"
+
+
+def _assert_drawn(png: Path, figures: int) -> None:
+    """A page showing ``figures`` or more figures: many colours (a blank page has one, text a few hundred) and ink
+    on a good share of it."""
+    seen = ink(png)
+    assert seen.width >= 800, seen
+    assert seen.colours >= 1000, seen
+    assert seen.drawn >= 0.05, seen
+    assert seen.height >= 300 * figures, seen  # every figure took its room: none collapsed to nothing
+
+
+def test_diagnose_page_screenshot_shows_its_figures(diagnose_page, browser, tmp_path):
+    figures = diagnose_page.read_text().count("data:image/png;base64,")
+    assert figures >= 6  # histogram (2), layers, positions, neighbours, pictures, registers
+    png = screenshot(diagnose_page, tmp_path / "diagnose-report.png", browser=browser)
+    _assert_drawn(png, figures - 1)  # the linear-x histogram hides in a closed <details>
+    # one section alone, as a reviewer of that section would look at it
+    section = screenshot(diagnose_page, tmp_path / "diagnose-layers.png", selector="#diagnose-layers", browser=browser)
+    seen = ink(section)
+    assert seen.colours >= 1000
+    assert seen.drawn >= 0.1, seen
+
+
+@pytest.mark.slow
+def test_reproduce_page_screenshot_shows_its_figures(reproduce_page, browser, tmp_path):
+    figures = reproduce_page.read_text().count("data:image/png;base64,")
+    assert figures >= 6
+    _assert_drawn(screenshot(reproduce_page, tmp_path / "reproduce-report.png", browser=browser), figures)
+
+
+def test_part_one_sections_screenshot(reproduce_page, browser, tmp_path):
+    """Part I of the demo's report as a person sees it: the norms of the released model without and with its
+    test-time register, and the test-time-register table with its maps."""
+    for section in ("I-fig3", "I-ttr"):
+        png = screenshot(reproduce_page, tmp_path / f"{section}.png", selector=f"#{section}", browser=browser)
+        seen = ink(png)
+        assert seen.colours >= 500, (section, seen)  # a figure, not only text
+        assert seen.drawn >= 0.05, (section, seen)
+        assert seen.height >= 300, (section, seen)
+
+
+def test_screenshot_reports_what_went_wrong_on_the_page(browser, tmp_path):
+    """The helper fails on a console error, a network request and an image that does not decode."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<!DOCTYPE html><html><body><p>x</p><img alt='broken figure' src='data:image/png;base64,AAAA'>"
+        "<img alt='remote' src='https://example.invalid/x.png'><script>console.error('boom')</script></body></html>"
+    )
+    with pytest.raises(PageProblems) as err:
+        screenshot(page, tmp_path / "bad.png", browser=browser)
+    text = str(err.value)
+    assert "console error: boom" in text
+    assert "request https://example.invalid/x.png" in text
+    assert "image did not decode: broken figure" in text
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    seen = ink(screenshot(blank, tmp_path / "blank.png", browser=browser))
+    assert (seen.colours, seen.drawn) == (1, 0.0)

@@ -3,9 +3,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
+from conftest import quick_args
 
 from vitreg.cli import main
 from vitreg.errors import StageError
@@ -16,41 +18,29 @@ from vitreg.reproduce.table import background_only
 from vitreg.stages import PENDING, STAMP, Stage, run_stage
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[Path, str]:
-    """One real `vitreg reproduce --quick` (every stage, tiny models), shared by the end-to-end tests."""
-    out = tmp_path_factory.mktemp("reproduce")
-    capture = out / "stdout.txt"
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(["reproduce", "--quick", "--coco", "none", "--out", str(out / "run")])
-    capture.write_text(buf.getvalue())
-    assert rc == 0, buf.getvalue()[-3000:]
-    return out / "run", buf.getvalue()
-
-
 def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
     out, stdout = quick_run
     results = json.loads((out / "results.json").read_text())
     ids = [i["id"] for i in results["items"]]
-    assert ids == ["fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
-    # every stage of the plan ran once, with progress lines numbered against the total
+    part1 = ["I-fig3", "I-fig4", "I-fig5", "I-table1", "I-ttr", "I-table3", "I-fig12"]
+    assert ids == [*part1, "fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
+    assert [i["part"] for i in results["items"]] == ["I"] * len(part1) + ["II"] * 8
+    # every stage of the plan ran once, with progress lines numbered against the total; without coco-mini, Part I
+    # runs no LOST (no boxes)
     kinds = [s["kind"] for s in results["stages"]]
     assert kinds.count("train") == 2
-    assert kinds.count("probe") == 2
+    assert kinds.count("probe") == 2 + 2
     assert kinds.count("lost") == 2
-    assert re.search(r"\[1/\d+\] train: seed 0, 0 registers: running", stdout)
+    assert kinds.count("fix") == 1
+    assert re.search(r"\[\d+/\d+\] train: seed 0, 0 registers: running", stdout)
     assert all(not s["cached"] for s in results["stages"])
     # ours beside the paper's: the published value is the one in paper.py, ours is read from the stage outputs
-    fig3 = results["items"][0]
+    fig3 = results["items"][len(part1)]
     share = next(r for r in fig3["rows"] if r["quantity"].startswith("outlier share"))
     assert share["paper"] == ARTIFACTS["outlier_ratio"]
     diag = json.loads((out / "diagnose" / "seed0" / "metrics.json").read_text())
     assert share["ours"]["0"]["values"] == [diag["models"][0]["output"]["outlier_ratio"]]
-    t1 = results["items"][3]
+    t1 = results["items"][len(part1) + 3]
     probe = json.loads((out / "probe" / "seed0" / "reg4" / "probe.json").read_text())
     cls = next(r for r in t1["rows"] if r["quantity"] == "[CLS] token")
     assert cls["paper"] == GLOBAL["top1"]["cls"]
@@ -62,7 +52,7 @@ def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
     html = (out / "report.html").read_text()
     for c in results["claims"]:
         assert c["claim"] in md
-        assert c["claim"] in html
+        assert html_escape(c["claim"]) in html
     if NOT_REPRODUCED in statuses:
         assert "NOT REPRODUCED" in md
         assert "NOT REPRODUCED" in html
@@ -79,10 +69,63 @@ def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
         assert f"figures/{f}" in md
 
 
+def test_part_one_fits_on_one_half_and_measures_on_the_other(quick_run):
+    """Part I on the planted model: the neuron found on the even photos, the outliers measured on the odd ones, every
+    number read from the stages' files, every claim naming the model and the paper it comes from."""
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    items = {i["id"]: i for i in results["items"]}
+    fix = json.loads((out / "released" / "fix" / "fix.json").read_text())
+    assert fix["top_k"] >= 1  # the planted unit
+    neurons = json.loads((out / "released" / "fix" / "neurons.json").read_text())
+    assert neurons["search"]["neurons"][0]["layer"] == 1
+    ttr = items["I-ttr"]
+    moved = next(r for r in ttr["rows"] if r["quantity"].startswith("register neurons moved"))
+    assert moved["ours"]["1"]["values"] == [fix["top_k"]]
+    measured = json.loads((out / "released" / "fix" / "held_out" / "metrics.json").read_text())
+    assert [m["key"] for m in measured["models"]] == ["a", "b"]
+    fit = json.loads((out / "released" / "fix" / "metrics.json").read_text())
+    assert measured["config"]["images"]["subset"] == "1::2"
+    assert fit["config"]["images"]["subset"] == "0::2"
+    held = next(r for r in ttr["rows"] if "held out" in r["quantity"] and "outlier share" in r["quantity"])
+    assert held["ours"]["0"]["values"] == [measured["models"][0]["output"]["outlier_ratio"]]
+    assert held["ours"]["1"]["values"] == [measured["models"][1]["output"]["outlier_ratio"]]
+    assert measured["models"][0]["output"]["outlier_ratio"] > 0
+    assert measured["models"][1]["output"]["outlier_ratio"] == 0
+    part1 = [c for c in results["claims"] if c["item"].startswith("I-")]
+    assert all(c["model"] for c in part1)
+    assert any(c["paper"].startswith("Jiang, Dravid") for c in part1)
+    # without coco-mini, LOST is not tested (never "reproduced" or "not reproduced" on no data)
+    assert {c["status"] for c in part1 if c["item"] == "I-table3"} == {NOT_TESTED}
+    html = (out / "report.html").read_text()
+    assert "Part I: a released model" in html
+    assert "Part II: registers trained" in html
+    assert "tested on" in html
+    for f in ("released_norm_hist.png", "released_layers.png", "released_maps_a.png", "released_maps_b.png"):
+        assert (out / "figures" / f).is_file(), f
+
+
+def test_part_one_is_skipped_with_the_reason_when_the_model_cannot_be_had(tmp_path, monkeypatch):
+    from vitreg.reproduce.released import ReleasedPlan, prepare
+
+    monkeypatch.setenv("VITREG_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    plan = prepare(ReleasedPlan(model="zoo:clip-vit-b16-openai"), said.append)
+    assert "vitreg zoo fetch clip-vit-b16-openai" in plan.skipped
+    assert said
+    assert "Part I" in said[0]
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    plan = prepare(ReleasedPlan(model="zoo:clip-vit-b16-openai", download=True), said.append)
+    assert "cannot download" in plan.skipped
+    assert not (tmp_path / "cache" / "zoo" / "clip-vit-b16-openai").exists()
+
+
 def test_second_reproduce_run_only_rerenders(quick_run, capsys):
     out, _ = quick_run
     before = {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
-    assert main(["reproduce", "--quick", "--coco", "none", "--out", str(out)]) == 0
+    assert main(quick_args(out)) == 0
     stdout = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert all(s["cached"] for s in results["stages"])
@@ -110,7 +153,7 @@ def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_
     assert abs(prov["top1"] - prov["top1_fp16"]) <= 0.05  # the fp16 copy predicts like the fp32 model
 
     run = tmp_path / "run"
-    assert main(["reproduce", "--quick", "--coco", "none", "--out", str(run)]) == 0
+    assert main(["reproduce", "--quick", "--coco", "none", "--no-released", "--out", str(run)]) == 0
     results = json.loads((run / "results.json").read_text())
     kinds = [s["kind"] for s in results["stages"]]
     assert kinds.count("zoo") == 2
@@ -253,11 +296,13 @@ def test_quick_report_page_layout_and_setting_line(quick_run):
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     # the title sits in the page header (inside its margins, as on every vitreg page), with the navigation
-    assert "<header><h1>vitreg reproduce: Vision Transformers Need Registers on a small ViT</h1>" in html
+    title = "vitreg reproduce: Vision Transformers Need Registers on a released model and on a small ViT"
+    assert f"<header><h1>{title}</h1>" in html
     assert 'href="#claims"' in html
     assert 'href="#table3"' in html
+    assert 'href="#I-ttr"' in html
     # overrides that unset a key read as the preset's value, never as "null"
-    setting = next(line for line in md.splitlines() if line.startswith("- Setting:"))
+    setting = next(line for line in md.splitlines() if line.startswith("- Part II setting:"))
     assert "null" not in setting
     assert "depth: the preset's" in setting
 

@@ -109,3 +109,21 @@ def test_two_train_processes_on_one_out(tmp_path):
     records = read_metrics(run / "metrics.jsonl")
     assert [r["kind"] for r in records].count("start") == 1
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 151))
+
+
+def test_a_refused_process_waits_for_the_holder_to_write_its_name(tmp_path):
+    """Two processes started at once: the loser may look before the holder has written itself into the lock file
+    (the holder writes right after it takes the lock); it waits for the name instead of reporting a nameless one."""
+    import json
+    import threading
+
+    from vitreg.runlock import describe_holder
+
+    path = tmp_path / ".vitreg.lock"
+    path.write_text("")
+    assert describe_holder(path, wait=0) == "another process (it has not written its name yet)"
+    holder = dict(pid=4242, host="h", command="train", started="now")
+    writer = threading.Timer(0.2, lambda: path.write_text(json.dumps(holder)))
+    writer.start()
+    assert describe_holder(path, wait=5).startswith("vitreg train (pid 4242 on h")
+    writer.join()

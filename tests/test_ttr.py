@@ -230,7 +230,8 @@ def fix_run(tmp_path_factory):
     save_model(planted_model(num_classes=3), root / "planted")
     out = root / "run"
     argv = ["fix", "--model", str(root / "planted"), "--images", "synthetic", "--limit", "24", "--batch-size", "12",
-            "--max-top-k", "4", "--examples", "2", "--threads", "1", "--save-model", "--out", str(out)]  # fmt: skip
+            "--max-top-k", "4", "--examples", "2", "--threads", "1", "--save-model", "--held-out", "photos",
+            "--held-out-subset", "0:6", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     return root, out
 
@@ -258,6 +259,14 @@ def test_fix_writes_neurons_diagnosis_and_report(fix_run, capsys):
     assert (out / "figures" / "fix_sweep.png").is_file()
     assert (out / "figures" / "fix_attention.png").is_file()
     assert load_model(out / "model").num_prefix_tokens == 2
+    # measured on other images than the neurons were found on (bundled photos, not generated scenes)
+    held = fix["held_out"]
+    assert held["images"] == 6
+    assert held["source"] == "photos"
+    assert held["before"]["outlier_share"] == pytest.approx(1 / 64)  # the planted unit fires on any image
+    assert held["after"]["outlier_share"] == 0
+    assert held["after"]["cls_cosine"] > 0.9
+    assert "Held out (6 images of photos" in page
 
 
 def test_test_time_registers_flag_on_diagnose_and_lost(fix_run, tmp_path, capsys):

@@ -75,6 +75,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def inference_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of an inference job (diagnose, fix, inspect, lost, probe): ``auto`` is fp32 (None) on every
+    device; ``bf16`` / ``fp16`` autocast only when asked for.
+
+    Why not bf16 where the CPU has it, as training does: the high-norm tokens are decided by small differences (a
+    few patches compete for the artifact), and on a released model with the paper's artifacts bf16 autocast changed
+    *which* patch tokens are outliers, not just their norms: ``bench/diagnose_clip.py`` measures the Jaccard index of
+    the outlier token sets under bf16 and fp32 (each with its own threshold, diagnose's own procedure) and the rule
+    for bf16 was Jaccard >= 0.99, which OpenAI's CLIP ViT-B/16 on coco-mini does not reach."""
+    if name == "auto":
+        resolve_dtype(name, device)  # the same check of the name
+        return None
+    return resolve_dtype(name, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast context for ``dtype`` on ``device``, or a no-op when dtype is None."""
     if dtype is None:

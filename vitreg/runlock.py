@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,26 @@ def _holder_text(command: str) -> str:
     return json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), command=command, started=started))
 
 
-def describe_holder(path: Path) -> str:
-    """Who holds the lock at ``path``, in words, from what it wrote there."""
+NAME_WAIT_S = 5.0  # how long a refused process waits for a holder that has the lock but has not written its name
+
+
+def _read_holder(path: Path) -> dict | None:
     try:
         info: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict):  # the holder has opened the file but not yet written itself into it
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def describe_holder(path: Path, wait: float = NAME_WAIT_S) -> str:
+    """Who holds the lock at ``path``, in words, from what it wrote there. A holder writes its name right after it
+    takes the lock; a process refused in between (two started at once) waits up to ``wait`` seconds to read it."""
+    deadline = time.monotonic() + wait
+    info = _read_holder(path)
+    while info is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        info = _read_holder(path)
+    if info is None:  # the holder has opened the file but not written itself into it within the wait
         return "another process (it has not written its name yet)"
     return (
         f"vitreg {info.get('command', '?')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "

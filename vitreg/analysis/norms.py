@@ -340,3 +340,57 @@ def snap_threshold(threshold: float, edges: np.ndarray) -> tuple[int, float]:
     i = int(np.argmin(np.abs(np.log(pos) - math.log(max(threshold, 1e-300)))))
     i = min(max(i, 0), len(edges) - 1)
     return i, float(edges[i])
+
+
+def outlier_mask(
+    norms: np.ndarray, rule: str = "auto", value: float | None = None
+) -> tuple[np.ndarray, float | None, Threshold]:
+    """The outlier tokens of a sample of ``norms`` (any shape) found the way diagnose finds them on streamed
+    statistics: a histogram over the fixed edges (a cutoff inserted as an edge), the rule on that histogram, and the
+    threshold applied at the nearest edge. Returns (bool mask shaped like ``norms``, applied threshold or None, the
+    rule's :class:`Threshold` before snapping)."""
+    v = np.asarray(norms, dtype=np.float64)
+    edges = default_edges(extra=float(value) if rule == "cutoff" and value is not None else None)
+    idx = bin_index(v, edges)
+    counts = np.bincount(idx.ravel(), minlength=len(edges) - 1)
+    found = find_threshold_from_histogram(counts, edges, rule, value)
+    if found.threshold is None:
+        return np.zeros(v.shape, bool), None, found
+    cut, applied = snap_threshold(found.threshold, edges)
+    cut = min(cut, len(edges) - 1)  # bins >= cut are outliers (diagnose's summary does the same)
+    return idx >= cut, applied, found
+
+
+def outlier_agreement(
+    reference: np.ndarray, other: np.ndarray, rule: str = "auto", value: float | None = None
+) -> dict[str, Any]:
+    """How far two runs of the same tokens (e.g. fp32 vs bf16 autocast) agree on which tokens are outliers.
+
+    ``reference`` and ``other``: norms of the same tokens in the same order (any equal shapes). Each gets its own
+    threshold by the same procedure (:func:`outlier_mask`), as each precision would in a diagnose run. Returns the two
+    thresholds and outlier counts, the tokens in both sets and in either, the Jaccard index |both| / |either| (1.0
+    when neither run finds an outlier: the sets agree), and the largest and mean relative norm difference
+    |other - reference| / reference over all tokens."""
+    ref, oth = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if ref.shape != oth.shape:
+        raise ValueError(f"the two runs must cover the same tokens, got shapes {ref.shape} and {oth.shape}")
+    m_ref, t_ref, f_ref = outlier_mask(ref, rule, value)
+    m_oth, t_oth, f_oth = outlier_mask(oth, rule, value)
+    both, either = int((m_ref & m_oth).sum()), int((m_ref | m_oth).sum())
+    rel = np.abs(oth - ref) / np.maximum(np.abs(ref), 1e-12)
+    return {
+        "rule": rule,
+        "value": value,
+        "tokens": int(ref.size),
+        "threshold_ref": t_ref,
+        "threshold_other": t_oth,
+        "bimodal_ref": f_ref.bimodal,
+        "bimodal_other": f_oth.bimodal,
+        "outliers_ref": int(m_ref.sum()),
+        "outliers_other": int(m_oth.sum()),
+        "both": both,
+        "either": either,
+        "jaccard": both / either if either else 1.0,
+        "max_rel_norm_diff": float(rel.max()) if rel.size else 0.0,
+        "mean_rel_norm_diff": float(rel.mean()) if rel.size else 0.0,
+    }

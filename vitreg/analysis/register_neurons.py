@@ -29,7 +29,7 @@ import torch.nn as nn
 from vitreg.analysis.norms import find_threshold
 from vitreg.device import autocast
 from vitreg.errors import ConfigError, DataError
-from vitreg.models.inspect import Inspector, token_layout
+from vitreg.models.inspect import Capture, Inspector, stop_after_block, stopped, token_layout
 from vitreg.results.fix import NeuronSearch, RegisterNeuron
 
 RULES = ("auto", "cutoff", "percentile", "sigma")
@@ -68,19 +68,27 @@ def image_batches(images: Any, batch_size: int = 32) -> list[tuple[torch.Tensor,
 def _layer(i: int, depth: int, what: str) -> int:
     j = i + depth if i < 0 else i
     if not 0 <= j < depth:
-        raise ConfigError(f"{what} {i} out of range for a model with {depth} blocks")
+        raise ConfigError(
+            f"{what} {i} is out of range for a model with {depth} blocks (0..{depth - 1}, or -{depth}..-1)"
+        )
     return j
 
 
 # ------------------------------------------------------------------------------------------------ pass 1: norms
+def block_norms(cap: Capture, layers: int) -> np.ndarray:
+    """(B, layers, P) patch-token norms of blocks 0..layers-1 of one captured batch (captured as tokens or norms)."""
+    per = [cap.split_norms(i).patches.flatten(1, 2) for i in range(layers)]  # L x (B, P)
+    return torch.stack(per, 1).cpu().numpy()
+
+
 def _norms(model: nn.Module, batches: list, layers: int, dtype: torch.dtype | None) -> np.ndarray:
-    """(n images, layers, patches) block-output patch-token norms of blocks 0..layers-1."""
+    """(n images, layers, P) block-output patch-token norms of blocks 0..layers-1 (the pass stops after them)."""
     inspector = Inspector(model, dtype=dtype)
     out = []
     for x, _ in batches:
-        cap = inspector.run(x, layers=list(range(layers)), attention_layers=None, normed=False)
-        per = [cap.split_tokens(i).patches.flatten(1, 2).norm(dim=-1) for i in range(layers)]  # L x (B, P)
-        out.append(torch.stack(per, 1).cpu().numpy())
+        cap = inspector.run(x, layers=None, norm_layers=list(range(layers)), attention_layers=None, normed=False,
+                            stop_after=layers - 1)  # fmt: skip
+        out.append(block_norms(cap, layers))
     return np.concatenate(out)
 
 
@@ -123,7 +131,8 @@ class _UnitScores:
             a = args[0][:, self.prefix :].float().abs()  # (B, P, H) hidden activations of the patch tokens
             m = self.mask.to(a.device)
             keep = m.any(1)  # (B,) images with outliers
-            a, m = a[keep], m[keep]
+            if not bool(keep.all()):  # (indexing copies the (B, P, H) activations: only when some image has none)
+                a, m = a[keep], m[keep]
             inside, other = m.unsqueeze(-1).float(), (~m).unsqueeze(-1).float()  # (B, P, 1)
             n_in = inside.sum(1).clamp(min=1)  # (B, 1)
             n_other = other.sum(1).clamp(min=1)
@@ -146,12 +155,14 @@ def _score_units(model: Any, batches: list, mask: np.ndarray, layers: int, dtype
     scores = _UnitScores(model, layers, layout.num_prefix)
     start = 0
     try:
-        with torch.inference_mode(), autocast(device, dtype):
+        # the units of blocks 0..layers-1 are all the pass needs: it stops after them
+        with torch.inference_mode(), autocast(device, dtype), stop_after_block(model, layers - 1):
             for x, _ in batches:
                 scores.mask = torch.from_numpy(mask[start : start + x.shape[0]])
                 scores.images += int(scores.mask.any(1).sum())
                 start += x.shape[0]
-                model(x.to(device))
+                with stopped():
+                    model(x.to(device))
     finally:
         scores.remove()
     return scores
@@ -188,6 +199,7 @@ def find_register_neurons(
     keep: int = KEEP,
     batch_size: int = 32,
     dtype: torch.dtype | None = None,
+    norms: np.ndarray | None = None,
 ) -> NeuronSearch:
     """The register neurons of ``model`` (a timm VisionTransformer or Eva), ranked by score.
 
@@ -196,6 +208,8 @@ def find_register_neurons(
     with ``value``, or ``sigma``: mean + value (default 3) x std); units are scored in blocks 0..``top_layer``
     (None: the block where the outliers first appear). ``sparse``: keep only units inactive on at least this share
     of the other patches. A model with no outliers returns an empty search whose ``reason`` says why.
+    ``norms``: the (n, detect + 1, P) block-output patch norms of blocks 0..detect (:func:`block_norms`) when a pass
+    over the same images already captured them; the first of the two passes is then skipped.
     """
     if rule not in RULES:
         raise ConfigError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -203,9 +217,13 @@ def find_register_neurons(
         raise ConfigError(f"sparse must be a share in (0, 1], got {sparse}")
     vit: Any = model
     depth = len(vit.blocks)
-    detect = _layer(detect_layer, depth, "detect_layer")
+    detect = _layer(detect_layer, depth, "detect_layer (--detect-layer)")
     batches = image_batches(images, batch_size)
-    norms = _norms(model, batches, detect + 1, dtype)  # (n, L, P)
+    if norms is None:
+        norms = _norms(model, batches, detect + 1, dtype)  # (n, L, P)
+    n_images = sum(int(x.shape[0]) for x, _ in batches)
+    if norms.ndim != 3 or norms.shape[:2] != (n_images, detect + 1):
+        raise ValueError(f"norms must be (images {n_images}, blocks {detect + 1}, patches), got {norms.shape}")
     det = norms[:, detect]  # (n, P)
     threshold, bimodal = _threshold(det, rule, value)
     mask = det > threshold if threshold is not None else np.zeros_like(det, bool)
@@ -230,7 +248,7 @@ def find_register_neurons(
         bar = max(min_ratio, math.sqrt(search.onset[detect] or min_ratio))
         top = next((i for i, r in enumerate(search.onset) if r is not None and r >= bar), detect)
     else:
-        top = _layer(top_layer, depth, "top_layer")
+        top = _layer(top_layer, depth, "top_layer (--top-layer)")
     search.top_layer = top
     scores = _score_units(vit, batches, mask, top + 1, dtype)
     search.neurons = _rank(scores, sparse, keep)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitreg.analysis.maps import patch_background, pca_first_component
+from vitreg.analysis.maps import patch_background
 from vitreg.analysis.norms import bin_index, default_edges
 from vitreg.analysis.registers import attention_similarity
 from vitreg.analysis.sinks import SINK_COLUMNS
@@ -30,15 +30,60 @@ class Example:
 
     index: int
     image: np.ndarray  # (H, W, 3) uint8
-    norm: np.ndarray  # (gh, gw) output-layer patch norms
-    attention: np.ndarray  # (Q, gh, gw) last-layer attention of [CLS] and registers
-    pca: np.ndarray  # (gh, gw) whitened first principal component of the normed patch tokens
+    norm: np.ndarray  # (gh, gw) patch norms of the analysed block's output
+    attention: np.ndarray  # (Q, gh, gw) the analysed block's attention of [CLS] and registers
     mask: np.ndarray | None  # (H, W) segmentation (0 = background), when the source has one
+    features: torch.Tensor | None = field(default=None, repr=False)  # (gh, gw, C) patch tokens, until pca is made
+    _pca: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def pca(self) -> np.ndarray:
+        """(gh, gw) whitened first principal component of the patch tokens (normed for the last block), made on first
+        use: a pass whose pictures are never drawn (an example later displaced, a sweep pass that is not kept) never
+        pays for it."""
+        if self._pca is None:
+            if self.features is None:
+                raise ValueError(f"example {self.index} has neither its PCA map nor the features to make it")
+            self._pca = first_component(self.features)
+            self.features = None
+        return self._pca
+
+
+def first_component(patches: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The map of :func:`vitreg.analysis.maps.pca_first_component` (whitened first principal component of one
+    image's (H, W, C) patch features, sign fixed so the largest-magnitude score is positive), from the top eigenvector
+    alone of the smaller symmetric matrix: the (H*W)^2 Gram matrix when there are fewer patches than channels, else
+    the C^2 scatter matrix. For ViT-B/16 this is ~10 ms where the full SVD of the (196, 768) patches takes ~80-600 ms
+    on a 2-core CPU, which made the pictures a large share of a diagnose pass."""
+    from scipy.linalg import eigh
+
+    if isinstance(patches, torch.Tensor):
+        patches = patches.detach().cpu().double().numpy()
+    x = np.asarray(patches, np.float64)
+    h, w, c = x.shape
+    n = h * w
+    flat = x.reshape(n, c)
+    flat = flat - flat.mean(0, keepdims=True)
+    if n < 2 or float(np.abs(flat).max()) == 0.0:
+        return np.zeros((h, w), np.float32)
+    if n <= c:
+        _, vec = eigh(flat @ flat.T, subset_by_index=[n - 1, n - 1])  # (n, 1): the first left singular vector
+        score = vec[:, 0]  # the scores up to their scale, which the whitening removes
+    else:
+        _, vec = eigh(flat.T @ flat, subset_by_index=[c - 1, c - 1])  # (C, 1): the first principal axis
+        score = flat @ vec[:, 0]
+    sd = score.std()  # population std: the map has exactly unit variance
+    score = score / sd if sd > 0 else score * 0
+    if score[np.argmax(np.abs(score))] < 0:
+        score = -score
+    return score.reshape(h, w).astype(np.float32)
 
 
 @dataclass
 class NormStream:
-    """Accumulator for one model. ``depth`` blocks, patch ``grid`` (gh, gw), ``registers`` R, ``query_names`` Q."""
+    """Accumulator for one model. ``depth`` blocks, patch ``grid`` (gh, gw), ``registers`` R, ``query_names`` Q.
+    ``layer``: the block whose output tokens the output-level statistics use (positions, neighbours, background,
+    [CLS] / register norms, pictures; negative counts from the end); the per-block histograms cover every block."""
 
     depth: int
     grid: tuple[int, int]
@@ -46,6 +91,7 @@ class NormStream:
     query_names: list[str]
     examples_k: int = 8
     cutoff: float | None = None  # inserted as a histogram edge so a fixed cutoff is applied exactly
+    layer: int = -1
     edges: np.ndarray = field(init=False)
     sim_edges: np.ndarray = field(init=False)
     images: int = 0
@@ -53,6 +99,9 @@ class NormStream:
     examples: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not -self.depth <= self.layer < self.depth:
+            raise ValueError(f"layer {self.layer} out of range for {self.depth} blocks")
+        self.layer %= self.depth
         self.edges = default_edges(extra=self.cutoff)  # (E+1,)
         self.sim_edges = np.linspace(-1.0, 1.0, SIM_BINS + 1)  # (S+1,)
         e, (gh, gw), r, q = len(self.edges) - 1, self.grid, self.registers, len(self.query_names)
@@ -80,7 +129,7 @@ class NormStream:
 
     def add(
         self,
-        patch_norms: list[torch.Tensor],
+        patch_norms: list[torch.Tensor] | torch.Tensor,
         cls_norm: torch.Tensor | None,
         reg_norms: torch.Tensor,
         neighbor_sim: torch.Tensor,
@@ -92,23 +141,30 @@ class NormStream:
         mask: torch.Tensor | None = None,
         reg_tokens: torch.Tensor | None = None,
     ) -> None:
-        """One batch of B images. ``patch_norms``: per block (B, gh, gw) norms before the final norm; ``cls_norm``
-        (B,) or None; ``reg_norms`` (B, R); ``neighbor_sim`` (B, gh, gw); ``attention`` (B, Q, gh, gw) last-layer
-        attention of the query tokens; ``normed_patches`` (B, gh, gw, C) after the final norm (for PCA);
+        """One batch of B images. ``patch_norms``: per block (B, gh, gw) norms before the final norm (a list, or one
+        (L, B, gh, gw) tensor); from here on everything is of the analysed block ``layer``: ``cls_norm`` (B,) or
+        None; ``reg_norms`` (B, R); ``neighbor_sim`` (B, gh, gw) (of the input embeddings); ``attention`` (B, Q, gh,
+        gw) attention of the query tokens; ``normed_patches`` (B, gh, gw, C) the patch tokens for PCA (after the
+        final norm for the last block);
         ``images`` (B, 3, H, W) normalised input; ``denormalize`` (3, H, W) -> uint8 (H, W, 3); ``mask`` (B, H, W)
         with 0 = background, or None; ``reg_tokens`` (B, R, C) the registers' output tokens (their similarity)."""
         s, e = self.sums, len(self.edges) - 1
         b = images.shape[0]
-        for i, pn in enumerate(patch_norms):
-            v = pn.double().reshape(-1).numpy()
-            idx = bin_index(v, self.edges)
-            s["hist_counts"][i] += np.bincount(idx, minlength=e)
-            s["hist_sums"][i] += np.bincount(idx, weights=v, minlength=e)
-            if v.size:
-                self.layer_max[i] = max(self.layer_max[i], float(v.max()))
-        out = patch_norms[-1].double().numpy()  # (B, gh, gw)
-        out_idx = bin_index(out, self.edges)  # (B, gh, gw)
+        norms = patch_norms if isinstance(patch_norms, torch.Tensor) else torch.stack(list(patch_norms))
+        if norms.shape[0] != self.depth:
+            raise ValueError(f"expected the patch norms of {self.depth} blocks, got {norms.shape[0]}")
+        v = norms.double().reshape(self.depth, -1).numpy()  # (L, B*gh*gw)
+        idx = bin_index(v, self.edges)  # (L, B*gh*gw)
+        # one bincount for every block: block i's bins are offset by i*E (each bin sums its values in input order,
+        # as a bincount per block would)
+        flat = (idx + np.arange(self.depth)[:, None] * e).ravel()
+        s["hist_counts"] += np.bincount(flat, minlength=self.depth * e).reshape(self.depth, e)
+        s["hist_sums"] += np.bincount(flat, weights=v.ravel(), minlength=self.depth * e).reshape(self.depth, e)
+        if v.shape[1]:
+            self.layer_max = np.maximum(self.layer_max, v.max(1))
         gh, gw = self.grid
+        out = v[self.layer].reshape(b, gh, gw)  # (B, gh, gw)
+        out_idx = idx[self.layer].reshape(b, gh, gw)
         pos = np.arange(gh * gw).reshape(1, gh, gw)
         s["position_hist"] += np.bincount((pos * e + out_idx).ravel(), minlength=gh * gw * e).reshape(gh, gw, e)
         sim = neighbor_sim.double().numpy()  # (B, gh, gw)
@@ -154,12 +210,21 @@ class NormStream:
                     image=denormalize(images[j]),
                     norm=out[j].astype(np.float32),
                     attention=attention[j].float().numpy(),
-                    pca=pca_first_component(normed_patches[j]),
                     mask=None if mask is None else mask[j].numpy().astype(np.int32),
+                    features=normed_patches[j].clone(),  # not a view: the batch's tokens are freed
                 )
             )
             self.examples.sort(key=lambda x: x.index)
             del self.examples[self.examples_k :]
+
+    def finish_examples(self) -> None:
+        """Make the kept examples' PCA maps. BLAS on one thread: these are small products, and right after a pass
+        torch's worker threads still hold the cores, so a multi-threaded BLAS waits on them (~10x slower here)."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            for ex in self.examples:
+                _ = ex.pca
 
     # -- merging over ranks ---------------------------------------------------------------------------------------
 
@@ -167,6 +232,7 @@ class NormStream:
         """Add every rank's sums into every rank (no-op without torchrun); gather examples, maxima and bad files."""
         for key, arr in self.sums.items():
             self.sums[key] = np.asarray(all_reduce_sum(arr))
+        self.finish_examples()  # here, for the kept examples only, so ranks exchange small maps
         gathered: list[Any] = all_gather_objects((self.layer_max, self.examples, self.bad))
         self.layer_max = np.max(np.stack([g[0] for g in gathered]), axis=0)
         examples = [ex for g in gathered for ex in g[1]]

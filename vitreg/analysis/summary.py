@@ -18,6 +18,13 @@ from vitreg.analysis.registers import mean_offdiag
 from vitreg.analysis.sinks import sink_summary
 from vitreg.analysis.stream import NormStream
 
+STRONGEST_DEFINITION = (
+    "the block where the auto rule finds an outlier mode (bimodal, a minority high mode) and those outliers carry the "
+    "largest share of the block's total patch-token norm: sum of outlier norms / sum of all patch norms, exact from "
+    "the per-bin sums (= r x q / (1 + r x (q - 1)) for outlier share r and norm ratio q: many outliers and high ones "
+    "both count); the earliest on a tie; none when no block is bimodal"
+)
+
 # verdict thresholds: a redundant-share or background-share this far from its no-preference baseline counts
 REDUNDANT_MARGIN = 0.1  # baseline 0.5: half of the normals are above their own median by definition
 BACKGROUND_MARGIN = 0.05
@@ -60,10 +67,12 @@ def _linear_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float |
 
 
 def summarize(stream: NormStream, rule: str, value: float | None, key: str, label: str, spec: str) -> tuple[dict, dict]:
-    """(ModelResult dict, arrays dict) per the run directory contract."""
+    """(ModelResult dict, arrays dict) per the run directory contract. The output-level statistics are those of block
+    ``stream.layer`` (the last unless the run asked for another)."""
     s, edges = stream.sums, stream.edges
     hist = s["hist_counts"]  # (L, E)
-    chosen, auto = _rule_for(hist[-1], edges, rule, value)
+    out_layer = stream.layer
+    chosen, auto = _rule_for(hist[out_layer], edges, rule, value)
     cut, applied = _cut(chosen.threshold, edges)
     rule_json = {
         "kind": rule,
@@ -73,7 +82,7 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "statistic": auto.statistic,  # the bimodality test, whichever rule decides
         "unsnapped_threshold": chosen.threshold,  # before moving it to the nearest histogram edge
     }
-    output = outlier_stats_from_histogram(hist[-1], edges, applied, s["hist_sums"][-1])
+    output = outlier_stats_from_histogram(hist[out_layer], edges, applied, s["hist_sums"][out_layer])
     cls_n = int(s["cls_hist"].sum())
     output["cls_norm_mean"] = float(s["cls_sum"][0] / cls_n) if cls_n else None
     output["register_norms_mean"] = [float(v / stream.images) if stream.images else None for v in s["reg_sum"]]
@@ -100,6 +109,9 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
         "layers": layers,
         # first block whose distribution is bimodal with an outlier mode (Fig. 4a)
         "first_outlier_layer": next((d["layer"] for d in layers if d["auto_threshold"] is not None), None),
+        "layer": out_layer,
+        "strongest_layer": strongest_layer(layers),
+        "strongest_definition": STRONGEST_DEFINITION,
         "positions": _positions(position_counts, position_totals),
         "neighbors": _neighbors(stream, cut, nb_out, nb_norm),
         "masks": _masks(stream, cut),
@@ -113,7 +125,8 @@ def summarize(stream: NormStream, rule: str, value: float | None, key: str, labe
 
 
 def _layers(stream: NormStream, rule: str, value: float | None) -> list[dict[str, Any]]:
-    """Every block's patch-token norms under the run's rule, and the auto rule's threshold (Fig. 4a)."""
+    """Every block's patch-token norms under the run's rule, and the auto rule's test, threshold and outliers there
+    (Fig. 4a)."""
     s, edges = stream.sums, stream.edges
     hist = s["hist_counts"]  # (L, E)
     layers = []
@@ -121,6 +134,8 @@ def _layers(stream: NormStream, rule: str, value: float | None) -> list[dict[str
         lc, la = _rule_for(hist[i], edges, rule, value)
         _, lapplied = _cut(lc.threshold, edges)
         st = outlier_stats_from_histogram(hist[i], edges, lapplied, s["hist_sums"][i])
+        _, aapplied = _cut(la.threshold, edges)
+        at = outlier_stats_from_histogram(hist[i], edges, aapplied, s["hist_sums"][i])
         layers.append(
             {
                 "layer": i,
@@ -132,9 +147,33 @@ def _layers(stream: NormStream, rule: str, value: float | None) -> list[dict[str
                 "auto_threshold": la.threshold,
                 "outlier_ratio": st["outlier_ratio"],
                 "norm_ratio": st["norm_ratio"],
+                "ashman_d": la.statistic.get("ashman_d"),
+                "delta_bic": la.statistic.get("delta_bic"),
+                "dip_ratio": la.statistic.get("dip_ratio"),
+                "auto_outlier_ratio": at["outlier_ratio"],
+                "auto_norm_ratio": at["norm_ratio"],
+                "outlier_norm_share": _norm_share(at),
             }
         )
     return layers
+
+
+def _norm_share(stats: dict[str, Any]) -> float:
+    """Share of the total patch-token norm held by the outliers (exact: the means come from per-bin sums)."""
+    n, k = stats["patch_tokens"], stats["outliers"]
+    if not k or not n:
+        return 0.0
+    held = k * stats["mean_norm_outlier"]
+    rest = (n - k) * (stats["mean_norm_normal"] or 0.0)
+    return float(held / (held + rest))
+
+
+def strongest_layer(layers: list[dict[str, Any]]) -> int | None:
+    """The block where the artifact signature is strongest (:data:`STRONGEST_DEFINITION`), or None."""
+    candidates = [d for d in layers if d["auto_threshold"] is not None and d["outlier_norm_share"] > 0]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda d: (d["outlier_norm_share"], -d["layer"]))["layer"]
 
 
 def _neighbors(stream: NormStream, cut: int, nb_out: np.ndarray, nb_norm: np.ndarray) -> dict[str, Any]:
@@ -256,11 +295,13 @@ def verdict(result: dict, rule: str, value: float | None) -> str:
     n_img = result["images"]
     if n_img == 0:
         return "No usable images: nothing was measured."
+    layer, depth = result.get("layer"), int(result["depth"])
+    which = "output" if layer is None or layer == depth - 1 else f"block {layer}'s"
     if out["outliers"] == 0:
         if rule == "auto":
             why = r["statistic"].get("reason", "the distribution is not bimodal")
             return (
-                f"No high-norm outliers on these {n_img} images: the output patch-token norms do not split into two "
+                f"No high-norm outliers on these {n_img} images: the {which} patch-token norms do not split into two "
                 f"modes ({why}), so this model shows no artifact tokens here."
             )
         return f"No patch token exceeds the {rule} threshold ({r['threshold']}) on these {n_img} images: no outliers."

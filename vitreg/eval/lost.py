@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -157,12 +157,29 @@ def _groups(images: torch.Tensor | list[torch.Tensor]) -> list[tuple[list[int], 
     return [(idx, torch.stack([images[i] for i in idx])) for idx in by_shape.values()]
 
 
+@dataclass
+class _Tally:
+    """What LOST on one feature kind accumulates over the images."""
+
+    biases: list[float]
+    per_image: list[dict] = field(default_factory=list)
+    preds: dict[float, list[np.ndarray]] = field(default_factory=dict)
+    outside: dict[float, int] = field(default_factory=dict)
+    ex: dict[str, list] = field(
+        default_factory=lambda: {k: [] for k in ("image", "mask", "degree", "box", "gt", "seed")}
+    )
+
+    def __post_init__(self) -> None:
+        self.preds = {bb: [] for bb in self.biases}
+        self.outside = dict.fromkeys(self.biases, 0)
+
+
 def run_lost(
     model: torch.nn.Module,
     loader,
     *,
     layer: int = -1,
-    kind: FeatureKind = "k",
+    kind: FeatureKind | Sequence[FeatureKind] = "k",
     k: int = 100,
     biases: Sequence[float] = (0.0,),
     normalize: bool = False,
@@ -174,16 +191,16 @@ def run_lost(
 
     Returns a JSON-ready dict: the settings, CorLoc per bias, the per-image boxes and best IoU per bias, the skipped
     files, and under ``"_examples"`` (popped by callers that save it as NPZ) arrays for the first ``examples`` images.
+    ``kind`` a list of feature kinds: one such dict per kind (``{kind: dict}``), from one forward per image (the keys
+    and values of a layer come from the same capture).
     """
+    kinds = [kind] if isinstance(kind, str) else list(kind)
     inspector = Inspector(model, dtype=dtype)
     patch = tuple(int(p) for p in model.patch_embed.patch_size)
     biases = [float(x) for x in biases]
-    per_image: list[dict] = []
-    preds: dict[float, list[np.ndarray]] = {bb: [] for bb in biases}
+    tallies = {kd: _Tally(biases) for kd in kinds}
     gts: list[np.ndarray] = []
     bad: list[tuple[str, str]] = []
-    outside = dict.fromkeys(biases, 0)
-    ex: dict[str, list] = {"image": [], "mask": [], "degree": [], "box": [], "gt": [], "seed": []}
     bar = progress_bar(loader, "LOST")
     for batch in loader:
         bad.extend(batch.get("bad", []))
@@ -191,47 +208,95 @@ def run_lost(
         if not len(batch.get("path", [])):
             continue
         for pos, imgs in _groups(batch["image"]):
-            tokens, layout = extract_features(inspector, imgs.to(device), layer, kind)
-            tokens = tokens.cpu()
-            # Full-resolution images with small patches have many thousands of patches: bound the (B, N, N) memory.
-            chunk = max(1, GRAM_BUDGET // (4 * layout.num_patches**2))
-            outs = {
-                bb: _concat(
-                    [
-                        lost_from_tokens(tokens[s : s + chunk], layout, patch, k=k, bias=bb, normalize=normalize)
-                        for s in range(0, tokens.shape[0], chunk)
-                    ]
-                )
-                for bb in biases
-            }
-            for j, i in enumerate(pos):
-                gt = np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4)
-                gts.append(gt)
-                rec = dict(path=batch["path"][i], size=[int(imgs.shape[-1]), int(imgs.shape[-2])], gt_boxes=len(gt))
-                for bb, out in outs.items():
-                    preds[bb].append(out.boxes[j])
-                    outside[bb] += int(out.seed_outside_mask[j])
-                    rec[f"bias={bb:g}"] = dict(box=out.boxes[j].tolist(), best_iou=best_iou(out.boxes[j], gt))
-                per_image.append(rec)
-                if len(ex["image"]) < examples:
-                    out0 = outs[biases[0]]
-                    ex["image"].append(imgs[j].numpy())
-                    ex["mask"].append(out0.masks[j])
-                    ex["degree"].append(out0.degree[j])
-                    ex["box"].append(out0.boxes[j])
-                    ex["gt"].append(gt)
-                    ex["seed"].append(out0.seeds[j])
+            features, layout = extract_many(inspector, imgs.to(device), layer, kinds)
+            batch_gts = [np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4) for i in pos]
+            gts.extend(batch_gts)
+            for kd, tokens in features.items():
+                _tally(tallies[kd], tokens.cpu(), layout, patch, k, normalize, batch, pos, imgs, batch_gts, examples)
     bar.close()
     if not gts:
         raise DataError("no usable images: every image was bad or the dataset was empty")
-    results = []
-    for bb in biases:
-        results.append(dict(bias=bb, seed_outside_mask=outside[bb], **corloc(preds[bb], gts)))
-    return dict(
-        settings=dict(layer=layer % inspector.depth, features=kind, k=k, normalize=normalize, patch_size=list(patch)),
-        results=results,
-        images=len(gts),
-        bad_images=[dict(path=p, reason=r) for p, r in bad],
-        per_image=per_image,
-        _examples=ex,
+    out = {}
+    for kd, t in tallies.items():
+        results = [dict(bias=bb, seed_outside_mask=t.outside[bb], **corloc(t.preds[bb], gts)) for bb in biases]
+        out[kd] = dict(
+            settings=dict(layer=layer % inspector.depth, features=kd, k=k, normalize=normalize, patch_size=list(patch)),
+            results=results,
+            images=len(gts),
+            bad_images=[dict(path=p, reason=r) for p, r in bad],
+            per_image=t.per_image,
+            _examples=t.ex,
+        )
+    return out[kinds[0]] if isinstance(kind, str) else out
+
+
+def extract_many(
+    inspector: Inspector, images: torch.Tensor, layer: int, kinds: Sequence[FeatureKind]
+) -> tuple[dict[str, torch.Tensor], TokenLayout]:
+    """:func:`extract_features` for several kinds from one capture: {kind: (B, N_tokens, C)} and the layout."""
+    if len(kinds) == 1:
+        tokens, layout = extract_features(inspector, images, layer, kinds[0])
+        return {kinds[0]: tokens}, layout
+    for kd in kinds:
+        if kd not in FEATURE_KINDS:
+            raise ConfigError(f"unknown feature type {kd!r}; expected one of {', '.join(FEATURE_KINDS)}")
+    depth = inspector.depth
+    if not -depth <= layer < depth:
+        raise ConfigError(f"layer {layer} out of range for a model with {depth} blocks")
+    layer = layer % depth
+    want_tokens = "tokens" in kinds
+    cap = inspector.run(
+        images, layers=[layer] if want_tokens else None, attention_layers=None, qkv_layers=[layer], normed=False
     )
+    out = {}
+    for kd in kinds:
+        if kd == "tokens":
+            out[kd] = cap.tokens[layer]
+            continue
+        t = getattr(cap.qkv[layer], kd)  # (B, heads, N, hd)
+        b, heads, n, hd = t.shape
+        out[kd] = t.permute(0, 2, 1, 3).reshape(b, n, heads * hd)
+    return out, cap.layout
+
+
+def _tally(
+    t: _Tally,
+    tokens: torch.Tensor,
+    layout: TokenLayout,
+    patch: tuple[int, ...],
+    k: int,
+    normalize: bool,
+    batch: dict,
+    pos: list[int],
+    imgs: torch.Tensor,
+    gts: list[np.ndarray],
+    examples: int,
+) -> None:
+    """LOST on one stack of images' features (B, N_tokens, C) for every bias, added to ``t``."""
+    # Full-resolution images with small patches have many thousands of patches: bound the (B, N, N) memory.
+    chunk = max(1, GRAM_BUDGET // (4 * layout.num_patches**2))
+    outs = {
+        bb: _concat(
+            [
+                lost_from_tokens(tokens[s : s + chunk], layout, patch, k=k, bias=bb, normalize=normalize)
+                for s in range(0, tokens.shape[0], chunk)
+            ]
+        )
+        for bb in t.biases
+    }
+    for j, i in enumerate(pos):
+        gt = gts[j]
+        rec = dict(path=batch["path"][i], size=[int(imgs.shape[-1]), int(imgs.shape[-2])], gt_boxes=len(gt))
+        for bb, out in outs.items():
+            t.preds[bb].append(out.boxes[j])
+            t.outside[bb] += int(out.seed_outside_mask[j])
+            rec[f"bias={bb:g}"] = dict(box=out.boxes[j].tolist(), best_iou=best_iou(out.boxes[j], gt))
+        t.per_image.append(rec)
+        if len(t.ex["image"]) < examples:
+            out0 = outs[t.biases[0]]
+            t.ex["image"].append(imgs[j].numpy())
+            t.ex["mask"].append(out0.masks[j])
+            t.ex["degree"].append(out0.degree[j])
+            t.ex["box"].append(out0.boxes[j])
+            t.ex["gt"].append(gt)
+            t.ex["seed"].append(out0.seeds[j])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vitreg import __version__
 from vitreg.config import to_dict, validate_all
@@ -18,6 +18,9 @@ from vitreg.errors import ConfigError, DataError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.results.codec import from_json
 from vitreg.results.diagnose import DiagnoseResult, DiagnoseSummary, ModelResult
+
+if TYPE_CHECKING:
+    from vitreg.analysis.stream import NormStream
 
 MAX_EXAMPLES = 16  # pictures kept per model (all of them are drawn in the report)
 
@@ -39,6 +42,9 @@ class DiagnoseConfig:
     percentile: float | None = None  # reproducibility study: 98
     examples: int = 8
     sinks: bool = False  # attention-sink statistics of every block (attention of all queries: slower)
+    # the block whose output tokens the output-level analyses use (rule, positions, neighbours, background, pictures);
+    # negative counts from the end: -1 the last block (the paper's output norms), -2 the one LLaVA reads
+    layer: int = -1
     log_x: bool = False  # report option: log-scaled norm axis first
     out: str
 
@@ -52,6 +58,8 @@ class DiagnoseConfig:
             raise ConfigError(f"--cutoff needs a positive norm, got {self.cutoff}")
         if self.rule == "percentile" and (self.percentile is None or not 0 < self.percentile < 100):
             raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.percentile}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise ConfigError(f"--layer takes a block index (negative counts from the end), got {self.layer!r}")
         if not 0 <= self.examples <= MAX_EXAMPLES:
             raise ConfigError(
                 f"--examples must be in 0..{MAX_EXAMPLES} (all are drawn in the report), got {self.examples}"
@@ -62,37 +70,55 @@ class DiagnoseConfig:
         return {"auto": None, "cutoff": self.cutoff, "percentile": self.percentile}[self.rule]
 
 
-def check_config(cfg: DiagnoseConfig) -> None:
-    """Every value, and every model's name, file and weights, checked before anything is read or written."""
+def check_config(cfg: DiagnoseConfig, skip: Any = ()) -> None:
+    """Every value, and every model's name, file and weights, checked before anything is read or written (``skip``:
+    keys of entries whose pass the caller already ran, so their model loaded)."""
     validate_all(cfg)
     for entry in cfg.models:
-        entry.check()
+        if entry.key not in skip:
+            entry.check()
 
 
-def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
+@dataclass
+class DonePass:
+    """The diagnose pass of one entry, already run by the caller over ``cfg.images`` with the config's options (e.g.
+    by `vitreg fix`, which runs these models over the same images anyway): the job summarises it as its own."""
+
+    stream: NormStream  # unmerged, as :func:`vitreg.analysis.diagnose.diagnose_model` returns it
+    input_size: tuple[int, int]
+
+
+def diagnose(cfg: DiagnoseConfig, done: dict[str, DonePass] | None = None) -> DiagnoseResult:
     """Run the diagnosis of every model of ``cfg`` and write its run directory; returns what metrics.json holds.
+    ``done``: passes already run, by entry key (those models are not loaded or run again).
 
     Every model is checked (names, files, weights) before any image is read, so a bad second model fails at once.
+    A ``--layer`` beyond a model's depth fails as soon as that model is loaded, before its pass.
     """
     from vitreg.runlock import run_lock
 
-    check_config(cfg)
+    check_config(cfg, skip=done or {})
     with run_lock(cfg.out, "diagnose"):  # a second diagnose on the same --out refuses, naming this one
-        return _run(cfg)
+        return _run(cfg, done or {})
 
 
-def _run(cfg: DiagnoseConfig) -> DiagnoseResult:
+def _run(cfg: DiagnoseConfig, done: dict[str, DonePass]) -> DiagnoseResult:
     from vitreg import distributed as dist
     from vitreg.config import save_config
+    from vitreg.device import inference_dtype
     from vitreg.results.rundir import write_arrays, write_result
 
-    device, dtype = cfg.runtime.start()
+    device, _ = cfg.runtime.start()
+    dtype = inference_dtype(cfg.runtime.precision, device)  # auto: fp32 (bf16 changed which tokens are outliers)
     dist.init_distributed(device)
     out = Path(cfg.out)
     try:
         results = []
         for entry in cfg.models:
-            result, arrays = _diagnose_entry(entry, cfg, device, dtype)
+            if entry.key in done:
+                result, arrays = _summarize(entry, cfg, done[entry.key], dtype)
+            else:
+                result, arrays = _diagnose_entry(entry, cfg, device, dtype)
             if dist.is_main():
                 write_arrays(out, entry.key, arrays)
             results.append(result)
@@ -120,12 +146,12 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
     import torch
 
     from vitreg import distributed as dist
-    from vitreg.analysis.diagnose import diagnose_model
-    from vitreg.analysis.summary import summarize
+    from vitreg.analysis.diagnose import diagnose_model, resolve_layer
     from vitreg.data.transforms import ImageTransform
 
     torch.manual_seed(cfg.runtime.seed)  # random-init models are the same whatever their place in the list
     model = entry.load(device)
+    layer = resolve_layer(cfg.layer, len(getattr(model, "blocks")))  # noqa: B009 - ConfigError naming --layer
     # a fixed input size gives a fixed patch grid, so per-position counts add over images
     transform = ImageTransform.from_model(model, mode="resize")
     ds = cfg.images.open(transform, seed=cfg.runtime.seed)
@@ -142,11 +168,19 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
         progress=dist.is_main(),
         desc=f"diagnose {entry.key}",
         sinks=cfg.sinks,
+        layer=layer,
     )
+    return _summarize(entry, cfg, DonePass(stream, transform.input_size), dtype)
+
+
+def _summarize(entry: ModelEntry, cfg: DiagnoseConfig, done: DonePass, dtype: Any) -> tuple[ModelResult, dict]:
+    from vitreg.analysis.summary import summarize
+
+    stream = done.stream
     stream.merge_ranks()
     if stream.images == 0:
         raise DataError(f"model {entry.label}: no usable images in {cfg.images.src!r} (every image was bad or none)")
     result, arrays = summarize(stream, cfg.rule, cfg.rule_value, entry.key, entry.label, entry.spec)
-    result["input_size"] = list(transform.input_size)
+    result["input_size"] = list(done.input_size)
     result["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
     return from_json(ModelResult, result, f"diagnose {entry.key}"), arrays

@@ -14,9 +14,10 @@ from typing import Any, Literal
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.results.fix import FixLayer, FixResult, NeuronSearch, NeuronsFile, TopKSweep
+from vitreg.results.fix import FixLayer, FixResult, HeldOut, NeuronSearch, NeuronsFile, TopKSweep
 
 NEURONS_FILE = "neurons.json"
+HELD_OUT = "held_out"  # the diagnose run directory of the held-out images, inside a fix run directory
 
 
 @dataclass(kw_only=True)
@@ -37,9 +38,12 @@ class FixConfig:
     clear: float = 0.05  # cleared: at most this fraction of the original outlier share left
     examples: int = 8
     save_model: bool = False
+    held_out: ImageSpec | None = None  # other images to measure the chosen fix on (outliers, [CLS] cosine)
     out: str
 
     def validate(self) -> None:
+        if self.held_out is not None:
+            self.held_out.validate()
         if self.model.test_time_registers:
             raise ConfigError("--test-time-registers: give the original model to `vitreg fix`")
         if not 1 <= self.registers <= 16:
@@ -55,32 +59,105 @@ class FixConfig:
 
 
 def fix(cfg: FixConfig) -> FixResult:
-    """Run `vitreg fix` and write its run directory; returns what fix.json holds."""
+    """Run `vitreg fix` and write its run directory; returns what fix.json holds.
+
+    The images are decoded once and every pass runs over the same batches: the original model's one pass gives its
+    diagnosis (``a``), the block norms the neuron search needs and the sweep's "before" point; the search's scoring
+    pass stops after the last scored block; the sweep's passes share the blocks before the first moved neuron and
+    each keeps its diagnosis, so the chosen k's is the fixed model's (``b``). The numbers are those of running each
+    step on its own.
+    """
+    import numpy as np
+
     from vitreg import atomic
-    from vitreg.analysis.register_neurons import find_register_neurons, image_batches
-    from vitreg.analysis.ttr_sweep import sweep_top_k
+    from vitreg.analysis.diagnose import diagnose_model, resolve_layer
+    from vitreg.analysis.register_neurons import block_norms, find_register_neurons, image_batches
+    from vitreg.analysis.ttr_sweep import SweepMeter, sweep_top_k
     from vitreg.data.transforms import ImageTransform
+    from vitreg.device import inference_dtype
+    from vitreg.jobs.diagnose import DonePass
     from vitreg.results.codec import to_json
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
-    model, _device, dtype = cfg.model.start(cfg.runtime)
+    model, device, _ = cfg.model.start(cfg.runtime)
+    dtype = inference_dtype(cfg.runtime.precision, device)  # auto: fp32 (bf16 changed which tokens are outliers)
+    detect = resolve_layer(cfg.detect_layer, len(getattr(model, "blocks")), "--detect-layer")  # noqa: B009
     out = Path(cfg.out)
-    ds = cfg.images.open(ImageTransform.from_model(model, mode="resize"), seed=cfg.runtime.seed)
-    batches = image_batches(cfg.images.loader(ds), cfg.images.batch_size)
+    transform = ImageTransform.from_model(model, mode="resize")
+    ds = cfg.images.open(transform, seed=cfg.runtime.seed)
+    loaded = list(cfg.images.loader(ds))  # decoded once: every pass below runs over these batches
+    batches = image_batches(loaded, cfg.images.batch_size)  # the usable ones as (images, labels), in the same order
+    labels = [y for _, y in batches]
+
+    def diagnosis(m: Any, desc: str, observe: Any, keep: Any = (), resume: Any = None) -> Any:
+        """One diagnose pass as `vitreg diagnose --layer DETECT` runs it, also feeding ``observe``."""
+        return diagnose_model(
+            m,
+            loaded,
+            transform.input_size,
+            transform.denormalize,
+            dtype=dtype,
+            examples=cfg.examples,
+            total=len(ds),
+            desc=desc,
+            layer=detect,
+            observe=observe,
+            keep_inputs=keep,
+            resume=resume,
+        )
+
+    # the original model, once: its diagnosis, the norms of blocks 0..detect and the sweep's "before" point
+    norms: list[np.ndarray] = []
+    before = SweepMeter.of(model, detect, 0)
+
+    def observe_original(i: int, _batch: dict, cap: Any) -> None:
+        norms.append(block_norms(cap, detect + 1))
+        before.add(cap, labels[i])
+
+    done = {"a": DonePass(diagnosis(model, "diagnose a", observe_original), transform.input_size)}
     search = find_register_neurons(
-        model, batches, detect_layer=cfg.detect_layer, top_layer=cfg.top_layer, rule=cfg.rule, value=cfg.value,
-        sparse=cfg.sparse, keep=max(256, cfg.max_top_k), dtype=dtype,
-    )  # fmt: skip
+        model,
+        batches,
+        detect_layer=detect,
+        top_layer=cfg.top_layer,
+        rule=cfg.rule,
+        value=cfg.value,
+        sparse=cfg.sparse,
+        keep=max(256, cfg.max_top_k),
+        dtype=dtype,
+        norms=np.concatenate(norms),
+    )
     sweep = None
+    passes: dict[int, Any] = {}  # k -> that fixed model's diagnosis
+
+    def run_pass(fixed: Any, k: int, on_batch: Any, keep: Any, resume: Any) -> None:
+        observe = lambda i, _batch, cap: on_batch(i, cap, labels[i])
+        passes[k] = diagnosis(fixed, f"top-k {k}", observe, keep, resume)
+
     if search.neurons:
-        sweep = sweep_top_k(model, search, batches, registers=cfg.registers, top_k=cfg.top_k, max_k=cfg.max_top_k,
-                            clear=cfg.clear, dtype=dtype)  # fmt: skip
+        assert search.threshold is not None  # neurons are only found above a threshold
+        sweep = sweep_top_k(
+            model,
+            search,
+            batches,
+            registers=cfg.registers,
+            top_k=cfg.top_k,
+            max_k=cfg.max_top_k,
+            clear=cfg.clear,
+            dtype=dtype,
+            before=before.point(float(search.threshold), None),
+            run_pass=run_pass,
+        )
     top_k = sweep.chosen if sweep is not None else 0
-    neurons = NeuronsFile(model=cfg.model.label, spec=cfg.model.spec, registers=cfg.registers, top_k=top_k,
-                          search=search)  # fmt: skip
+    if top_k:
+        done["b"] = DonePass(passes[top_k], transform.input_size)
+    passes.clear()
+    neurons = NeuronsFile(
+        model=cfg.model.label, spec=cfg.model.spec, registers=cfg.registers, top_k=top_k, search=search
+    )
     atomic.write_json(out / NEURONS_FILE, to_json(neurons))
-    metrics = _diagnose(cfg, out, fixed=bool(top_k))
+    metrics = _diagnose(cfg, out, fixed=bool(top_k), done=done)
     result = FixResult(
         model=cfg.model.label,
         registers=cfg.registers,
@@ -92,7 +169,11 @@ def fix(cfg: FixConfig) -> FixResult:
         layers=_layers(out, metrics) if top_k else [],
         flops_overhead=_flops_overhead(model, cfg.registers) if top_k else None,
         config=to_dict(cfg),
+        detect_layer=detect,
     )
+    if cfg.held_out is not None:  # without neurons to move: the original's diagnosis there alone
+        thr = float("inf") if search.threshold is None else float(search.threshold)
+        result.held_out = _held_out(cfg, model, neurons if top_k else None, detect, thr, dtype, out)
     if top_k and cfg.save_model:
         from vitreg.models.checkpoints import save_model
         from vitreg.models.ttr import add_test_time_registers
@@ -103,16 +184,90 @@ def fix(cfg: FixConfig) -> FixResult:
     return result
 
 
-def _diagnose(cfg: FixConfig, out: Path, fixed: bool) -> Any:
-    """The original (key a) and, when neurons were moved, the fixed model (key b), on the same images."""
+def _held_out(
+    cfg: FixConfig, model: Any, neurons: NeuronsFile, detect: int, threshold: float, dtype: Any, out: Path
+) -> HeldOut:
+    """The chosen fix on ``cfg.held_out`` (images the neurons were not fitted on): one diagnose pass of the original
+    (``a``) and of the fixed model (``b``) there, written as DIR/held_out/ (a diagnose run directory), which also
+    give the outlier share above the fit's threshold and the fixed model's [CLS] cosine to the original's."""
+    from vitreg.analysis.diagnose import diagnose_model
+    from vitreg.analysis.register_neurons import image_batches
+    from vitreg.analysis.ttr_sweep import SweepMeter, _fixed
+    from vitreg.data.transforms import ImageTransform
+    from vitreg.errors import DataError
+    from vitreg.jobs.diagnose import DiagnoseConfig, DonePass, ModelEntry, diagnose
+
+    assert cfg.held_out is not None
+    transform = ImageTransform.from_model(model, mode="resize")
+    ds = cfg.held_out.open(transform, seed=cfg.runtime.seed)
+    loaded = list(cfg.held_out.loader(ds))
+    labels = [y for _, y in image_batches(loaded, cfg.held_out.batch_size)]
+    if not labels:
+        raise DataError(f"--held-out {cfg.held_out.src}: no usable images")
+    models = {"a": model}
+    if neurons is not None:
+        models["b"] = _fixed(model, neurons.selected, cfg.registers)
+    meters = {k: SweepMeter.of(m, detect, cfg.registers if k == "b" else 0) for k, m in models.items()}
+    done = {}
+    for key, m in models.items():
+        meter = meters[key]
+        stream = diagnose_model(
+            m,
+            loaded,
+            transform.input_size,
+            transform.denormalize,
+            dtype=dtype,
+            examples=cfg.examples,
+            total=len(ds),
+            desc=f"held out {key}",
+            layer=detect,
+            observe=lambda i, _batch, cap, meter=meter: meter.add(cap, labels[i]),
+        )
+        done[key] = DonePass(stream, transform.input_size)
+    before, ref = meters["a"].point(threshold, None)
+    spec = to_dict(cfg.model)
+    entries = [ModelEntry(key="a", **spec)]
+    after = None
+    if neurons is not None:
+        after, _ = meters["b"].point(threshold, ref)
+        after.k = neurons.top_k
+        entries.append(ModelEntry(key="b", **(spec | {"test_time_registers": str(out / NEURONS_FILE)})))
+    metrics = diagnose(
+        DiagnoseConfig(
+            models=entries,
+            images=cfg.held_out,
+            runtime=cfg.runtime,
+            examples=cfg.examples,
+            layer=cfg.detect_layer,
+            out=str(out / HELD_OUT),
+        ),
+        done=done,
+    )
+    return HeldOut(
+        images=metrics.models[0].images, source=cfg.held_out.src, directory=HELD_OUT, before=before, after=after
+    )
+
+
+def _diagnose(cfg: FixConfig, out: Path, fixed: bool, done: dict[str, Any] | None = None) -> Any:
+    """The original (key a) and, when neurons were moved, the fixed model (key b), on the same images, analysed at
+    the detection block; ``done``: their passes when the fix already ran them."""
     from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry, diagnose
 
     spec = to_dict(cfg.model)
     models = [ModelEntry(key="a", **spec)]
     if fixed:
         models.append(ModelEntry(key="b", **(spec | {"test_time_registers": str(out / NEURONS_FILE)})))
-    return diagnose(DiagnoseConfig(models=models, images=cfg.images, runtime=cfg.runtime, examples=cfg.examples,
-                                   out=str(out)))  # fmt: skip
+    return diagnose(
+        DiagnoseConfig(
+            models=models,
+            images=cfg.images,
+            runtime=cfg.runtime,
+            examples=cfg.examples,
+            layer=cfg.detect_layer,
+            out=str(out),
+        ),
+        done=done,
+    )
 
 
 def _layers(out: Path, metrics: Any) -> list[FixLayer]:

@@ -38,6 +38,8 @@ class LostConfig:
     biases: list[float] = field(default_factory=lambda: [0.0])  # added to the Gram matrix, one result each
     normalize: bool = False  # L2-normalise the features (cosine similarities)
     examples: int = 6  # images kept for the report's figure
+    # more feature kinds from the same forward passes, each written as its own run directory: {kind: directory}
+    also: dict[str, str] = field(default_factory=dict)
     out: str
 
     def validate(self) -> None:
@@ -51,6 +53,9 @@ class LostConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.resize is not None and self.resize < 1:
             raise ConfigError(f"--resize must be >= 1, got {self.resize}")
+        bad = [k for k in self.also if k not in ("k", "q", "v", "tokens") or k == self.features]
+        if bad:
+            raise ConfigError(f"also: {bad[0]!r} is not another feature kind (k, q, v, tokens; not {self.features!r})")
 
 
 def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
@@ -82,24 +87,21 @@ def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
 
 
 def lost(cfg: LostConfig) -> LostResult:
-    """LOST over every image of the dataset for each bias; writes DIR/lost.json (and example arrays)."""
-    import numpy as np
-
-    from vitreg import atomic
+    """LOST over every image of the dataset for each bias; writes DIR/lost.json (and example arrays), and the same for
+    each kind of ``cfg.also`` into its own directory, from the same forward passes."""
     from vitreg.data.loader import make_loader
     from vitreg.eval.lost import run_lost
-    from vitreg.models.inspect import num_registers
-    from vitreg.results.rundir import LOST_EXAMPLES, write_result
 
     validate_all(cfg)
     model, device, dtype = cfg.model.start(cfg.runtime)
     ds, protocol = build_dataset(cfg, model)
     loader = make_loader(ds, cfg.batch_size, strict=cfg.strict, num_workers=cfg.workers)
-    summary = run_lost(
+    kinds = [cfg.features, *cfg.also]
+    summaries = run_lost(
         model,
         loader,
         layer=cfg.layer,
-        kind=cfg.features,
+        kind=kinds,
         k=cfg.k,
         biases=cfg.biases,
         normalize=cfg.normalize,
@@ -107,6 +109,22 @@ def lost(cfg: LostConfig) -> LostResult:
         device=device,
         examples=cfg.examples,
     )
+    outs = {cfg.features: cfg.out, **cfg.also}
+    results = {}
+    for kind, summary in summaries.items():
+        own = dataclasses.replace(cfg, features=kind, also={}, out=outs[kind])  # what that directory's run did
+        results[kind] = _write(own, summary, model, ds, protocol)
+    return results[cfg.features]
+
+
+def _write(cfg: LostConfig, summary: dict, model: Any, ds: Any, protocol: str) -> LostResult:
+    """lost.json and the example arrays of one feature kind into ``cfg.out``."""
+    import numpy as np
+
+    from vitreg import atomic
+    from vitreg.models.inspect import num_registers
+    from vitreg.results.rundir import LOST_EXAMPLES, write_result
+
     ex = summary.pop("_examples")
     data = dict(
         model=cfg.model.spec,

@@ -33,6 +33,20 @@ def parse_size(text: str | int | tuple[int, int] | list[int] | None) -> int | tu
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
+def parse_subset(text: str) -> slice:
+    """``"START:STOP:STEP"`` (Python's slice, any part empty) -> a slice; a ConfigError naming the value otherwise."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise ConfigError(f"--subset {text!r}: expected START:STOP:STEP, e.g. 0::2 (even images) or 1::2") from None
+    if len(values) == 3 and values[2] is not None and values[2] < 1:
+        raise ConfigError(f"--subset {text!r}: the step must be >= 1")
+    return slice(*values)
+
+
 @dataclass(kw_only=True)
 class ModelSpec:
     """A model to load: a preset, ``timm:NAME``, a DINOv2 name, a weights file or a run directory."""
@@ -104,6 +118,7 @@ class ImageSpec:
     src: str = "synthetic"
     scenes: SceneConfig | None = None
     limit: int | None = None
+    subset: str | None = None  # "START:STOP:STEP" of the source's images (e.g. "0::2", "1::2": two disjoint halves)
     batch_size: int = 32
     strict: bool = False  # stop at the first bad image instead of skipping it
     workers: int = 0
@@ -115,12 +130,23 @@ class ImageSpec:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.subset is not None:
+            parse_subset(self.subset)
 
     def open(self, transform: Any, seed: int = 0) -> Any:
-        """The dataset (see :func:`vitreg.data.sources.open_source`)."""
+        """The dataset (see :func:`vitreg.data.sources.open_source`): ``subset`` first, then at most ``limit``."""
         from vitreg.data.sources import open_source
 
-        return open_source(self.src, transform, limit=self.limit, strict=self.strict, seed=seed, synthetic=self.scenes)
+        if self.subset is None:
+            return open_source(self.src, transform, limit=self.limit, strict=self.strict, seed=seed,
+                               synthetic=self.scenes)  # fmt: skip
+        ds = open_source(self.src, transform, limit=None, strict=self.strict, seed=seed, synthetic=self.scenes)
+        chosen = list(range(len(ds)))[parse_subset(self.subset)][: self.limit]
+        if hasattr(ds, "subset"):
+            return ds.subset(chosen)
+        from torch.utils.data import Subset
+
+        return Subset(ds, chosen)
 
     def batches(self, model: torch.nn.Module, seed: int = 0) -> Any:
         """A loader over the images prepared for ``model`` (its own size, mean and std)."""
@@ -137,7 +163,7 @@ class ImageSpec:
 @dataclass(kw_only=True)
 class Runtime:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
-    precision: str = "auto"  # auto (bf16 where the hardware has it), bf16, fp16, fp32
+    precision: str = "auto"  # auto (fp32 for inference: bf16 moves outliers; vitreg.device.inference_dtype), bf16, ...
     threads: int | None = None  # CPU threads (None: every core available)
     seed: int = 0
 
@@ -151,9 +177,9 @@ class Runtime:
         """Set threads and seed; the device and autocast dtype to run on."""
         import torch
 
-        from vitreg.device import resolve_device, resolve_dtype, set_threads
+        from vitreg.device import inference_dtype, resolve_device, set_threads
 
         set_threads(self.threads)
         torch.manual_seed(self.seed)
         device = resolve_device(self.device)
-        return device, resolve_dtype(self.precision, device)
+        return device, inference_dtype(self.precision, device)  # auto: fp32 (see inference_dtype)

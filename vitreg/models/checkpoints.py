@@ -25,6 +25,7 @@ from vitreg.models.formats import (
     ACCEPTED,
     OPENCLIP_PREFIX,
     candidates,
+    onnx_config,
     openclip_named_config,
     read_folder,
     read_sidecar,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 HF_PREFIX = "hf:"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".onnx")
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -50,6 +51,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in transformers CLIP's keys
+        from vitreg.models.onnx_clip import read_onnx_clip
+
+        return read_onnx_clip(path).state_dict
     if path.suffix == ".safetensors":
         from vitreg.models.filecheck import check_safetensors_header
 
@@ -208,7 +213,10 @@ def resolve(
     path = Path(text)
     if text.startswith(zoo.ZOO_PREFIX):  # a zoo entry: its weights are checked against their sha256 first
         entry = zoo.get(text)
-        return read_sidecar(entry.directory / CONFIG_NAME), entry.verify()
+        if download and not entry.fetched:
+            entry.fetch()
+        weights_file = entry.verify()  # before its model.json: a package entry not fetched says what to run
+        return read_sidecar(entry.files / CONFIG_NAME), weights_file
     if text.startswith(HF_PREFIX):
         path = hub.hf_folder(text[len(HF_PREFIX) :], download)
     if path.is_dir():
@@ -219,6 +227,8 @@ def resolve(
     if path.is_file() or path.suffix in WEIGHT_SUFFIXES:
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
+        if path.suffix == ".onnx":
+            return onnx_config(path), path
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
             raise _bare_file(path)

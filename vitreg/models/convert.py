@@ -1,7 +1,8 @@
 """Foreign checkpoint layouts -> the keys of the timm model they are loaded into.
 
 Handled here (timm does not know them): Hugging Face ``transformers`` DINOv2 (``Dinov2Model``,
-``Dinov2WithRegistersModel``) and the original DINOv2 layout (also its chunked blocks). Everything timm knows goes
+``Dinov2WithRegistersModel``), ``transformers`` CLIP vision towers (:mod:`vitreg.models.hf_clip`, also what the ONNX
+reader produces) and the original DINOv2 layout (also its chunked blocks). Everything timm knows goes
 through timm's own ``checkpoint_filter_fn`` of the target class: OpenAI / OpenCLIP visual towers
 (``visual.class_embedding``), DeiT-III originals (``blocks.N.gamma_1``), DINOv3 originals (``storage_tokens``, for
 Eva models), position-embedding and patch-embedding resampling.
@@ -13,6 +14,8 @@ import re
 
 import torch
 from timm.models import eva, vision_transformer
+
+from vitreg.models.hf_clip import convert_hf_clip, is_hf_clip
 
 _HF_BLOCK = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 # transformers' own names (files on disk) and its in-memory names of 5.x, both -> timm
@@ -102,7 +105,9 @@ def convert_dinov2(sd: dict[str, torch.Tensor], no_embed_class: bool = True) -> 
 def to_model_layout(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``sd`` in the keys of ``model`` (a timm VisionTransformer or Eva), position embedding resampled to its grid."""
     no_embed_class = bool(getattr(model, "no_embed_class", True))
-    if is_hf_dinov2(sd):
+    if is_hf_clip(sd):
+        sd = convert_hf_clip(sd)
+    elif is_hf_dinov2(sd):
         sd = convert_hf_dinov2(sd, no_embed_class)
     elif is_dinov2_original(sd) and isinstance(model, vision_transformer.VisionTransformer):
         sd = convert_dinov2(sd, no_embed_class)

@@ -6,10 +6,13 @@ say (the number of heads, the activation, the norm's epsilon). Folders:
 - vitreg's own run directory: ``model.json`` + ``model.safetensors``;
 - a Hugging Face ``transformers`` DINOv2 folder (``Dinov2Model``, ``Dinov2WithRegistersModel``): ``config.json``
   (``model_type`` dinov2 / dinov2_with_registers) + ``model.safetensors`` (or ``pytorch_model.bin``);
+- a ``transformers`` CLIP folder (``CLIPVisionModel``, ``CLIPVisionModelWithProjection``, ``CLIPModel``: its vision
+  tower): ``config.json`` (``model_type`` clip_vision_model / clip) + ``model.safetensors`` (:mod:`.hf_clip`);
 - an OpenCLIP folder: ``open_clip_config.json`` + ``open_clip_model.safetensors`` (or ``open_clip_pytorch_model.bin``);
 - a timm folder (as timm saves to the Hub): ``config.json`` naming its ``architecture`` + ``model.safetensors``.
 
-Files: a weights file with a ``.json`` sidecar (vitreg's ``model.json`` fields), or any weights file together with a
+Files: an ONNX export of a transformers CLIP vision tower (``.onnx``, fp32 or int8: :mod:`.onnx_clip`); a weights
+file with a ``.json`` sidecar (vitreg's ``model.json`` fields), or any weights file together with a
 named architecture (``--model ARCH --weights FILE``: a preset, ``timm:NAME``, a DINOv2 or OpenCLIP name). A bare file
 is refused with the architectures its shapes fit.
 """
@@ -24,11 +27,13 @@ from typing import Any
 import torch
 
 from vitreg.errors import CheckpointError, ConfigError
+from vitreg.models.hf_clip import CLIP_TYPES, clip_config, vision_section
 from vitreg.models.presets import PRESETS, TIMM_PREFIX, ModelConfig
 
 ACCEPTED = (
-    "a vitreg run directory (model.json + model.safetensors); a transformers DINOv2 folder (config.json + "
-    "model.safetensors); an OpenCLIP folder (open_clip_config.json + open_clip_model.safetensors); a timm folder "
+    "a vitreg run directory (model.json + model.safetensors); a transformers DINOv2 or CLIP folder (config.json + "
+    "model.safetensors); an ONNX export of a transformers CLIP vision tower (.onnx); an OpenCLIP folder "
+    "(open_clip_config.json + open_clip_model.safetensors); a timm folder "
     "(config.json with 'architecture' + model.safetensors); a weights file (.safetensors, weights-only .pth/.bin) with "
     "a .json sidecar or with --model ARCH naming its architecture (a preset, timm:NAME, a DINOv2 or OpenCLIP name)"
 )
@@ -79,6 +84,8 @@ def read_folder(folder: Path) -> tuple[ModelConfig, Path]:
         cfg = _json(folder / "config.json")
         if cfg.get("model_type") in HF_DINOV2_TYPES:
             return hf_dinov2_config(cfg, folder), weights
+        if cfg.get("model_type") in CLIP_TYPES:
+            return hf_clip_folder_config(cfg, folder), weights
         if isinstance(cfg.get("architecture"), str):
             return timm_folder_config(cfg, folder), weights
         raise CheckpointError(
@@ -130,6 +137,42 @@ def hf_dinov2_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
         source=f"transformers {HF_DINOV2_TYPES[cfg['model_type']]}",
         **extra,
     )
+
+
+def hf_clip_folder_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
+    """A transformers CLIP config.json (a vision tower, or a whole CLIPModel's ``vision_config``) -> its timm ViT."""
+    where = folder / "config.json"
+    pre = _json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+    named = cfg.get("architectures")
+    kind = named[0] if isinstance(named, list) and named and str(named[0]).startswith("CLIP") else None
+    kind = str(kind or CLIP_TYPES[cfg["model_type"]])
+    return clip_config(vision_section(cfg, where), where, f"hf:{folder.name}", f"transformers {kind}", pre)
+
+
+_ONNX_CONFIGS: dict[tuple, ModelConfig] = {}  # the file's and its preprocessor's (path, mtime, size) -> config
+
+
+def onnx_config(path: Path) -> ModelConfig:
+    """An ONNX export of a transformers CLIP vision tower -> its timm ViT (every size read from the graph). The graph
+    is parsed once per file version: checking a model and loading it read the same config."""
+    import copy
+
+    pre = path.parent / "preprocessor_config.json"
+    key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (path, pre) if p.is_file())
+    if key not in _ONNX_CONFIGS:
+        _ONNX_CONFIGS.clear()  # one file at a time: configs are small, but a long session sees many files
+        _ONNX_CONFIGS[key] = _read_onnx_config(path)
+    return copy.deepcopy(_ONNX_CONFIGS[key])
+
+
+def _read_onnx_config(path: Path) -> ModelConfig:
+    from vitreg.models.onnx_clip import preprocessor_beside, read_onnx_clip
+
+    graph = read_onnx_clip(path)
+    pre, where = preprocessor_beside(path)
+    kind = f"int8 ({len(graph.quantized)} tensors dequantised)" if graph.quantized else "fp32"
+    return clip_config(graph.config, path, f"onnx:{path.name}", f"ONNX export of a transformers CLIP vision tower, "
+                       f"{kind}; {where}", pre)  # fmt: skip
 
 
 def openclip_config(name: str, vision: dict[str, Any], quick_gelu: bool, source: str) -> ModelConfig:

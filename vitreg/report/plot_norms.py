@@ -14,6 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vitreg.report.sections import title, wrap
 from vitreg.results.rundir import DiagnoseRun, ModelRun
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -56,15 +57,21 @@ def _xrange(models: list[ModelRun], log_x: bool) -> tuple[float, float]:
     return 0.0, hi * 1.05
 
 
-def _marks(m: ModelRun) -> list[tuple[str, float]]:
-    """[CLS] and register mean output norms from metrics.json, for markers on the histogram."""
+MARK_ROWS = 4  # rows of named register markers; more registers share one row
+
+
+def _marks(m: ModelRun) -> list[tuple[str, list[float]]]:
+    """[CLS] and register mean output norms from metrics.json, for markers on the histogram: one row per token, or
+    one row for all registers when there are more than MARK_ROWS (their names would pile up)."""
     out = m.result.output
-    marks = []
+    marks: list[tuple[str, list[float]]] = []
     if out.cls_norm_mean is not None:
-        marks.append(("[CLS]", float(out.cls_norm_mean)))
-    for i, v in enumerate(out.register_norms_mean):
-        if v is not None:
-            marks.append((f"reg{i}", float(v)))
+        marks.append(("[CLS]", [float(out.cls_norm_mean)]))
+    regs = [(f"reg{i}", float(v)) for i, v in enumerate(out.register_norms_mean) if v is not None]
+    if len(regs) > MARK_ROWS:
+        marks.append((f"{len(regs)} registers", [v for _, v in regs]))
+    else:
+        marks += [(name, [v]) for name, v in regs]
     return marks
 
 
@@ -84,16 +91,20 @@ def norm_histogram(run: DiagnoseRun, log_x: bool) -> Figure:
     models = run.models
     side_by_side = len(models) <= 2
     ncols = len(models) if side_by_side else 1
-    fig = Figure(figsize=(5.2 * ncols, 3.4), dpi=100, layout="constrained")
+    panel = 5.2
+    fig = Figure(figsize=(panel * ncols, 3.4), dpi=100, layout="constrained")
     axes = fig.subplots(1, ncols, sharex=True, squeeze=False)[0]
     x0, x1 = _xrange(models, log_x)
+    scale = np.log if log_x else (lambda v: v)
     binned = _common_bins(models)
+    tops = np.zeros(len(axes))  # the highest bar of each axes
     for i, m in enumerate(models):
         ax = axes[i if side_by_side else 0]
         color = COLORS[i % len(COLORS)]
         edges, counts = binned[i]
         total = max(counts.sum(), 1.0)
         y = counts / total if log_x else counts / total / np.diff(edges)
+        tops[i if side_by_side else 0] = max(tops[i if side_by_side else 0], y.max(initial=0.0))
         ax.stairs(y, edges, fill=side_by_side, alpha=0.6 if side_by_side else 1.0, color=color, label=m.label)
         if m.threshold is not None:
             ax.axvline(m.threshold, color=color if not side_by_side else "k", ls="--", lw=1)
@@ -106,18 +117,27 @@ def norm_histogram(run: DiagnoseRun, log_x: bool) -> Figure:
                 ha="right",
                 fontsize=7,
             )
-        for j, (name, v) in enumerate(_marks(m)):
-            ax.plot([v], [1.0 - 0.06 * (j % 4)], marker="v", ms=6, transform=ax.get_xaxis_transform(), color=color)
-            ax.annotate(name, (v, 1.0 - 0.06 * (j % 4)), xycoords=("data", "axes fraction"), fontsize=6, ha="left")
+        # markers inside the axes (above them they ran into the title), one row each from the top down, in the
+        # headroom left above the bars; names beside them, on the left near the right edge so they stay inside
+        for j, (name, values) in enumerate(_marks(m)):
+            y = 0.95 - 0.075 * (j % (MARK_ROWS + 1))
+            ax.plot(values, [y] * len(values), "v", ms=5, transform=ax.get_xaxis_transform(), color=color, mec="k")
+            right = (scale(max(values)) - scale(x0)) / (scale(x1) - scale(x0)) > 0.85
+            ax.annotate(
+                name, (max(values), y), xycoords=("data", "axes fraction"), xytext=(-5 if right else 5, 0),
+                textcoords="offset points", fontsize=7, va="center", ha="right" if right else "left",
+            )  # fmt: skip
         rule = m.result.rule.kind
         if side_by_side:
             ratio = m.result.output.outlier_ratio
             ratio_txt = "–" if ratio is None else f"{100 * ratio:.2f}%"
-            ax.set_title(f"{m.label}: rule {rule}, outliers {ratio_txt}", fontsize=9)
+            ax.set_title(title(m.label, f"rule {rule}, outliers {ratio_txt}", panel - 1.2, 9), fontsize=9)
     any_tokens = any(m.output_counts().sum() > 0 for m in models)
-    for ax in axes:
+    for ax, top in zip(axes, tops, strict=True):
         ax.set_xscale("log" if log_x else "linear")
         ax.set_yscale("log" if any_tokens else "linear")  # log y: the outlier tail is a few % of the tokens
+        if any_tokens and top > 0:
+            ax.set_ylim(top=top * 6)  # the top ~quarter of the axes stays free for the [CLS] / register markers
         ax.set_xlim(x0, x1)
         ax.set_xlabel("output patch-token norm (before final norm)")
         ax.set_ylabel("share of tokens per bin" if log_x else "share of tokens per unit norm")
@@ -133,8 +153,9 @@ def layer_norms(run: DiagnoseRun) -> Figure:
     models = run.models
     ncols = min(len(models), 4)
     nrows = math.ceil(len(models) / ncols)
-    # at least 6 in wide: one model's panel needs room for its colorbar and legend (constrained layout collapses)
-    fig = Figure(figsize=(max(4.2 * ncols, 6.0), 4.6 * nrows), dpi=100, layout="constrained")
+    # a panel holds the y label, the heatmap and its colour bar with label: under ~4.5 in the heatmap gets thin
+    panel = 4.8
+    fig = Figure(figsize=(panel * ncols, 4.6 * nrows), dpi=100, layout="constrained")
     grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
     for i, m in enumerate(models):
         r, c = divmod(i, ncols)
@@ -167,22 +188,26 @@ def layer_norms(run: DiagnoseRun) -> Figure:
         ax.set_ylim(edges[0], top * 1.15)
         ax.set_ylabel("patch-token norm")
         first_txt = "none" if first is None else str(first)
-        ax.set_title(f"{m.label}: first outlier layer {first_txt}", fontsize=9)
+        ax.set_title(title(m.label, f"first outlier layer {first_txt}", panel - 1.2, 9), fontsize=9)
         ax.legend(fontsize=6, loc="best", framealpha=0.6)
         fig.colorbar(mesh, ax=ax, label="share of layer's tokens", shrink=0.8)
-        ratios = [d.outlier_ratio for d in layers]
-        ax2.bar(xs, [0.0 if v is None else 100 * v for v in ratios], color="#d62728", width=0.7)
+        pct = [0.0 if d.outlier_ratio is None else 100 * d.outlier_ratio for d in layers]
+        ax2.bar(xs, pct, color="#d62728", width=0.7)
         ax2.set_ylabel("outliers %")
         ax2.set_xlabel("block")
         ax2.set_xlim(-0.5, depth - 0.5)
-        ax2.set_ylim(bottom=0)
+        # at least 0-1%: an empty panel otherwise gets an axis of 0-0.05% that suggests a measured tiny share
+        ax2.set_ylim(0, max(1.0, 1.15 * max(pct, default=0.0)))
+        if not any(pct):
+            ax2.text(0.5, 0.5, "no outliers at any block", transform=ax2.transAxes, ha="center", color="0.4")
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
 def sweep(run: DiagnoseRun) -> Figure:
     """Outlier ratio and norm ratio per entry of a sweep (checkpoints along training: Fig. 4b; sizes: Fig. 4c)."""
-    labels = [m.label if len(m.label) <= 24 else f"{m.key}: {m.label[:20]}…" for m in run.models]
+    # the end of a long label tells entries apart (checkpoint paths share their start: runs/x/train/seed0/reg0, ...)
+    labels = [m.label if len(m.label) <= 24 else f"{m.key}: …{m.label[-20:]}" for m in run.models]
     outs = [m.result.output for m in run.models]
     fig = Figure(figsize=(max(8.0, 1.2 * len(labels) + 3), 3.6), dpi=100, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
@@ -195,7 +220,10 @@ def sweep(run: DiagnoseRun) -> Figure:
         ax.plot(x, ys, "o-", color="#d62728")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(name)
+        ax.set_ylim(bottom=0)  # both are >= 0; an empty or flat series otherwise gets a symmetric axis around 0
         ax.grid(alpha=0.3)
+        if all(v is None for v in values):
+            ax.text(0.5, 0.5, "no outliers in any entry", transform=ax.transAxes, ha="center", color="0.4")
     ax1.set_title("outliers per entry", fontsize=9)
     ax2.set_title("outlier / normal mean norm (gap: none)", fontsize=9)
     return fig
@@ -206,7 +234,8 @@ def positions(run: DiagnoseRun) -> Figure | None:
     models = [m for m in run.models if m.has("position_counts", "position_totals")]
     if not models:
         return None
-    fig = Figure(figsize=(3.4 * len(models), 3.0), dpi=100, layout="constrained")
+    panel = 3.4
+    fig = Figure(figsize=(panel * len(models), 3.0), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, m in zip(axes, models, strict=True):
         counts, totals = m.arrays["position_counts"].astype(np.float64), m.arrays["position_totals"]
@@ -214,7 +243,7 @@ def positions(run: DiagnoseRun) -> Figure | None:
         peak = np.nanmax(freq) if np.isfinite(freq).any() else 0.0
         # vmax at least 1%: a run without outliers then reads as a flat dark map on a 0-1% scale
         im = ax.imshow(100 * freq, cmap="viridis", vmin=0, vmax=max(100 * peak, 1.0))
-        ax.set_title(f"{m.label}: max {100 * peak:.1f}%", fontsize=9)
+        ax.set_title(title(m.label, f"max {100 * peak:.1f}%", panel - 0.6, 9), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, label="outlier share %", shrink=0.85)
@@ -226,7 +255,8 @@ def neighbors(run: DiagnoseRun) -> Figure | None:
     models = [m for m in run.models if m.has("neighbor_edges", "neighbor_hist_outlier", "neighbor_hist_normal")]
     if not models:
         return None
-    fig = Figure(figsize=(3.8 * len(models), 3.0), dpi=100, layout="constrained")
+    panel = 3.8
+    fig = Figure(figsize=(panel * len(models), 3.0), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
     for ax, m in zip(axes, models, strict=True):
         hists = np.stack([m.arrays["neighbor_hist_normal"], m.arrays["neighbor_hist_outlier"]]).astype(np.float64)
@@ -238,7 +268,7 @@ def neighbors(run: DiagnoseRun) -> Figure | None:
             else:
                 ax.plot([], [], color=color, label=f"{name} (none)")
         ax.set_xlabel("cosine similarity to 4 neighbours")
-        ax.set_title(m.label, fontsize=9)
+        ax.set_title(wrap(m.label, panel - 0.6, 9), fontsize=9)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("density")
     return fig

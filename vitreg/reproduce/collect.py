@@ -4,17 +4,21 @@ beside ours and a status for each of the paper's claims that the run can test. N
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from vitreg.reproduce import items
 from vitreg.reproduce.pipeline import flops_dir, model_dir
 from vitreg.reproduce.plan import Plan
+from vitreg.reproduce.released import ReleasedPlan
 from vitreg.reproduce.table import read_table
 from vitreg.results.flops import FlopsResult
 from vitreg.results.reproduce import ModelSource, ReproduceResults, StageRecord
 from vitreg.results.rundir import read_result
 
 TITLE = "vitreg reproduce: Vision Transformers Need Registers on a small ViT"
+TITLE_BOTH = "vitreg reproduce: Vision Transformers Need Registers on a released model and on a small ViT"
+LAB_MODEL = "artifact-lab ViT"
 
 
 def coco_note(plan: Plan) -> str:
@@ -50,7 +54,15 @@ def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
     return rows
 
 
-def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "") -> ReproduceResults:
+def build_results(
+    plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "", released: ReleasedPlan | None = None
+) -> ReproduceResults:
+    """Part I (``released``, when it ran) and Part II (the lab models) into one results.json."""
+    part1 = []
+    if released is not None and not released.skipped:
+        from vitreg.reproduce.released_items import read_released, released_items
+
+        part1 = released_items(read_released(released, out))
     table = read_table(plan, out)
     base, reg = plan.registers[0], (4 if 4 in plan.registers else plan.registers[-1])
     found = [
@@ -65,11 +77,17 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
         found.append(items.fig8(table, base, plan.registers))
     found.append(items.fig12(read_result(flops_dir(out), FlopsResult)))
     found.append(items.fig14(base, reg))
+    lab = f"{LAB_MODEL} ({base} vs {reg} registers)"
     for it in found:
+        it.part = "II" if released is not None else ""
         for c in it.claims:
-            c.item = it.id
+            c.item, c.model = it.id, lab
+    found = part1 + found
+    notes = [coco_note(plan).strip()] if coco_note(plan) else []
+    if released is not None and released.skipped:
+        notes.insert(0, f"Part I (a released model, {released.model}) was skipped: {released.skipped}")
     return ReproduceResults(
-        title=TITLE,
+        title=TITLE_BOTH if released is not None else TITLE,
         plan=vars(plan).copy(),
         config=train_cfg_text,
         registers=plan.registers,
@@ -80,5 +98,6 @@ def build_results(plan: Plan, out: Path, stages: list[dict], train_cfg_text: str
         per_model={str(n): {str(s): r for s, r in rows.items()} for n, rows in table.items()},
         stages=[StageRecord(**s) for s in stages],
         models=model_sources(plan, out),
-        notes=[coco_note(plan).strip()] if coco_note(plan) else [],
+        notes=notes,
+        released=dataclasses.asdict(released) if released is not None else {},
     )

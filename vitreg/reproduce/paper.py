@@ -9,6 +9,7 @@ scenes, so only the direction of a difference can be compared, never the value.
 from __future__ import annotations
 
 PAPER = "Darcet et al., Vision Transformers Need Registers (ICLR 2024)"
+TTR_PAPER = "Jiang, Dravid et al., Vision Transformers Don't Need Trained Registers (2025)"
 STUDY = "Registers in Small Vision Transformers: a reproducibility study (TMLR)"
 
 # Fig. 3 / Sec. 2.1: DINOv2 ViT-g, output patch-token norms
@@ -76,4 +77,9 @@ OVERHEAD = {
 ABLATION = {
     "source": f"{PAPER}, Fig. 8 (DINOv2)",
     "claim": "one register is enough to remove the artifacts; more registers help downstream performance",
+}
+
+# Test-time registers: register neurons moved into an untrained extra token at inference
+TTR = {
+    "source": f"{TTR_PAPER}: register neurons, test-time registers",
 }

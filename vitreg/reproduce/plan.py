@@ -58,6 +58,9 @@ class Plan:
     jobs: int = 1  # trainings side by side
     scene_seed: int = EVAL_SCENE_SEED
     retrain: bool = False  # train even where the model zoo holds a model trained from the same config
+    released: bool = True  # Part I: the paper's analyses and test-time registers on a released model
+    released_model: str = "zoo:clip-vit-b16-openai"
+    download: bool = False  # fetch the released model when it is not cached (`make demo` asks for it)
     # the zoo entry (or None: trained) of each "seed/registers", fixed by pin_models() when a run starts, so an
     # entry added to the zoo while the run trains does not change where its report looks for the models
     models: dict[str, str | None] = field(default_factory=dict)
@@ -117,13 +120,19 @@ def make_plan(
     config: str | None = None,
     overrides: list[str] | None = None,
     retrain: bool = False,
+    released: bool = True,
+    released_model: str | None = None,
+    download: bool = False,
 ) -> Plan:
     """The default plan, shrunk by ``quick``; ``coco="auto"`` uses coco-mini where :func:`coco_candidates` finds it."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)), retrain=retrain)
+    plan = Plan(quick=quick, threads=threads, jobs=jobs, seeds=list(range(seeds)), retrain=retrain, released=released,
+                download=download)  # fmt: skip
+    if released_model:
+        plan.released_model = released_model
     if config:
         plan.config = config
     if ablation:

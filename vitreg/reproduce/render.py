@@ -4,12 +4,13 @@ the stages' saved files (never from a model), so a second run only re-renders.""
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from vitreg import atomic
-from vitreg.report import plot_norms
+from vitreg.report import plot_maps, plot_norms
 from vitreg.report.html import page
 from vitreg.report.sections import Section, img_tag, save_figure, table
 from vitreg.reproduce.claims import STATUS_MARK
@@ -29,6 +30,8 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
             save_figure(fig, figdir / name)
             drawn.append(name)
 
+    if results.released and not results.released.get("skipped"):
+        _released_figures(out, keep)
     diag = diag or diagnose_dir(out, results.seeds[0])
     run = load_run(diag)
     for m, n in zip(run.models, results.registers, strict=True):
@@ -43,11 +46,27 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
         keep("fig8_ablation.png", _ablation_figure(results))
     keep("fig12_overhead.png", _overhead_figure(results))
     for m, n in zip(run.models, results.registers, strict=True):
-        src = diag / "figures" / f"examples_{m.key}.png"
-        if n in results.compared and src.is_file():
-            atomic.copy_file(src, figdir / f"maps_reg{n}.png")
-            drawn.append(f"maps_reg{n}.png")
+        if n in results.compared:  # drawn again from the arrays, under the relabelled name
+            keep(f"maps_reg{n}.png", plot_maps.examples(m))
     return drawn
+
+
+def _released_figures(out: Path, keep: Callable[[str, Figure | None], None]) -> list[str]:
+    """Part I: the norm histogram and the per-block norms of the released model without and with its test-time
+    register (measured images), and their example maps."""
+    from vitreg.reproduce.released import diagnose_dir as released_dir
+
+    diag = released_dir(out)
+    run = load_run(diag)
+    for m, label in zip(run.models, ("released model", "+1 test-time register"), strict=False):
+        m.label = label
+    names = ["released_norm_hist.png", "released_layers.png"]
+    keep(names[0], plot_norms.norm_histogram(run, log_x=True))
+    keep(names[1], plot_norms.layer_norms(run))
+    for m in run.models:
+        names.append(f"released_maps_{m.key}.png")
+        keep(names[-1], plot_maps.examples(m))
+    return names
 
 
 def _colors() -> list[str]:
@@ -71,7 +90,16 @@ def _training_figure(results: ReproduceResults) -> Figure:
             ax2.plot(steps, [100 * (t.outlier_ratio or 0) for t in tr], color=c, label=lab)
     ax.set(yscale="log", xlabel="training step", ylabel="output patch-token norm", title="norms along training")
     ax2.set(xlabel="training step", ylabel="outliers (% of patch tokens, auto rule)", title="outliers along training")
-    ax2.set_ylim(bottom=0)
+    peak = max(
+        (
+            100 * (t.outlier_ratio or 0)
+            for rows in results.per_model.values()
+            for r in rows.values()
+            for t in (r.train.tracking if r.train else [])
+        ),
+        default=0.0,
+    )
+    ax2.set_ylim(0, max(1.0, 1.15 * peak))  # no outliers: a 0-1% axis, not a meaningless 0-0.05
     ax.legend(fontsize=7)
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -96,6 +124,7 @@ def _local_figure(results: ReproduceResults) -> Figure:
             if not p:
                 ax.text(x, 0, "no outliers", ha="center", va="bottom", fontsize=8)
         ax.set_title(f"{title} ({base} registers)", fontsize=9)
+        ax.set_ylabel("accuracy" if "accuracy" in title else "mean squared error")
     fig.tight_layout()
     return fig
 
@@ -148,7 +177,8 @@ def _num(v: object) -> str:
 def _stat(v: Stat | None) -> str:
     if v is None:
         return "n/a"
-    s = f"{v.mean:.3g}"
+    whole = float(v.mean).is_integer() and abs(v.mean) < 1e9  # counts (neurons, units) read as integers
+    s = str(int(v.mean)) if whole and v.n == 1 else f"{v.mean:.3g}"
     if v.n > 1:
         s += f" ± {v.std:.2g} (n={v.n}" + (f" of {v.of} seeds)" if v.of > v.n else ")")
     elif v.of > 1:
@@ -165,11 +195,10 @@ def item_table(item: Item, registers: list[int]) -> tuple[list[str], list[list[s
             for r in item.overhead
         ]
         return header, rows
-    header = ["quantity", "paper (no reg)", "paper (+reg)", *[f"ours: {n} reg" for n in registers]]
-    rows = [
-        [r.quantity, _num(r.paper), _num(r.paper_reg), *[_stat(r.ours.get(str(n))) for n in registers]]
-        for r in item.rows
-    ]
+    keys = list(item.columns) or [str(n) for n in registers]
+    labels = [f"ours: {item.columns[k]}" for k in keys] if item.columns else [f"ours: {k} reg" for k in keys]
+    header = ["quantity", "paper (no reg)", "paper (+reg)", *labels]
+    rows = [[r.quantity, _num(r.paper), _num(r.paper_reg), *[_stat(r.ours.get(k)) for k in keys]] for r in item.rows]
     return header, rows
 
 
@@ -218,6 +247,16 @@ def summary_lines(results: ReproduceResults) -> list[str]:
         f"{len(results.stages)} stages from the cache; the last run that computed stages took "
         f"{last.get('wall_seconds', 0) / 60:.1f} min for {last.get('stages_run', 0)} stages."
     )
+    released = results.released
+    part1 = []
+    if released and not released.get("skipped"):
+        part1 = [
+            f"Part I: {released.get('model')}, a released model (no training): the paper's analyses on "
+            f"{'coco-mini' if released.get('coco') else 'the bundled photos'}, and test-time registers fitted on "
+            f"{'the bundled photos' if released.get('coco') else 'the even bundled photos'} and measured on "
+            f"{'coco-mini' if released.get('coco') else 'the odd ones'}."
+            + (" --quick: a few images per stage." if released.get("quick") else "")
+        ]
     if "config" not in plan:  # a pretrained pair: its notes say what was measured
         return [*results.notes, time_line, "Paper values are the published ones for the same family."]
     if train:
@@ -227,7 +266,9 @@ def summary_lines(results: ReproduceResults) -> list[str]:
         )
     setting = "quick (tiny models, few steps: the numbers mean nothing)" if plan.get("quick") else "default"
     return [
-        f"Setting: {setting}; training config `{plan['config']}`{_overrides_text(plan.get('overrides') or [])}.",
+        *part1,
+        f"{'Part II setting' if released else 'Setting'}: {setting}; "
+        f"training config `{plan['config']}`{_overrides_text(plan.get('overrides') or [])}.",
         models_line(results),
         f"Registers {', '.join(map(str, results.registers))}; seeds {', '.join(map(str, results.seeds))}; "
         "values are mean ± std over seeds where more than one seed ran.",
@@ -239,28 +280,51 @@ def summary_lines(results: ReproduceResults) -> list[str]:
 
 
 def _claim_rows(results: ReproduceResults) -> list[list[str]]:
-    return [[c.item, c.claim, STATUS_MARK[c.status], c.evidence] for c in results.claims]
+    return [
+        [c.item, c.claim, _paper_short(c.paper), c.model or "–", STATUS_MARK[c.status], c.evidence]
+        for c in results.claims
+    ]
 
 
-CLAIM_HEADER = ["item", "claim of the paper", "status", "evidence (ours)"]
+def _paper_short(source: str) -> str:
+    """ "Jiang, Dravid et al., Vision ..." -> "Jiang, Dravid et al."; empty: the registers paper."""
+    return source.split(" et al.")[0] + " et al." if " et al." in source else (source or "Darcet et al.")
+
+
+CLAIM_HEADER = ["item", "claim", "paper", "tested on", "status", "evidence (ours)"]
+PARTS = {
+    "I": "Part I: a released model, and test-time registers",
+    "II": "Part II: registers trained into a small ViT (the artifact lab)",
+}
+
+
+def _parts(results: ReproduceResults) -> list[tuple[str, list[Item]]]:
+    """The items under their part's heading ("" when the run has no parts)."""
+    parts: dict[str, list[Item]] = {}
+    for item in results.items:
+        parts.setdefault(item.part, []).append(item)
+    return [(PARTS.get(p, ""), items) for p, items in parts.items()]
 
 
 def write_markdown(results: ReproduceResults, out: Path) -> Path:
     lines = [f"# {results.title}", "", *[f"- {s}" for s in summary_lines(results)], "", "## Claims", ""]
     lines += [_md_table(CLAIM_HEADER, _claim_rows(results)), ""]
-    for item in results.items:
-        lines += [f"## {item.title}", "", f"Published: {item.source}.", ""]
-        header, rows = item_table(item, results.registers)
-        if rows:
-            lines += [_md_table(header, rows), ""]
-        if item.note:
-            lines += [item.note, ""]
-        lines += [f"- **{STATUS_MARK[c.status]}**: {c.claim}. {c.evidence}" for c in item.claims]
-        if item.claims:
-            lines.append("")
-        for f in item.figures:
-            if (out / "figures" / f).is_file():
-                lines += [f"![{f}](figures/{f})", ""]
+    for heading, items in _parts(results):
+        if heading:
+            lines += [f"# {heading}", ""]
+        for item in items:
+            lines += [f"## {item.title}", "", f"Published: {item.source}.", ""]
+            header, rows = item_table(item, results.registers)
+            if rows:
+                lines += [_md_table(header, rows), ""]
+            if item.note:
+                lines += [item.note, ""]
+            lines += [f"- **{STATUS_MARK[c.status]}**: {c.claim}. {c.evidence}" for c in item.claims]
+            if item.claims:
+                lines.append("")
+            for f in item.figures:
+                if (out / "figures" / f).is_file():
+                    lines += [f"![{f}](figures/{f})", ""]
     return atomic.write_text(out / "report.md", "\n".join(lines))
 
 
@@ -288,7 +352,10 @@ def _item_html(item: Item, registers: list[int], out: Path) -> str:
 def write_html(results: ReproduceResults, out: Path) -> Path:
     intro = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in summary_lines(results)) + "</ul>"
     sections = [Section("claims", "Claims", _html_table(CLAIM_HEADER, _claim_rows(results)))]
-    sections += [Section(it.id, it.title, _item_html(it, results.registers, out)) for it in results.items]
+    for heading, items in _parts(results):
+        for i, it in enumerate(items):
+            title = f"{heading} · {it.title}" if heading and i == 0 else it.title
+            sections.append(Section(it.id, title, _item_html(it, results.registers, out)))
     footer = "Drawn from results.json and the stages' files; `vitreg reproduce` with the same settings re-renders it."
     return atomic.write_text(
         out / "report.html", page(results.title, sections, html.escape(footer), intro, script=False)

@@ -11,6 +11,7 @@ from vitreg.reproduce.collect import build_results
 from vitreg.reproduce.pipeline import build_stages
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.pretrained import PairPlan, pair_results, pair_stages
+from vitreg.reproduce.released import released_stages
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
 from vitreg.results.reproduce import ReproduceResults, Timing
 from vitreg.results.rundir import write_result
@@ -45,12 +46,19 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
         )
     if plan.coco_searched:
         log(f"coco-mini not found (looked in {', '.join(plan.coco_searched)}): LOST on photos is skipped")
-    stages = build_stages(plan, out)
+    released = None
+    if plan.released:  # Part I; a model that cannot be had here (not fetched, offline) is skipped, saying why
+        from vitreg.reproduce.released import make_released_plan, prepare
+
+        released = prepare(make_released_plan(plan.quick, plan.coco, plan.download, plan.threads,
+                                              plan.released_model), log)  # fmt: skip
+    stages = released_stages(released, out) if released is not None else []
+    stages += build_stages(plan, out)
     atomic.make_dirs(out)
     t0 = time.perf_counter()
     records = run_stages(stages, plan.jobs, log)
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
-    results = build_results(plan, out, records, config_text(plan.config))
+    results = build_results(plan, out, records, config_text(plan.config), released)
     return _publish(results, out, records, time.perf_counter() - t0)
 
 

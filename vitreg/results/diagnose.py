@@ -1,8 +1,9 @@
 """What `vitreg diagnose` writes: ``metrics.json`` (a :class:`DiagnoseResult`) and one ``arrays_<key>.npz`` per
 model (histograms, maps and example pictures; see docs/run-directory.md).
 
-Norms are the last block's output patch tokens before the final norm (the paper's output norms) unless a field
-says otherwise; ratios are shares in [0, 1]; ``None`` means "not measurable here" (e.g. no outliers to average).
+Norms are the analysed block's output patch tokens before the final norm (``ModelResult.layer``: the last block, the
+paper's output norms, unless the run asked for another with ``--layer``) unless a field says otherwise; ratios are
+shares in [0, 1]; ``None`` means "not measurable here" (e.g. no outliers to average).
 """
 
 from __future__ import annotations
@@ -53,17 +54,24 @@ class OutputStats(OutlierStats):
 
 @dataclass(kw_only=True)
 class LayerStats:
-    """One block's output patch-token norms (Fig. 4a)."""
+    """One block's output patch-token norms (Fig. 4a): the run's rule there, and the auto rule's test and outliers
+    there (runs written before the auto fields existed read them as None)."""
 
     layer: int
     median: float | None = None
     p98: float | None = None
     max: float | None = None
     threshold: float | None = None  # the run's rule on this layer
-    bimodal: bool | None = None
-    auto_threshold: float | None = None
-    outlier_ratio: float | None = None
-    norm_ratio: float | None = None
+    bimodal: bool | None = None  # the auto rule's bimodality test on this layer
+    auto_threshold: float | None = None  # None: the auto rule finds no outlier mode here
+    outlier_ratio: float | None = None  # above the run's rule's threshold on this layer
+    norm_ratio: float | None = None  # mean outlier norm / mean normal norm, under the run's rule
+    ashman_d: float | None = None  # the auto rule's separation of the two modes (bimodal needs > 2, and more)
+    delta_bic: float | None = None  # > 0 favours two modes
+    dip_ratio: float | None = None  # valley / lower peak of the smoothed histogram (bimodal needs <= 0.5)
+    auto_outlier_ratio: float | None = None  # above the auto rule's threshold (0 when it finds no outlier mode)
+    auto_norm_ratio: float | None = None
+    outlier_norm_share: float | None = None  # share of the block's total patch norm held by the auto outliers
 
 
 @dataclass(kw_only=True)
@@ -156,6 +164,16 @@ class ModelResult:
     verdict: str = ""
     input_size: list[int] | None = None  # (H, W) the images were resized to
     precision: str | None = None
+    # the block the output-level statistics above use (rule, output, positions, neighbours, masks, registers,
+    # pictures); None in runs written before --layer existed, which used the last block
+    layer: int | None = None
+    strongest_layer: int | None = None  # where the artifact signature is strongest, per strongest_definition
+    strongest_definition: str = ""
+
+    @property
+    def output_layer(self) -> int:
+        """The analysed block (0-based), also for runs written before ``layer`` was recorded."""
+        return self.depth - 1 if self.layer is None else self.layer
 
 
 @dataclass(kw_only=True)
@@ -174,6 +192,8 @@ class DiagnoseSummary:
     bimodality: dict[str, Any] = field(default_factory=dict)
     first_outlier_layer: int | None = None
     verdict: str = ""
+    layer: int | None = None  # the analysed block
+    strongest_layer: int | None = None
 
     @classmethod
     def of(cls, m: ModelResult) -> DiagnoseSummary:
@@ -191,6 +211,8 @@ class DiagnoseSummary:
             bimodality={k: stat.get(k) for k in ("name", "value", "ashman_d", "delta_bic", "dip_ratio", "reason")},
             first_outlier_layer=m.first_outlier_layer,
             verdict=m.verdict,
+            layer=m.output_layer,
+            strongest_layer=m.strongest_layer,
         )
 
 

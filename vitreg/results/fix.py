@@ -127,6 +127,20 @@ class FixResult:
     flops_overhead: float | None = None  # the extra tokens' FLOPs over the original's, at its input size
     saved_model: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    detect_layer: int | None = None  # the block (0-based) whose outputs marked the outliers; None in older runs
+    held_out: HeldOut | None = None  # the chosen fix measured on other images (``--held-out SRC``)
+
+
+@dataclass(kw_only=True)
+class HeldOut:
+    """The fix on images the neurons were not fitted on: the original (``before``) and the fixed model (``after``),
+    outliers counted above the fit's threshold, [CLS] cosine of the fixed model's to the original's."""
+
+    images: int
+    source: str
+    directory: str  # their diagnosis (a and b), a diagnose run directory inside the fix's
+    before: SweepPoint
+    after: SweepPoint | None = None  # None: no register neuron was found to move
 
 
 def read_neurons(path: str | Path) -> NeuronsFile:

@@ -94,6 +94,8 @@ class Claim:
     status: str  # reproduced / not reproduced / not tested
     evidence: str
     item: str = ""  # the id of the item it belongs to
+    model: str = ""  # the model it was tested on
+    paper: str = ""  # the paper that makes the claim (empty: Darcet et al.)
 
 
 @dataclass(kw_only=True)
@@ -117,6 +119,8 @@ class Item:
     figures: list[str] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
     note: str = ""
+    part: str = ""  # "I" (a released model) or "II" (the trained lab models); "" in runs before the parts
+    columns: dict[str, str] = field(default_factory=dict)  # the ours-columns' labels by key (default: "ours: N reg")
 
 
 @dataclass(kw_only=True)
@@ -167,6 +171,7 @@ class ReproduceResults:
     models: list[ModelSource] = field(default_factory=list)
     timing: Timing | None = None
     notes: list[str] = field(default_factory=list)  # e.g. where coco-mini was looked for
+    released: dict[str, Any] = field(default_factory=dict)  # Part I's plan (model, images; "skipped": why not run)
 
     def item(self, item_id: str) -> Item:
         return next(i for i in self.items if i.id == item_id)

@@ -173,8 +173,9 @@ class ModelRun:
         return all(n in self.arrays for n in names)
 
     def output_counts(self) -> np.ndarray:
-        """(E,) patch-token norm counts of the last block's output (the paper's output norms)."""
-        return self.arrays["hist_counts"][-1]
+        """(E,) patch-token norm counts of the analysed block's output (the last one by default: the paper's output
+        norms; ``vitreg diagnose --layer L``: block L)."""
+        return self.arrays["hist_counts"][self.result.output_layer]
 
 
 @dataclass

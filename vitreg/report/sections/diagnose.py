@@ -109,6 +109,8 @@ def _summary(run: DiagnoseRun) -> str:
                 "bimodal": r.rule.bimodal,
                 "bimodality statistic": _statistic(m),
                 "first outlier layer": r.first_outlier_layer,
+                "strongest block": r.strongest_layer,
+                "analysed block": r.output_layer,
                 "outliers on background": _background(m, r.masks.share_outliers_background),
                 "outliers on redundant patches": _pct(r.neighbors.share_outliers_redundant),
                 "verdict": r.verdict,
@@ -133,7 +135,7 @@ def _summary(run: DiagnoseRun) -> str:
         }
         for m in run.models
     ]
-    out += table(norms, caption="Output norms (last block, before the final norm: the paper's norms)")
+    out += table(norms, caption=_output_caption(run))
     for m in run.models:
         bad = m.result.bad_images
         if bad:
@@ -145,6 +147,14 @@ def _summary(run: DiagnoseRun) -> str:
     title = f"resolved config (vitreg {html.escape(run.metrics.vitreg_version or '?')})"
     out += f"<details><summary>{title}</summary><pre>{html.escape(cfg)}</pre></details>"
     return out
+
+
+def _output_caption(run: DiagnoseRun) -> str:
+    blocks = {(m.result.output_layer, m.result.depth) for m in run.models}
+    if all(layer == depth - 1 for layer, depth in blocks):
+        return "Output norms (last block, before the final norm: the paper's norms)"
+    which = ", ".join(f"{m.label}: block {m.result.output_layer} of {m.result.depth}" for m in run.models)
+    return f"Norms of the analysed block's output tokens (--layer; {which})"
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> str:
@@ -188,24 +198,48 @@ def _layers(run: DiagnoseRun, fig) -> str:
         "bars = outlier ratio per layer.",
     )
     body += fig("sweep", "Outlier ratio and norm ratio per entry: along training (Fig. 4b) or model size (Fig. 4c).")
-    rows = [
-        {
-            "model": m.label,
-            "layer": d.layer,
-            "median": d.median,
-            "p98": d.p98,
-            "max": d.max,
-            "threshold": d.threshold,
-            "bimodal": d.bimodal,
-            "outlier ratio": _pct(d.outlier_ratio),
-            "norm ratio": d.norm_ratio,
-        }
-        for m in run.models
-        for d in m.result.layers
-    ]
-    if rows:
-        body += f"<details><summary>per-layer numbers</summary>{table(rows)}</details>"
+    for m in run.models:
+        body += _layer_table(m)
     return body
+
+
+_STRONGEST = "background:#fff1bf"  # the strongest block's row
+_ANALYSED = "font-weight:bold"  # the analysed block's row (--layer)
+
+
+def _layer_table(m: ModelRun) -> str:
+    """Every block of one model: the auto rule's test, the outliers under the run's rule and the norm share the auto
+    outliers hold, with the analysed block in bold and the strongest block shaded (and both named in the last
+    column, for readers without colour)."""
+    r = m.result
+    if not r.layers:
+        return ""
+    rule = r.rule.kind
+    columns = ["block", "median", "p98", "max", "bimodal", "Ashman's D", f"outliers ({rule})", f"norm ratio ({rule})"]
+    columns += [] if rule == "auto" else ["outliers (auto)"]
+    columns += ["outlier norm share", ""]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = ""
+    for d in r.layers:
+        cells = [d.layer, d.median, d.p98, d.max, d.bimodal, d.ashman_d, _pct(d.outlier_ratio), d.norm_ratio]
+        cells += [] if rule == "auto" else [_pct(d.auto_outlier_ratio)]
+        marks = [t for t, on in (("analysed", d.layer == r.output_layer), ("strongest", d.layer == r.strongest_layer))
+                 if on]  # fmt: skip
+        cells += [_pct(d.outlier_norm_share), " + ".join(marks) or None]
+        style = ";".join(st for st, on in ((_STRONGEST, "strongest" in marks), (_ANALYSED, "analysed" in marks)) if on)
+        attr = f' style="{style}"' if style else ""
+        rows += f"<tr{attr}>" + "".join(f"<td>{fmt(c)}</td>" for c in cells) + "</tr>"
+    strongest = "none (no block has an outlier mode)" if r.strongest_layer is None else f"block {r.strongest_layer}"
+    caption = (
+        f"{m.label}: per block. Analysed block (bold): {r.output_layer} of {r.depth} (--layer; the outlier rule, "
+        f"positions, neighbours, background share and pictures use its tokens). Strongest artifact signature "
+        f"(shaded): {strongest}."
+    )
+    note = ""
+    if r.strongest_definition:
+        note = f'<p class="note">Strongest block: {html.escape(r.strongest_definition)}.</p>'
+    cap = f"<caption>{html.escape(caption)}</caption>"
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
 
 
 def _where(run: DiagnoseRun, fig) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from vitreg.report.sections import Section, img_tag, save_figure, stale, table
 from vitreg.results.fix import FixResult, NeuronsFile
@@ -21,7 +22,7 @@ def _sweep_figure(result: FixResult, path: Path) -> Path | None:
     sweep = result.sweep
     if sweep is None:
         return None
-    fig = Figure(figsize=(6.4, 3.2))
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
     ax = fig.subplots()
     ks = [p.k for p in sweep.points]
     xs = [k + 0.5 for k in ks]  # log axis: k = 0 sits at 0.5
@@ -29,31 +30,38 @@ def _sweep_figure(result: FixResult, path: Path) -> Path | None:
     ax.axhline(100 * sweep.before.outlier_share, color="C3", ls=":", lw=1, label="original")
     ax.axvline(sweep.chosen + 0.5, color="k", ls="--", lw=1, label=f"chosen k = {sweep.chosen}")
     ax.set_xscale("log")
+    # the k values are the only ticks: the log scale's own minor ticks would label 0.6, 0.7, ... (k - 0.5)
     ax.set_xticks(xs, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("register neurons moved (k)")
-    ax.set_ylabel("patch tokens above the threshold (%)")
+    ax.set_ylabel("patch tokens above\nthe threshold (%)", color="C3")
+    ax.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
     cos = [p.cls_cosine for p in sweep.points]
     if all(c is not None for c in cos):
         ax2 = ax.twinx()
-        ax2.plot(xs, cos, "s-", color="C0", ms=3, label="[CLS] cosine")
-        ax2.set_ylabel("final [CLS] cosine to the original", color="C0")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
+        ax2.plot(xs, [float(c) for c in cos if c is not None], "s-", color="C0", ms=3, label="[CLS] cosine")
+        ax2.set_ylabel("final [CLS] cosine\nto the original", color="C0")
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="upper right", fontsize=8)  # one legend for both axes' lines
     return save_figure(fig, path)
 
 
 def _layers_figure(result: FixResult, path: Path) -> Path | None:
     if not result.layers:
         return None
-    fig = Figure(figsize=(6.4, 3.0))
+    fig = Figure(figsize=(6.4, 3.0), layout="constrained")
     ax = fig.subplots()
     layers = [r.layer for r in result.layers]
     ax.plot(layers, [100 * r.share_before for r in result.layers], "o-", color="C3", label="original")
     ax.plot(layers, [100 * r.share_after for r in result.layers], "o-", color="C2", label="test-time registers")
     ax.set_xlabel("block")
-    ax.set_ylabel("patch tokens above the original's threshold (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
+    ax.set_ylabel("patch tokens above the\noriginal's threshold (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -67,19 +75,21 @@ def _attention_figure(run_dir: Path, path: Path, added: int) -> Path | None:
     cols = max(len(names) for _, names in rows)
     if cols == 0:
         return None
-    fig = Figure(figsize=(1.8 * cols, 3.8))
+    # at least 2 columns wide: the row names sit left of the first map
+    fig = Figure(figsize=(1.8 * max(cols, 2) + 0.3, 3.9), layout="constrained")
     axes = fig.subplots(2, cols, squeeze=False)
-    for i, ((maps, names), title) in enumerate(zip(rows, ("original", "test-time registers"), strict=True)):
+    for i, ((maps, names), title) in enumerate(zip(rows, ("original", "test-time\nregisters"), strict=True)):
         for j in range(cols):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
             if j < len(names):
                 ax.imshow(np.asarray(maps[j]), cmap="inferno")
-                ax.set_title(f"{title}: {names[j]}" if j == 0 else names[j], fontsize=7)
+                ax.set_title(names[j], fontsize=7)
             else:
                 ax.axis("off")
-    fig.tight_layout()
+        axes[i, 0].set_ylabel(title, fontsize=8)
+    fig.suptitle("mean last-block attention (each map on its own scale)", fontsize=8)
     return save_figure(fig, path)
 
 
@@ -137,6 +147,14 @@ def render(run_dir: Path) -> list[Section]:
         f"in blocks 0..{s.top_layer if s.top_layer is not None else '–'} (where the outliers first appear). The "
         "test-time registers are the last registers of the fixed model (b); neurons.json holds the ranked units.</p>",
     ]
+    h = result.held_out
+    if h is not None and h.after is not None:
+        cos = "n/a" if h.after.cls_cosine is None else f"{h.after.cls_cosine:.3f}"
+        parts.append(
+            f"<p>Held out ({h.images} images of {html.escape(h.source)}, not used to find the neurons): outliers "
+            f"{100 * h.before.outlier_share:.2f}% -> {100 * h.after.outlier_share:.2f}% of block {s.detect_layer}'s "
+            f"patch tokens (the fit's threshold), final [CLS] cosine to the original {cos}.</p>"
+        )
     if "fix_sweep" in figs:
         parts.append(img_tag(figs["fix_sweep"], "outlier share as top-k grows"))
         parts.append(

@@ -30,25 +30,30 @@ def draw(run_dir: Path) -> Path | None:
         raise RunDirError(f"{src} lacks {err.args[0]} (it lists {n} examples)") from None
     if not n:
         return None
-    fig = Figure(figsize=(2.2 * n, 4.4))
+    fig = Figure(figsize=(1.7 * n + 0.3, 3.6), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
     for i, it in enumerate(items):
         img = np.clip(it["image"].transpose(1, 2, 0) * std + mean, 0, 1)  # (H, W, 3)
+        h, w = img.shape[:2]
         ax = axes[0, i]
         ax.imshow(img)
+        # boxes are [x0, y0, x1, y1) in pixels; imshow puts pixel i's centre at i, so its edges are at i +- 0.5
         for b in it["gt"].reshape(-1, 4):
-            ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
+            ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
         b = it["box"]
-        ax.add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.5))
-        ph = img.shape[0] / it["degree"].shape[0]
-        pw = img.shape[1] / it["degree"].shape[1]
-        ax.plot((it["seed"][1] + 0.5) * pw, (it["seed"][0] + 0.5) * ph, "y*", ms=8)
+        ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.5))
+        ph = h / it["degree"].shape[0]
+        pw = w / it["degree"].shape[1]
+        ax.plot((it["seed"][1] + 0.5) * pw - 0.5, (it["seed"][0] + 0.5) * ph - 0.5, "y*", ms=8, mec="k", mew=0.5)
+        ax.set_xlim(-0.5, w - 0.5)  # a box on the border would otherwise widen the axes past the image
+        ax.set_ylim(h - 0.5, -0.5)
         axes[1, i].imshow(it["degree"], cmap="viridis")
         axes[1, i].contour(it["mask"].astype(float), levels=[0.5], colors="red", linewidths=0.8)
         for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
+    axes[0, 0].set_ylabel("boxes and seed", fontsize=8)
+    axes[1, 0].set_ylabel("degree and mask", fontsize=8)
     return save_figure(fig, Path(run_dir) / "figures" / "lost_examples.png")
 
 
