@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-real test-all lint bench gpu-lab clean
+.PHONY: install demo test test-slow test-real test-all lint bench gpu-lab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vitreg reproduce --download
 
-# The fast tier (tiny models); test-real: the claims on the released CLIP ViT-B/16 at its real size (CI runs both).
+# Tiers: `test` is the README's command (tiny models, two workers, fuzzers at 300 cases each, within minutes);
+# `test-slow` the longer tests and the fuzzers at 2,000 cases; `test-real` the claims on the released CLIP ViT-B/16 at
+# its real size. CI runs all three (`test-all`). Each prints its 15 slowest tests.
+PYTEST := $(BIN)/python -m pytest -q --durations=15
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not real" tests
+	VITREG_FUZZ_CASES=300 $(PYTEST) -n 2 --dist loadgroup -m "not slow and not real" tests
+
+test-slow: $(STAMP)
+	$(PYTEST) -n 2 --dist loadgroup -m "slow and not real" tests
+	$(PYTEST) -n 2 tests/test_fuzz_annotations.py tests/test_fuzz_configs.py tests/test_fuzz_images.py \
+		tests/test_fuzz_weights.py
 
 test-real: $(STAMP)
-	$(BIN)/python -m pytest -q -m real tests
+	$(PYTEST) -m real tests
 
-test-all: test test-real
+test-all: test test-slow test-real
 
 lint: $(STAMP)
 	$(BIN)/ruff check vitreg tests bench

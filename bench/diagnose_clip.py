@@ -1,4 +1,4 @@
-"""Diagnose at a real size: OpenAI's CLIP ViT-B/16 image tower (the int8 ONNX file, dequantised) over coco-mini.
+"""Diagnose at a real size: OpenAI's CLIP ViT-B/16 image tower (the zoo's clip-vit-b16-openai) over coco-mini.
 
 Two measurements, each printed with what was compared and on which CPU:
 

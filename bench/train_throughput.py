@@ -38,6 +38,7 @@ from vitreg.device import resolve_device, resolve_dtype, set_threads
 from vitreg.train.augment import AugmentConfig, prepare_eval
 from vitreg.train.config import DataConfig, TrainConfig
 from vitreg.train.data import ArrayData, load_data
+from vitreg.train.fastpath import training_module
 from vitreg.train.loop import (
     BatchOrder,
     build_run_model,
@@ -78,7 +79,8 @@ def make_loops(cfg: TrainConfig, data: ArrayData, use_compile: bool) -> dict[str
     def vitreg_loop(dtype: torch.dtype | None, compiled: bool) -> Callable[[], int]:
         model = build_run_model(cfg, cfg.registers[0], data.num_classes)
         configure_attention(model, cfg.fused_attn, device)  # as `vitreg train` does
-        net = torch.compile(model) if compiled else model
+        net = training_module(model, device)  # as `vitreg train` does: the regrouped CPU forward where eligible
+        net = torch.compile(net) if compiled else net
         opt, crit = build_optimizer(model, cfg), build_loss(cfg)
         sched, mixup = build_scheduler(opt, cfg), build_mixup(cfg, data.num_classes)
         pc = model.pretrained_cfg

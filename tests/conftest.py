@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one thread each (and for the processes a test starts),
+    # else every matrix product competes with the other worker's
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -59,3 +66,11 @@ def quick_run(tmp_path_factory) -> tuple[Path, str]:
     (out / "stdout.txt").write_text(buf.getvalue())
     assert rc == 0, buf.getvalue()[-3000:]
     return out / "run", buf.getvalue()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share the session's reproduce run go to one worker (``--dist loadgroup``), so it runs once."""
+    for item in items:
+        if "quick_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("quick_run"))

@@ -127,13 +127,14 @@ def test_feature_kinds_have_expected_widths():
 def test_several_feature_kinds_from_one_pass_equal_one_pass_each(tmp_path):
     """Keys and values from one capture (``also``): each directory equals its own single-kind run."""
     from vitreg.jobs.lost import LostConfig, lost
-    from vitreg.jobs.specs import ModelSpec
+    from vitreg.jobs.specs import ImageSpec, ModelSpec
 
     model = ModelSpec(spec="vit_pico_patch4_32", random_init=True, registers=2)
-    both = LostConfig(model=model, limit=6, features="k", also={"v": str(tmp_path / "v")}, out=str(tmp_path / "k"))
+    six = ImageSpec(src="synthetic", limit=6, batch_size=16)
+    both = LostConfig(model=model, images=six, features="k", also={"v": str(tmp_path / "v")}, out=str(tmp_path / "k"))
     lost(both)
     for kind in ("k", "v"):
-        lost(LostConfig(model=model, limit=6, features=kind, out=str(tmp_path / f"{kind}-alone")))
+        lost(LostConfig(model=model, images=six, features=kind, out=str(tmp_path / f"{kind}-alone")))
         shared = json.loads((tmp_path / kind / "lost.json").read_text())
         alone = json.loads((tmp_path / f"{kind}-alone" / "lost.json").read_text())
         assert shared["settings"]["features"] == kind

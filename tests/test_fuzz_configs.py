@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fuzz_support import FUZZ, odd_text, odd_values, outcome, summary
+from fuzz_support import CASES, FUZZ, at_least, odd_text, odd_values, outcome, summary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +24,7 @@ from vitreg.models.presets import ModelConfig, model_config
 from vitreg.models.sidecar import MAX_PARAMETERS
 from vitreg.train.config import DataConfig, TrainConfig
 
-MIN_CASES = 2000
+MIN_CASES = CASES
 
 JSON_VALUES = odd_values()
 SPECS = ["vit_pico_patch4_32", "timm:vit_pico", "timm:vit_tiny_patch16_224", "../../x", "<b>x</b>", "", 7]
@@ -118,8 +118,8 @@ def test_model_sidecars(tmp_path: Path, monkeypatch):
     case()
     summary("model.json sidecars", seen)
     assert seen["cases"] >= MIN_CASES
-    assert seen["result"] >= 100  # the generator reaches good configs too, so the checks above ran
-    assert seen["CheckpointError"] >= 100
+    assert seen["result"] >= at_least(100)  # the generator reaches good configs too, so the checks above ran
+    assert seen["CheckpointError"] >= at_least(100)
 
 
 def test_hostile_sidecar_through_load_model(tmp_path: Path):
@@ -220,8 +220,8 @@ def test_training_yaml_configs(tmp_path: Path):
     case()
     summary("training YAML configs", seen)
     assert seen["cases"] >= MIN_CASES
-    assert seen["result"] >= 100
-    assert seen["ConfigError"] >= 100
+    assert seen["result"] >= at_least(100)
+    assert seen["ConfigError"] >= at_least(100)
 
 
 def test_broken_yaml_is_one_line_naming_the_file(tmp_path: Path, capsys):
@@ -277,7 +277,7 @@ def grid_yaml(draw) -> bytes:
     return yaml.safe_dump(grid, allow_unicode=True).encode()
 
 
-GRID_CASES = 500  # grids are not among the files the issue lists; each case also parses its base config
+GRID_CASES = min(500, CASES)  # a grid is written by hand, not downloaded; each case also parses its base config
 
 
 def test_lab_grid_files(tmp_path: Path):
@@ -297,4 +297,4 @@ def test_lab_grid_files(tmp_path: Path):
     case()
     summary("lab grid files", seen)
     assert seen["cases"] >= GRID_CASES
-    assert seen["result"] >= 50
+    assert seen["result"] >= at_least(50)

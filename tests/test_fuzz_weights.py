@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fuzz_support import FUZZ, outcome, summary
+from fuzz_support import CASES, FUZZ, at_least, outcome, summary
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save
@@ -25,7 +25,7 @@ from vitreg.models.filecheck import MAX_HEADER_BYTES
 from vitreg.models.presets import create_model
 from vitreg.train.checkpoint import load_train_state, read_train_state, save_train_state
 
-MIN_CASES = 2000
+MIN_CASES = CASES
 # torch and zipfile warn about the odd pickles and duplicate members generated here, which is the point
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -120,8 +120,8 @@ def test_safetensors_files(tmp_path: Path):
     case()
     summary("safetensors files", seen)
     assert seen["cases"] >= MIN_CASES
-    assert seen["result"] >= 50  # (hypothesis never repeats a case: an untouched file counts once)
-    assert seen["CheckpointError"] >= 1000
+    assert seen["result"] >= at_least(50)  # (hypothesis never repeats a case: an untouched file counts once)
+    assert seen["CheckpointError"] >= at_least(1000)
 
 
 @pytest.mark.parametrize(
@@ -244,8 +244,8 @@ def test_pth_files(tmp_path: Path, capfd):
     with capfd.disabled():
         summary(".pth files", seen)
     assert seen["cases"] >= MIN_CASES
-    assert seen["result"] >= 50  # (hypothesis never repeats a case: an untouched file counts once)
-    assert seen["CheckpointError"] >= 1000
+    assert seen["result"] >= at_least(50)  # (hypothesis never repeats a case: an untouched file counts once)
+    assert seen["CheckpointError"] >= at_least(1000)
 
 
 def test_legacy_pth_length_field_allocates_nothing_it_claims(tmp_path: Path):

@@ -52,8 +52,9 @@ def _dinov2_state_dict(regs: int, swiglu: bool = False, chunks: int = 0) -> dict
     return sd
 
 
-def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool = False) -> torch.Tensor:
-    """DINOv2's forward, written from its definition, on the original keys: normed tokens (B, 1+R+N, C)."""
+def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool = False, with_pre_norm: bool = False):
+    """DINOv2's forward, written from its definition, on the original keys: normed tokens (B, 1+R+N, C) (with
+    ``with_pre_norm``: the last block's output too, first)."""
     sd = {k.replace(f"blocks.{k.split('.')[1]}.", "blocks.", 1) if k.count(".") > 3 and k.split(".")[2].isdigit()
           else k: v for k, v in sd.items()}  # fmt: skip
     b = x.shape[0]
@@ -79,7 +80,7 @@ def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool
         else:
             h = lin(F.gelu(lin(h, p + "mlp.fc1")), p + "mlp.fc2")
         t = t + sd[p + "ls2.gamma"] * h
-    return ln(t, "norm")
+    return (t, ln(t, "norm")) if with_pre_norm else ln(t, "norm")
 
 
 @pytest.mark.parametrize(("regs", "swiglu", "chunks"), [(0, False, 0), (4, False, 0), (4, True, 0), (2, False, 3)])
@@ -190,7 +191,7 @@ def test_missing_pretrained_weights_fail_fast_with_instructions():
     assert "--weights" in str(err.value)
     with pytest.raises(WeightsNotFoundError, match="--random-init"):
         load_model("vit_small_patch16_224")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
         load_model("vit_pico_patch4_32", weights="/nonexistent/w.pth")
 
 

@@ -139,7 +139,7 @@ def _test_dequantised(path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", ["int8.onnx", "int8-all.onnx", "uint8-tensor.onnx"])
 def test_int8_graph_is_dequantised_exactly(exported, name):
-    from vitreg.models.onnx_clip import read_onnx_clip
+    from vitreg.models.formats.onnx_clip import read_onnx_clip
 
     model, d = exported
     graph = read_onnx_clip(d / name)

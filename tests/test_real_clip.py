@@ -112,7 +112,7 @@ def test_test_time_registers_fitted_on_one_half_clear_the_other(fixed):
 
 def test_lost_with_keys_gains_with_the_test_time_register(clip, coco, fixed, tmp_path):
     from vitreg.jobs.lost import LostConfig, lost
-    from vitreg.jobs.specs import ModelSpec
+    from vitreg.jobs.specs import ImageSpec, ModelSpec
 
     _, out = fixed
     neurons = out / "neurons.json"
@@ -121,6 +121,7 @@ def test_lost_with_keys_gains_with_the_test_time_register(clip, coco, fixed, tmp
         ("original", ModelSpec(spec=clip)),
         ("fixed", ModelSpec(spec=clip, test_time_registers=str(neurons))),
     ):
-        r = lost(LostConfig(model=spec, dataset=coco, features="k", resize=224, out=str(tmp_path / name)))
+        images = ImageSpec(src=str(coco), batch_size=16)
+        r = lost(LostConfig(model=spec, images=images, features="k", resize=224, out=str(tmp_path / name)))
         corloc[name] = r.at_bias(0.0).corloc
     assert corloc["fixed"] - corloc["original"] >= 0.10, corloc

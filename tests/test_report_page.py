@@ -93,12 +93,13 @@ def test_no_outliers_starts_above_every_token(tmp_path: Path):
 
 def test_report_command_rerenders_without_a_model(rendered: Path, tmp_path: Path, monkeypatch, capsys):
     import vitreg.models.checkpoints as checkpoints
+    import vitreg.models.modelfile as modelfile
     import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):
         raise AssertionError("the report must not build or load a model")
 
-    for module, name in ((checkpoints, "load_model"), (checkpoints, "build_model"), (presets, "build_model")):
+    for module, name in ((checkpoints, "load_model"), (modelfile, "build_model"), (presets, "build_model")):
         monkeypatch.setattr(module, name, boom)
     run_dir = tmp_path / "copy"
     shutil.copytree(rendered, run_dir)

@@ -28,12 +28,13 @@ def test_diagnose_compare_then_report_without_model(tmp_path: Path, monkeypatch)
         assert (out / "figures" / names[name]).is_file(), name
 
     import vitreg.models.checkpoints as checkpoints
+    import vitreg.models.modelfile as modelfile
     import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):
         raise AssertionError("the report must not build or load a model")
 
-    for module, name in ((checkpoints, "load_model"), (checkpoints, "build_model"), (presets, "build_model")):
+    for module, name in ((checkpoints, "load_model"), (modelfile, "build_model"), (presets, "build_model")):
         monkeypatch.setattr(module, name, boom)
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0

@@ -133,6 +133,7 @@ def test_second_reproduce_run_only_rerenders(quick_run, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in (out / "train").rglob("model.safetensors")}
 
 
+@pytest.mark.slow
 def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_run, tmp_path, monkeypatch):
     from vitreg.config import to_dict
     from vitreg.errors import CheckpointError
@@ -342,6 +343,7 @@ def test_coco_auto_looks_where_a_user_puts_it_and_says_where(tmp_path, monkeypat
     assert make_plan(quick=True).coco == str(elsewhere / "annotations" / "instances_train2017.json")
 
 
+@pytest.mark.slow
 def test_a_pretrained_pair_end_to_end_on_random_weights(coco_mini, tmp_path, capsys):
     """`reproduce --models A,B`: no training; the paper's stages on DINOv2-S/14 architectures without and with
     registers, LOST on coco-mini; random weights, so the report must say that they reproduce nothing."""

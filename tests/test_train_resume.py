@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -105,8 +104,26 @@ def test_resume_refuses_missing_run(tmp_path, capsys):
 KILL_RUN = [*TINY, "steps=24", "batch_size=8", "checkpoint_every=3", "track_every=12", "eval_every=24", "log_every=1"]
 
 
-def _train_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "vitreg.cli", "train", "--out", str(out), *KILL_RUN]
+# The child parks itself after step 8 (its step-6 checkpoint written, step 9's not) and says so in a file, so the
+# kill lands at a known point however loaded the machine is: polling metrics raced a fast child to its end.
+_PARKED_CHILD = """
+import sys, time
+from pathlib import Path
+from vitreg.train import loop
+real = loop._after_update
+def park_after_eight(s, done, bar):
+    real(s, done, bar)
+    if done == 8:
+        Path(sys.argv[1]).write_text("parked")
+        time.sleep(3600)
+loop._after_update = park_after_eight
+from vitreg.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _train_cmd(out: Path, marker: Path) -> list[str]:
+    return [sys.executable, "-c", _PARKED_CHILD, str(marker), "train", "--out", str(out), *KILL_RUN]
 
 
 def _env() -> dict[str, str]:
@@ -115,23 +132,20 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_resumes_to_same_weights(tmp_path):
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen(_train_cmd(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    metrics = killed / "metrics.jsonl"
+    killed, whole, marker = tmp_path / "killed", tmp_path / "whole", tmp_path / "parked"
+    proc = subprocess.Popen(_train_cmd(killed, marker), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600  # a guard against a child that never parks, not a timing assumption
     try:
-        while time.time() < deadline and proc.poll() is None:
-            records = [json.loads(line) for line in metrics.read_text().splitlines()[:-1]] if metrics.exists() else []
-            if any(r.get("kind") == "train" and r["step"] >= 7 for r in records):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.05)
+        assert marker.exists(), "the run never reached step 8: " + (proc.stderr.read().decode() if proc.stderr else "")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    step = read_train_state(killed / STATE_NAME)[1]["step"]
-    assert 3 <= step < 24
+    assert read_train_state(killed / STATE_NAME)[1]["step"] == 6  # the last checkpoint before the kill
     assert not (killed / "model.safetensors").exists()
 
     resume = [sys.executable, "-m", "vitreg.cli", "train", "--resume", str(killed)]

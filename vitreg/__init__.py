@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vitreg._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from vitreg._version import __version__
 
 if TYPE_CHECKING:
     from vitreg.analysis.register_neurons import find_register_neurons

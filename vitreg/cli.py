@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from vitreg import __version__
+from vitreg._version import __version__
 from vitreg.commands import COMMANDS
 from vitreg.errors import VitregError
 

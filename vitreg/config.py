@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,75 +15,91 @@ from typing import Any, TypeVar
 import yaml
 
 from vitreg.errors import ConfigError
+from vitreg.typed import Reader, required, type_hints
 
 T = TypeVar("T")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+class ConfigReader(Reader):
+    """Config files and ``key=value`` overrides through the one typed decoder (:mod:`vitreg.typed`): a string
+    converts to its field's type (``"3"`` -> 3, ``"a,b"`` -> a list, ``"none"`` -> None, ``"{a: 1}"`` -> a
+    mapping), unknown keys are refused with the allowed ones, and each dataclass's ``validate()`` runs."""
 
+    error = ConfigError
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert ``value`` (a YAML scalar or a command-line string) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, typing.get_args(tp), key)
-    if origin is typing.Literal:
-        return _coerce_literal(value, typing.get_args(tp), key)
-    if origin in (list, tuple):
-        return _coerce_sequence(value, origin, typing.get_args(tp), key)
-    if origin is dict or tp is dict:
+    def is_none(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+
+    def literal(self, allowed: tuple[Any, ...], value: Any, key: str) -> Any:
+        for a in allowed:
+            if (isinstance(value, str) and str(a) == value) or (type(value) is type(a) and value == a):
+                return a
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+
+    def items(self, value: Any, key: str, length: int | None) -> list[Any] | tuple[Any, ...]:
+        if length is not None:  # fixed length, e.g. tuple[int, int]: "64,96" or [64, 96]
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or len(items) != length:
+                raise self.wrong_length(length, value, key)
+            return items
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""] if value.strip() else []
+        return value if isinstance(value, list | tuple) else [value]
+
+    def item_key(self, key: str, index: int) -> str:
+        return key  # a command-line list is one key=a,b,c
+
+    def mapping(self, args: tuple[Any, ...], value: Any, key: str) -> Any:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    scalar = _SCALARS.get(tp)
-    return scalar(value, key) if scalar else value
 
+    def scalar(self, tp: Any, value: Any, key: str) -> Any:
+        convert = _SCALARS.get(tp)
+        return convert(value, key) if convert else value
 
-def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
-    is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-    if is_none and type(None) in args:
-        return None
-    errors = []
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _coerce(value, arg, key)
-        except ConfigError as err:
-            errors.append(str(err))
-    raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    def upgrade(self, tp: type, value: dict[str, Any]) -> dict[str, Any]:
+        # A config class whose keys changed reads the old ones too: its ``upgrade_keys(data) -> data`` turns a saved
+        # config of an older vitreg into today's layout (e.g. DiagnoseConfig's flat rule/cutoff/percentile).
+        upgrade_keys = getattr(tp, "upgrade_keys", None)
+        return upgrade_keys(value) if callable(upgrade_keys) else value
 
+    def check_keys(self, tp: type, value: dict[str, Any], key: str) -> None:
+        prefix = f"{key}." if key else ""
+        types_ = {f.name: type_hints(tp)[f.name] for f in dataclasses.fields(tp)}
+        unknown = [k for k in value if k not in types_]
+        if unknown:
+            hint = "".join(
+                f" (did you mean '{prefix}{name}.{unknown[0]}'?)"
+                for name, ftp in types_.items()
+                if dataclasses.is_dataclass(ftp) and unknown[0] in {f.name for f in dataclasses.fields(ftp)}
+            )
+            allowed = ", ".join(prefix + k for k in types_)
+            # repr: a key may hold a newline or quotes, and the message stays one line
+            raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r}{hint}; allowed keys: {allowed}")
+        missing = [f.name for f in dataclasses.fields(tp) if f.name not in value and required(f)]
+        if missing:
+            raise self.missing(prefix + missing[0])
 
-def _coerce_literal(value: Any, allowed: tuple[Any, ...], key: str) -> Any:
-    for a in allowed:
-        if (isinstance(value, str) and str(a) == value) or (type(value) is type(a) and value == a):
-            return a
-    raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+    def built(self, obj: Any) -> Any:
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
+            validate()
+        return obj
 
+    def fail(self, key: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"{key}: expected {expected}, got {value!r}")
 
-def _coerce_sequence(value: Any, origin: Any, args: tuple[Any, ...], key: str) -> Any:
-    if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[int, int]
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list | tuple) or len(items) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(items, args, strict=True))
-    inner = args[0] if args else str
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v != ""] if value.strip() else []
-    if not isinstance(value, list | tuple):
-        value = [value]
-    out = [_coerce(v, inner, key) for v in value]
-    return tuple(out) if origin is tuple else out
+    def wrong_length(self, n: int, value: Any, key: str) -> ConfigError:
+        return ConfigError(f"{key}: expected {n} values, got {value!r}")
+
+    def not_mapping(self, tp: type, value: Any, key: str) -> ConfigError:
+        return ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+
+    def missing(self, key: str) -> ConfigError:
+        return ConfigError(f"missing config key '{key}'")
 
 
 def _to_bool(value: Any, key: str) -> bool:
@@ -130,31 +145,9 @@ _SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (possibly nested) dict, rejecting unknown keys by name."""
-    types_ = _field_types(cls)
-    unknown = [k for k in data if k not in types_]
-    if unknown:
-        hint = "".join(
-            f" (did you mean '{prefix}{name}.{unknown[0]}'?)"
-            for name, tp in types_.items()
-            if dataclasses.is_dataclass(tp) and unknown[0] in {f.name for f in dataclasses.fields(tp)}
-        )
-        allowed = ", ".join(prefix + k for k in types_)
-        # repr: a key may hold a newline or quotes, and the message stays one line
-        raise ConfigError(f"unknown config key {prefix + str(unknown[0])!r}{hint}; allowed keys: {allowed}")
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"missing config key '{prefix}{missing[0]}'")
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return obj
+    """Build dataclass ``cls`` from a (possibly nested) dict, rejecting unknown keys by name (``prefix``: where the
+    dict sits, e.g. ``"data."``, for messages)."""
+    return typing.cast(T, ConfigReader().read(cls, data, prefix.removesuffix(".")))
 
 
 def validate_all(obj: Any) -> None:

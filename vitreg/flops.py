@@ -23,8 +23,10 @@ def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict
     size = tuple(cfg.img_size) if img_size is None else (int(img_size), int(img_size))
     cfg = dataclasses.replace(cfg, registers=int(registers), img_size=size)
     with torch.device("meta"):
-        model = build_model(cfg).eval()
+        model = build_model(cfg).eval().requires_grad_(False)
         x = torch.empty(1, 3, *size)
+    # no parameter asks for a gradient: the counter's module tracker hooks the gradient of any input that does, and
+    # a view of a parameter made under no_grad (timm's attention-pool latent, expanded to the batch) has none
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)

@@ -27,8 +27,8 @@ from typing import Any
 from vitreg import atomic
 from vitreg.config import save_config, to_dict
 from vitreg.errors import StageError
+from vitreg.stamp import STAMP, read_json  # both also this module's API (lab and reproduce read them here)
 
-STAMP = ".stage.json"
 PENDING = ".stage-pending.json"
 SAVED_CONFIG = ".stage-config.yaml"  # the config a subprocess stage runs
 CHECKPOINT = "train_state.safetensors"  # a training stage with this file resumes instead of starting over
@@ -74,14 +74,6 @@ def _portable(data: Any, root: Path | None) -> Any:
     if isinstance(data, list):
         return [_portable(v, root) for v in data]
     return data.replace(str(root), "<out>") if isinstance(data, str) else data
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def locked(log: Log) -> Log:

@@ -22,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vitreg.errors import ConfigError
-
-RULES = ("auto", "cutoff", "percentile")
+from vitreg.analysis.outlier_rule import NORM_RULES, check_rule
 
 # Fixed, data-independent histogram edges: every batch, rank and run uses the same bins, so histograms add.
 # 1024 log-spaced bins over 1e-2..1e5 give a 1.6% norm resolution.
@@ -77,21 +75,10 @@ class Threshold:
         return d
 
 
-def _check_rule(rule: str, value: float | None) -> float:
-    """The rule's parameter as a float (0.0 for auto, which has none); ConfigError when it cannot be used."""
-    if rule not in RULES:
-        raise ConfigError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
-    if rule == "cutoff" and (value is None or not math.isfinite(value) or value <= 0):
-        raise ConfigError(f"the cutoff rule needs a positive norm value, got {value!r}")
-    if rule == "percentile" and (value is None or not 0 < value < 100):
-        raise ConfigError(f"the percentile rule needs a value in (0, 100), got {value!r}")
-    return 0.0 if value is None else float(value)
-
-
 def find_threshold(norms: np.ndarray, rule: str = "auto", value: float | None = None) -> Threshold:
     """Outlier threshold for a sample of norms (any shape). ``cutoff`` and ``percentile`` are exact on the sample;
     ``auto`` runs on a histogram of the sample (the same code path as streamed statistics)."""
-    param = _check_rule(rule, value)
+    param = check_rule(rule, value, NORM_RULES)
     v = np.asarray(norms, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if rule == "cutoff":
@@ -115,7 +102,7 @@ def find_threshold_from_histogram(
     counts: np.ndarray, edges: np.ndarray, rule: str = "auto", value: float | None = None
 ) -> Threshold:
     """Outlier threshold from a norm histogram ``counts`` (E,) over positive, increasing ``edges`` (E+1,)."""
-    param = _check_rule(rule, value)
+    param = check_rule(rule, value, NORM_RULES)
     counts = np.asarray(counts, dtype=np.float64).ravel()
     edges = np.asarray(edges, dtype=np.float64).ravel()
     if edges.shape[0] != counts.shape[0] + 1:

@@ -27,12 +27,12 @@ import torch
 import torch.nn as nn
 
 from vitreg.analysis.norms import find_threshold
+from vitreg.analysis.outlier_rule import check_rule
 from vitreg.device import autocast
 from vitreg.errors import ConfigError, DataError
 from vitreg.models.inspect import Capture, Inspector, stop_after_block, stopped, token_layout
 from vitreg.results.fix import NeuronSearch, RegisterNeuron
 
-RULES = ("auto", "cutoff", "percentile", "sigma")
 SPARSE_LEVEL = 0.1  # "inactive" on a patch: below this fraction of the unit's mean |activation| at the outliers
 KEEP = 256  # ranked neurons kept in a search (the sweep and neurons.json use the first ones)
 
@@ -94,9 +94,7 @@ def _norms(model: nn.Module, batches: list, layers: int, dtype: torch.dtype | No
 
 def _threshold(norms: np.ndarray, rule: str, value: float | None) -> tuple[float | None, bool | None]:
     if rule == "sigma":
-        k = 3.0 if value is None else float(value)
-        if not math.isfinite(k) or k <= 0:
-            raise ConfigError(f"the sigma rule needs a positive number of standard deviations, got {value!r}")
+        k = check_rule(rule, value)  # K, default 3
         return float(norms.mean() + k * norms.std()), None
     t = find_threshold(norms, rule, value)
     return t.threshold, t.bimodal
@@ -211,8 +209,7 @@ def find_register_neurons(
     ``norms``: the (n, detect + 1, P) block-output patch norms of blocks 0..detect (:func:`block_norms`) when a pass
     over the same images already captured them; the first of the two passes is then skipped.
     """
-    if rule not in RULES:
-        raise ConfigError(f"unknown outlier rule {rule!r}; choose one of {', '.join(RULES)}")
+    check_rule(rule, value)  # before any pass over the images
     if sparse is not None and not 0 < sparse <= 1:
         raise ConfigError(f"sparse must be a share in (0, 1], got {sparse}")
     vit: Any = model

@@ -8,10 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from vitreg.analysis.outlier_rule import OutlierRule
 from vitreg.errors import ConfigError, VitregError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime, parse_size
 
 T = TypeVar("T")
+C = TypeVar("C")  # a job config
+R = TypeVar("R")  # its result
 
 
 def size_arg(text: str) -> int | tuple[int, int]:
@@ -39,6 +42,18 @@ def list_arg(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
     return parse
 
 
+def model_help() -> str:
+    """``--model``'s help, drawn from the registry of formats (light: no torch)."""
+    from vitreg.models import formats
+
+    names = ", ".join(f"{p}NAME" for p in formats.prefixes())
+    files = "; ".join(f.accepted for f in formats.FORMATS if f.config_file or f.claims_file)
+    return (
+        f"a preset (see `vitreg models`), zoo:NAME, hf:REPO, {names}, a DINOv2 name, or a model folder or file: "
+        f"{files} (the README lists the formats that load)"
+    )
+
+
 def add_model_args(
     parser: argparse.ArgumentParser, suffix: str = "", required: bool = True, registers: bool = True
 ) -> None:
@@ -49,9 +64,7 @@ def add_model_args(
         f"--model{suffix}",
         required=required,
         metavar="SPEC",
-        help="a preset (see `vitreg models`), zoo:NAME, timm:NAME, a DINOv2 name, openclip:ARCH, hf:REPO, a model "
-        "folder, an ONNX export of a CLIP vision tower, or a weights file with its .json sidecar (the README lists "
-        "the formats that load)",
+        help=model_help(),
     )
     g.add_argument(
         f"--weights{suffix}", metavar="PATH", help="weights of the named architecture (.safetensors, weights-only .pth)"
@@ -155,14 +168,37 @@ def add_rule_args(parser: argparse.ArgumentParser, sigma: bool = False) -> None:
         )
 
 
-def rule_of(args: argparse.Namespace) -> tuple[str, float | None]:
+def rule_of(args: argparse.Namespace) -> OutlierRule:
+    """The rule of ``--auto | --cutoff X | --percentile P | --sigma K`` (one at most: argparse refuses two)."""
     if args.cutoff is not None:
-        return "cutoff", args.cutoff
+        return OutlierRule("cutoff", args.cutoff)
     if args.percentile is not None:
-        return "percentile", args.percentile
+        return OutlierRule("percentile", args.percentile)
     if getattr(args, "sigma", None) is not None:
-        return "sigma", args.sigma
-    return "auto", None
+        return OutlierRule("sigma", args.sigma)
+    return OutlierRule()
+
+
+def run_job(
+    job: Callable[[C], R],
+    cfg: C,
+    args: argparse.Namespace,
+    summary: Callable[[R, Path], None],
+    main_process: Callable[[], bool] = lambda: True,
+) -> int:
+    """The tail of every job command: run ``job(cfg)``, print ``summary(result, OUT)``, then render OUT/report.html
+    from the saved results unless ``--no-report`` (for the commands that have it). Under torchrun only the main
+    process (``main_process()``) prints and renders: the others return once the job is done."""
+    result = job(cfg)
+    if not main_process():
+        return 0
+    out = Path(args.out)
+    summary(result, out)
+    if getattr(args, "no_report", False):
+        print(f"report not rendered (--no-report): run `vitreg report {out}`")
+    else:
+        report(out)
+    return 0
 
 
 def report(out: Path | str) -> None:

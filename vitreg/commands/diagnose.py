@@ -71,20 +71,19 @@ def entries(args: argparse.Namespace) -> list[ModelEntry]:
     elif any(getattr(args, k) is not None for k in ("weights2", "registers2", "img_size2")):
         raise ConfigError("--weights2/--registers2/--img-size2 need --compare SPEC2")
     for i, spec in enumerate(args.sweep or []):
-        # a sweep entry is self-describing (run dir, weights file or spec); --random-init applies to specs alike
-        out.append(ModelEntry(key=f"s{i}", spec=spec, random_init=args.random_init))
+        # a sweep entry is self-describing (run dir, weights file or spec): --random-init applies to the named specs
+        # only (a run directory or a file keeps its own weights; given alone, --random-init with one is an error)
+        named = not Path(spec).exists() and not spec.startswith(("zoo:", "hf:"))
+        out.append(ModelEntry(key=f"s{i}", spec=spec, random_init=args.random_init and named))
     return out
 
 
 def config(args: argparse.Namespace) -> DiagnoseConfig:
-    rule, _ = common.rule_of(args)
     return DiagnoseConfig(
         models=entries(args),
         images=common.image_spec(args),
         runtime=common.runtime(args),
-        rule=rule,
-        cutoff=args.cutoff,
-        percentile=args.percentile,
+        rule=common.rule_of(args),
         examples=args.examples,
         sinks=args.sinks,
         layer=args.layer,
@@ -101,15 +100,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config(args)
     check_config(cfg)  # a bad flag or model fails before the run directory is created for the lock
     with run_lock(args.out, "diagnose"):  # held over the job and the report it draws
-        result = diagnose(cfg)
-        if not dist.is_main():
-            return 0
-        print_summary(result, args.out)
-        if args.no_report:
-            print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
-        else:
-            common.report(args.out)
-    return 0
+        return common.run_job(diagnose, cfg, args, print_summary, main_process=dist.is_main)
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
@@ -121,6 +112,8 @@ def print_summary(metrics: DiagnoseResult, out_dir: Path) -> None:
         rule, out, nb, masks = r.rule, r.output, r.neighbors, r.masks
         stat = rule.statistic
         print(f"[{r.key}] {r.label}: {r.images} images ({len(r.bad_images)} skipped), grid {r.grid}")
+        for note in r.notes:
+            print(f"  note: {note}")
         rv = f" {rule.value:g}" if rule.value is not None else ""
         thr = "none (no outliers)" if rule.threshold is None else f"{rule.threshold:.4g}"
         print(f"  rule {rule.kind}{rv}: threshold {thr}")

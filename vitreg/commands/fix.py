@@ -84,7 +84,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> FixConfig:
-    rule, value = common.rule_of(args)
     return FixConfig(
         model=common.model_spec(args),
         images=common.image_spec(args),
@@ -93,8 +92,7 @@ def config(args: argparse.Namespace) -> FixConfig:
         registers=args.ttr,
         detect_layer=args.detect_layer,
         top_layer=args.top_layer,
-        rule=rule,  # type: ignore[arg-type]  # one of the flags' rules
-        value=value,
+        rule=common.rule_of(args),
         sparse=args.sparse,
         max_top_k=args.max_top_k,
         clear=args.clear,
@@ -110,17 +108,13 @@ def config(args: argparse.Namespace) -> FixConfig:
 def run(args: argparse.Namespace) -> int:
     from vitreg.jobs.fix import fix
 
-    result = fix(config(args))
-    print_summary(result, args.out)
-    if args.no_report:
-        print(f"report not rendered (--no-report): run `vitreg report {args.out}`")
-    else:
-        common.report(args.out)
-    return 0
+    return common.run_job(fix, config(args), args, print_summary)
 
 
 def print_summary(result: FixResult, out: Path) -> None:
     print(f"{result.model}: {result.outcome}")
+    for note in result.notes:
+        print(f"  note: {note}")
     if result.detect_layer is not None:
         print(f"  outliers detected at block {result.detect_layer} (0-based; --detect-layer)")
     sweep = result.sweep

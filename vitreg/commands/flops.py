@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreg.commands._common import add_model_args, list_arg, model_spec, report
+from vitreg.commands._common import add_model_args, list_arg, model_spec, run_job
 from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
 from vitreg.jobs.specs import ModelSpec
+from vitreg.results.flops import FlopsResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,10 @@ def config(args: argparse.Namespace) -> FlopsConfig:
 def run(args: argparse.Namespace) -> int:
     from vitreg.jobs.flops import flops
 
-    result = flops(config(args))
+    return run_job(flops, config(args), args, print_summary)
+
+
+def print_summary(result: FlopsResult, out: Path) -> None:
     for m in result.models:
         print(f"{m.model}:")
         print(f"{'size':>6}{'regs':>6}{'tokens':>8}{'GFLOPs':>12}{'+FLOPs':>9}{'params (M)':>12}{'+params':>9}")
@@ -49,6 +53,4 @@ def run(args: argparse.Namespace) -> int:
                 f"{r.img_size:>6}{r.registers:>6}{r.tokens:>8}{r.flops / 1e9:>12.2f}"
                 f"{100 * r.flops_overhead:>8.2f}%{r.params / 1e6:>12.3f}{r.added_params:>9}"
             )
-    print(f"wrote {args.out / 'flops.json'}")
-    report(args.out)
-    return 0
+    print(f"wrote {out / FlopsResult.RESULT_FILE}")

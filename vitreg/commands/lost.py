@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreg.commands._common import add_model_args, add_runtime_args, list_arg, model_spec, report, runtime
-from vitreg.jobs.lost import LostConfig
+from vitreg.commands._common import add_model_args, add_runtime_args, list_arg, model_spec, run_job, runtime
+from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
+from vitreg.jobs.specs import ImageSpec
+from vitreg.results.lost import LostResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="resize every image to S x S (the reproducibility study's 224 setting) instead of LOST's protocol: "
         "full resolution cropped to a multiple of the patch size",
     )
-    g.add_argument("--batch-size", type=int, default=16, help="images per forward (same-size images are batched)")
+    g.add_argument(
+        "--batch-size", type=int, default=LOST_BATCH_SIZE, help="images per forward (same-size images are batched)"
+    )
     g.add_argument("--workers", type=int, default=0)
     g.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     g = p.add_argument_group("LOST")
@@ -60,13 +64,15 @@ def config(args: argparse.Namespace) -> LostConfig:
     return LostConfig(
         model=model_spec(args),
         runtime=runtime(args),
-        dataset=str(args.dataset),
+        images=ImageSpec(
+            src=str(args.dataset),
+            limit=args.limit,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            strict=args.strict,
+        ),
         image_root=str(args.image_root) if args.image_root else None,
-        limit=args.limit,
         resize=args.resize,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        strict=args.strict,
         layer=args.layer,
         features=args.features,
         k=args.k,
@@ -80,11 +86,14 @@ def config(args: argparse.Namespace) -> LostConfig:
 def run(args: argparse.Namespace) -> int:
     from vitreg.jobs.lost import lost
 
-    r = lost(config(args))
+    return run_job(lost, config(args), args, print_summary)
+
+
+def print_summary(r: LostResult, out: Path) -> None:
     print(f"LOST on {r.images} images ({r.protocol}), {r.settings.features} of layer {r.settings.layer}:")
     for row in r.results:
         c = "n/a" if row.corloc is None else f"{100 * row.corloc:.1f}%"
         print(f"  bias {row.bias:g}: CorLoc {c} ({row.correct}/{row.images})")
-    print(f"wrote {args.out / 'lost.json'}")
-    report(args.out)
-    return 0
+    for note in r.notes:
+        print(f"  note: {note}")
+    print(f"wrote {out / LostResult.RESULT_FILE}")

@@ -16,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def available() -> int:
     from vitreg.models import hub
+    from vitreg.models.checkpoints import available as readable
 
-    rows = hub.available()
+    rows = readable()
     if not rows:
         print(
             f"no published weights on this machine (looked in {hub.hf_cache_dir()} and {hub.torch_hub_checkpoints()})"
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"DINOv2 names (weights via --weights, original .pth accepted): {', '.join(DINOV2_ALIASES)}")
     print("Hub repos in a format vitreg reads: --model hf:REPO (e.g. hf:facebook/dinov2-with-registers-small).")
     print("OpenCLIP towers: --model openclip:ViT-B-16 --weights open_clip_model.safetensors (or an OpenCLIP folder).")
+    print("torchvision ViTs: --model torchvision:vit_b_16 --weights vit_b_16-c867db91.pth.")
     print("Weights on this machine: vitreg models --available; --download fetches a named model's weights.")
     print_zoo()
     return 0

@@ -31,13 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args: argparse.Namespace) -> ProbeConfig:
-    rule, value = common.rule_of(args)
     return ProbeConfig(
         model=common.model_spec(args),
         images=common.image_spec(args),
         runtime=common.runtime(args),
-        rule=rule,
-        value=value,
+        rule=common.rule_of(args),
         probes=[p.strip() for p in args.probes.split(",") if p.strip()],
         tokens=args.tokens,
         seeds=args.seeds,
@@ -51,23 +49,21 @@ def config(args: argparse.Namespace) -> ProbeConfig:
 def run(args: argparse.Namespace) -> int:
     from vitreg.jobs.probe import probe
 
-    result = probe(config(args))
-    print_summary(result)
-    print(f"wrote {args.out / 'probe.json'}")
-    common.report(args.out)
-    return 0
+    return common.run_job(probe, config(args), args, print_summary)
 
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def print_summary(s: ProbeResult) -> None:
+def print_summary(s: ProbeResult, out: Path) -> None:
     o, t = s.outliers, s.threshold.threshold
     print(
         f"{s.num_images} images; outlier threshold {'none' if t is None else f'{t:.2f}'} ({s.threshold.rule}):"
         f" {o.outliers} of {o.patch_tokens} patch tokens"
     )
+    for note in s.notes:
+        print(f"  note: {note}")
     if s.local is not None:
         for g in ("normal", "outlier"):
             pos = s.local.position[g]
@@ -89,3 +85,4 @@ def print_summary(s: ProbeResult) -> None:
             print(f"  depth: RMSE {s.dense.depth.rmse:.4f}")
     for name, why in s.skipped.items():
         print(f"  {name}: skipped ({why})")
+    print(f"wrote {out / ProbeResult.RESULT_FILE}")

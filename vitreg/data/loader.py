@@ -29,7 +29,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -69,6 +69,15 @@ class BadSample:
 _unmapped_warned: set[str] = set()
 
 
+@runtime_checkable
+class AnnotationMapper(Protocol):
+    """A transform that also says where its output puts the original's boxes and pixels (:class:`ImageTransform`)."""
+
+    def map_boxes(self, boxes: np.ndarray, orig_size: Sequence[int]) -> np.ndarray: ...
+
+    def map_mask(self, mask: np.ndarray, orig_size: Sequence[int] | None = None) -> np.ndarray: ...
+
+
 def make_sample(
     image: Image.Image,
     transform: Callable[[Image.Image], Any],
@@ -96,7 +105,8 @@ def make_sample(
     if label is not None:
         sample["label"] = int(label)
     out_hw = tuple(tensor.shape[-2:]) if isinstance(tensor, torch.Tensor) and tensor.ndim >= 2 else None
-    can_map = hasattr(transform, "map_boxes") and hasattr(transform, "map_mask")
+    mapper = transform if isinstance(transform, AnnotationMapper) else None  # isinstance: has both methods
+    can_map = mapper is not None
     same_size = out_hw == (orig_h, orig_w)
     if not can_map and not same_size and (boxes is not None or dense):
         name = type(transform).__name__
@@ -107,7 +117,7 @@ def make_sample(
 
     if boxes is not None:
         raw = np.asarray(boxes, np.float32).reshape(-1, 4)
-        mapped = transform.map_boxes(raw, (orig_w, orig_h)) if can_map else raw
+        mapped = mapper.map_boxes(raw, (orig_w, orig_h)) if mapper is not None else raw
         keep = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])  # (K,) not cropped away
         sample["boxes"] = torch.from_numpy(np.ascontiguousarray(mapped[keep], np.float32))
         keep_t = torch.from_numpy(keep)
@@ -119,7 +129,7 @@ def make_sample(
             sample[key] = torch.as_tensor(values)[keep_t]
     for key, arr in (dense or {}).items():
         values = np.asarray(arr)
-        mapped_arr = transform.map_mask(values, (orig_w, orig_h)) if can_map else values
+        mapped_arr = mapper.map_mask(values, (orig_w, orig_h)) if mapper is not None else values
         dtype = np.float32 if np.issubdtype(values.dtype, np.floating) else np.int64
         sample[key] = torch.from_numpy(np.ascontiguousarray(mapped_arr, dtype=dtype))
     if extra:

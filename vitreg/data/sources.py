@@ -14,7 +14,6 @@ The keywords win over a file or folder of the same name; write ``./synthetic`` f
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ from torch.utils.data import Dataset
 
 from vitreg.data.datasets import ArrayDataset, CocoDataset, DataFormatError, ImageFiles, ImageFolder
 from vitreg.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
-from vitreg.data.synthetic import SceneConfig, SyntheticScenes, parse_scene_options, split_options
+from vitreg.data.photos import PHOTO_FILES, bundled_photo_paths
+from vitreg.data.scenes import SceneConfig, parse_scene_options, split_options
+from vitreg.data.synthetic import SyntheticScenes
 from vitreg.errors import DataError
 
 __all__ = ["ACCEPTED_SOURCES", "DEFAULT_SYNTHETIC_N", "PHOTO_FILES", "bundled_photo_paths", "open_source"]
@@ -38,58 +39,6 @@ ACCEPTED_SOURCES = (
 )
 
 DEFAULT_SYNTHETIC_N = 1024
-
-# Natural photographs among the sample data of installed packages: (package, folder inside it, file names).
-# Listed by name because those folders also hold drawings, logos, checkerboards, phantoms, text scans, animated GIFs
-# and non-image files that are no use for studying natural-image token statistics.
-PHOTO_FILES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    (
-        "skimage",
-        ("data",),
-        (
-            "astronaut.png",
-            "chelsea.png",
-            "coffee.png",
-            "rocket.jpg",
-            "motorcycle_left.png",
-            "hubble_deep_field.jpg",
-            "retina.jpg",
-            "camera.png",
-            "coins.png",
-            "moon.png",
-            "brick.png",
-            "grass.png",
-            "gravel.png",
-        ),
-    ),
-    ("sklearn", ("datasets", "images"), ("china.jpg", "flower.jpg")),
-    ("matplotlib", ("mpl-data", "sample_data"), ("grace_hopper.jpg",)),
-)
-
-
-def _package_dir(name: str) -> Path | None:
-    # find_spec locates a top-level package without importing it (importing matplotlib costs ~0.5 s).
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def bundled_photo_paths() -> list[Path]:
-    """Paths of the natural photos in :data:`PHOTO_FILES` that exist in the installed packages (never downloads)."""
-    paths = []
-    for package, folder, names in PHOTO_FILES:
-        base = _package_dir(package)
-        if base is None:
-            continue
-        for name in names:
-            path = base.joinpath(*folder, name)
-            if path.is_file() and path.stat().st_size > 0:
-                paths.append(path)
-    return paths
 
 
 def _read_list(path: Path) -> list[Path]:

@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitreg.data.loader import make_sample
+from vitreg.data.photos import bundled_photo_paths
 from vitreg.data.scenes import (
     BACKGROUNDS,
     COLORS,
@@ -100,14 +101,12 @@ PHOTO_SATURATION = 0.35  # photo backgrounds keep this much of their colour, so 
 
 @functools.lru_cache(maxsize=1)
 def _photo_pool() -> tuple[np.ndarray, ...]:
-    """The photos bundled with the pinned packages (:data:`vitreg.data.sources.PHOTO_FILES`), RGB uint8, each at
+    """The photos bundled with the pinned packages (:data:`vitreg.data.photos.PHOTO_FILES`), RGB uint8, each at
     most PHOTO_SIDE on its long side; the same files, in the same order, on every machine with the same pins."""
-    from vitreg.data.sources import bundled_photo_paths
-
     pool = []
     for path in bundled_photo_paths():
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as f:
+            im = f.convert("RGB")
             im.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BICUBIC)
             pool.append(np.asarray(im, np.uint8))
     if not pool:
@@ -288,7 +287,7 @@ def render_arrays(cfg: SceneConfig, n: int, start: int = 0) -> dict[str, np.ndar
     the file back). Keys: ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``masks`` uint8 (N, H, W) (compact:
     at most 11 values; ``.astype(np.int64)`` for losses), ``depth`` float32 (N, H, W)."""
     h, w = cfg.hw
-    out = {
+    out: dict[str, np.ndarray] = {
         "images": np.empty((n, h, w, 3), np.uint8),
         "labels": np.empty((n,), np.int64),
         "masks": np.empty((n, h, w), np.uint8),

@@ -210,7 +210,7 @@ class ImageTransform:
             img = img.resize(geo.resized, resample=_RESAMPLE[self.interpolation])
         if geo.crop != (0, 0, *geo.resized):
             img = img.crop(geo.crop)
-        arr = np.asarray(img, dtype=np.float32)  # (H, W, 3) in 0..255
+        arr: np.ndarray = np.asarray(img, dtype=np.float32)  # (H, W, 3) in 0..255
         arr = (arr * (1.0 / 255.0) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from vitreg import __version__
+from vitreg._version import __version__
+from vitreg.analysis.outlier_rule import NORM_RULES, OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError, DataError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
@@ -37,9 +38,8 @@ class DiagnoseConfig:
     models: list[ModelEntry]
     images: ImageSpec = field(default_factory=ImageSpec)
     runtime: Runtime = field(default_factory=Runtime)
-    rule: Literal["auto", "cutoff", "percentile"] = "auto"
-    cutoff: float | None = None  # paper: 150 for DINOv2
-    percentile: float | None = None  # reproducibility study: 98
+    # on the output patch-token norms; paper: cutoff 150 for DINOv2; reproducibility study: percentile 98
+    rule: OutlierRule = field(default_factory=OutlierRule)
     examples: int = 8
     sinks: bool = False  # attention-sink statistics of every block (attention of all queries: slower)
     # the block whose output tokens the output-level analyses use (rule, positions, neighbours, background, pictures);
@@ -54,10 +54,7 @@ class DiagnoseConfig:
         keys = [m.key for m in self.models]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"model keys must be unique, got {keys}")
-        if self.rule == "cutoff" and (self.cutoff is None or not self.cutoff > 0):
-            raise ConfigError(f"--cutoff needs a positive norm, got {self.cutoff}")
-        if self.rule == "percentile" and (self.percentile is None or not 0 < self.percentile < 100):
-            raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.percentile}")
+        self.rule.validate(NORM_RULES)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int):
             raise ConfigError(f"--layer takes a block index (negative counts from the end), got {self.layer!r}")
         if not 0 <= self.examples <= MAX_EXAMPLES:
@@ -65,9 +62,11 @@ class DiagnoseConfig:
                 f"--examples must be in 0..{MAX_EXAMPLES} (all are drawn in the report), got {self.examples}"
             )
 
-    @property
-    def rule_value(self) -> float | None:
-        return {"auto": None, "cutoff": self.cutoff, "percentile": self.percentile}[self.rule]
+    @staticmethod
+    def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before :class:`OutlierRule` spelled the rule ``rule: cutoff`` with ``cutoff: 150`` (or
+        ``percentile: 98``) beside it: read as ``rule: {kind: cutoff, value: 150}`` (vitreg.config calls this)."""
+        return OutlierRule.upgrade(data, ("cutoff", "percentile"))
 
 
 def check_config(cfg: DiagnoseConfig, skip: Any = ()) -> None:
@@ -148,6 +147,7 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
     from vitreg import distributed as dist
     from vitreg.analysis.diagnose import diagnose_model, resolve_layer
     from vitreg.data.transforms import ImageTransform
+    from vitreg.models.inspect import no_cls_notes
 
     torch.manual_seed(cfg.runtime.seed)  # random-init models are the same whatever their place in the list
     model = entry.load(device)
@@ -163,14 +163,16 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
         transform.denormalize,
         dtype=dtype,
         examples=cfg.examples,
-        cutoff=cfg.cutoff if cfg.rule == "cutoff" else None,
+        cutoff=cfg.rule.cutoff,
         total=len(shard),
         progress=dist.is_main(),
         desc=f"diagnose {entry.key}",
         sinks=cfg.sinks,
         layer=layer,
     )
-    return _summarize(entry, cfg, DonePass(stream, transform.input_size), dtype)
+    result, arrays = _summarize(entry, cfg, DonePass(stream, transform.input_size), dtype)
+    result.notes = no_cls_notes(model, "diagnose")
+    return result, arrays
 
 
 def _summarize(entry: ModelEntry, cfg: DiagnoseConfig, done: DonePass, dtype: Any) -> tuple[ModelResult, dict]:
@@ -180,7 +182,7 @@ def _summarize(entry: ModelEntry, cfg: DiagnoseConfig, done: DonePass, dtype: An
     stream.merge_ranks()
     if stream.images == 0:
         raise DataError(f"model {entry.label}: no usable images in {cfg.images.src!r} (every image was bad or none)")
-    result, arrays = summarize(stream, cfg.rule, cfg.rule_value, entry.key, entry.label, entry.spec)
+    result, arrays = summarize(stream, cfg.rule.kind, cfg.rule.value, entry.key, entry.label, entry.spec)
     result["input_size"] = list(done.input_size)
     result["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
     return from_json(ModelResult, result, f"diagnose {entry.key}"), arrays

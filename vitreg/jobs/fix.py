@@ -7,10 +7,12 @@ sweep and the outlier share per block before and after) and, with ``save_model``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from vitreg.analysis.outlier_rule import OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
@@ -31,8 +33,7 @@ class FixConfig:
     registers: int = 1  # test-time registers to add
     detect_layer: int = -1  # block whose output marks the outliers
     top_layer: int | None = None  # score units in blocks 0..top_layer (None: where the outliers first appear)
-    rule: Literal["auto", "cutoff", "percentile", "sigma"] = "auto"
-    value: float | None = None  # the rule's parameter (cutoff norm, percentile, number of sigmas)
+    rule: OutlierRule = field(default_factory=OutlierRule)  # marks the outliers at detect_layer (sigma too)
     sparse: float | None = None  # keep only units inactive on at least this share of the other patches
     max_top_k: int = 64  # the sweep's largest k
     clear: float = 0.05  # cleared: at most this fraction of the original outlier share left
@@ -40,6 +41,12 @@ class FixConfig:
     save_model: bool = False
     held_out: ImageSpec | None = None  # other images to measure the chosen fix on (outliers, [CLS] cosine)
     out: str
+
+    @staticmethod
+    def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before :class:`OutlierRule` spelled the rule ``rule: sigma`` with ``value: 3`` beside it:
+        read as ``rule: {kind: sigma, value: 3}`` (vitreg.config calls this)."""
+        return OutlierRule.upgrade(data, ("value",))
 
     def validate(self) -> None:
         if self.held_out is not None:
@@ -76,6 +83,7 @@ def fix(cfg: FixConfig) -> FixResult:
     from vitreg.data.transforms import ImageTransform
     from vitreg.device import inference_dtype
     from vitreg.jobs.diagnose import DonePass
+    from vitreg.models.inspect import no_cls_notes
     from vitreg.results.codec import to_json
     from vitreg.results.rundir import write_result
 
@@ -121,8 +129,8 @@ def fix(cfg: FixConfig) -> FixResult:
         batches,
         detect_layer=detect,
         top_layer=cfg.top_layer,
-        rule=cfg.rule,
-        value=cfg.value,
+        rule=cfg.rule.kind,
+        value=cfg.rule.value,
         sparse=cfg.sparse,
         keep=max(256, cfg.max_top_k),
         dtype=dtype,
@@ -170,6 +178,7 @@ def fix(cfg: FixConfig) -> FixResult:
         flops_overhead=_flops_overhead(model, cfg.registers) if top_k else None,
         config=to_dict(cfg),
         detect_layer=detect,
+        notes=no_cls_notes(model, "fix"),
     )
     if cfg.held_out is not None:  # without neurons to move: the original's diagnosis there alone
         thr = float("inf") if search.threshold is None else float(search.threshold)
@@ -185,7 +194,7 @@ def fix(cfg: FixConfig) -> FixResult:
 
 
 def _held_out(
-    cfg: FixConfig, model: Any, neurons: NeuronsFile, detect: int, threshold: float, dtype: Any, out: Path
+    cfg: FixConfig, model: Any, neurons: NeuronsFile | None, detect: int, threshold: float, dtype: Any, out: Path
 ) -> HeldOut:
     """The chosen fix on ``cfg.held_out`` (images the neurons were not fitted on): one diagnose pass of the original
     (``a``) and of the fixed model (``b``) there, written as DIR/held_out/ (a diagnose run directory), which also
@@ -221,7 +230,7 @@ def _held_out(
             total=len(ds),
             desc=f"held out {key}",
             layer=detect,
-            observe=lambda i, _batch, cap, meter=meter: meter.add(cap, labels[i]),
+            observe=_feeding(meter, labels),
         )
         done[key] = DonePass(stream, transform.input_size)
     before, ref = meters["a"].point(threshold, None)
@@ -246,6 +255,11 @@ def _held_out(
     return HeldOut(
         images=metrics.models[0].images, source=cfg.held_out.src, directory=HELD_OUT, before=before, after=after
     )
+
+
+def _feeding(meter: Any, labels: list[Any]) -> Callable[[int, dict[str, Any], Any], None]:
+    """The ``observe`` hook of a diagnose pass that adds batch ``i``'s capture (and labels) to ``meter``."""
+    return lambda i, _batch, cap: meter.add(cap, labels[i])
 
 
 def _diagnose(cfg: FixConfig, out: Path, fixed: bool, done: dict[str, Any] | None = None) -> Any:

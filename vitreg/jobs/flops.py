@@ -41,15 +41,17 @@ class FlopsConfig:
 def architecture(model: ModelSpec) -> Any:
     """The model's ModelConfig, from its name or its files' config (no weights are read: they never change a FLOP
     count)."""
-    from vitreg.models.checkpoints import resolve
+    from vitreg.models.checkpoints import architecture as read_architecture
 
-    cfg, _ = resolve(model.spec, weights=None, registers=model.registers, img_size=model.img_size, random_init=True,
-                     download=model.download, overrides={})  # fmt: skip
+    cfg = read_architecture(model.spec, registers=model.registers, img_size=model.img_size, download=model.download)
     if model.test_time_registers:  # the extra tokens are counted like registers (their hooks are a few gathers)
         from vitreg.results.fix import read_neurons
 
         neurons = read_neurons(model.test_time_registers)
-        cfg.test_time_registers, cfg.register_neurons = neurons.registers, [tuple(n) for n in neurons.selected]
+        cfg.test_time_registers, cfg.register_neurons = (
+            neurons.registers,
+            [(n.layer, n.index) for n in neurons.selected],
+        )
     return cfg
 
 
@@ -65,11 +67,17 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
     counts = sorted(set(cfg.register_counts) | {0})
     resolutions: list[int | None] = list(cfg.resolutions) if cfg.resolutions else [None]
     models = []
+    archs = [architecture(spec) for spec in cfg.models]
+    for spec, arch in zip(cfg.models, archs, strict=True):  # every size checked before any counting
+        bad = [r for r in cfg.resolutions or [] if r % arch.patch_size]
+        if bad:
+            raise ConfigError(
+                f"--resolutions {bad[0]}: not a multiple of the patch size {arch.patch_size} of {spec.spec}"
+            )
     # a large model at several resolutions takes seconds per row: one bar over every row
     bar = tqdm(total=len(cfg.models) * len(resolutions) * len(counts), desc="FLOPs", unit="row", file=sys.stderr,
                dynamic_ncols=True, leave=False)  # fmt: skip
-    for spec in cfg.models:
-        arch = architecture(spec)
+    for spec, arch in zip(cfg.models, archs, strict=True):
         rows = flops_table(arch, counts, resolutions, tick=bar.update)
         models.append(
             dict(

@@ -11,46 +11,56 @@ from typing import Any, Literal
 from vitreg.config import to_dict, validate_all
 from vitreg.data.scenes import SceneConfig, parse_scene_options
 from vitreg.errors import ConfigError
-from vitreg.jobs.specs import ModelSpec, Runtime
+from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.results.codec import from_json
 from vitreg.results.lost import LostResult
 
 DEFAULT_SYNTHETIC_IMAGES = 64
+FeatureKind = Literal["k", "q", "v", "tokens"]  # as vitreg.eval.lost names them (not imported: it imports torch)
+LOST_BATCH_SIZE = 16  # images per forward (same-size images are batched)
+#: The keys LostConfig had before its images were an ImageSpec (``dataset`` is now ``images.src``).
+_FLAT_IMAGE_KEYS = {"dataset": "src", "scenes": "scenes", "limit": "limit", "batch_size": "batch_size",
+                    "workers": "workers", "strict": "strict"}  # fmt: skip
 
 
 @dataclass(kw_only=True)
 class LostConfig:
     model: ModelSpec
     runtime: Runtime = field(default_factory=Runtime)
-    # data: a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or "synthetic[:options]"
-    dataset: str = "synthetic"
-    scenes: SceneConfig | None = None  # base scene options of "synthetic" (default: seeded by runtime.seed)
+    # images.src: a VOC root (Annotations/, JPEGImages/), a COCO instances JSON, or "synthetic[:options]" (scenes:
+    # their base options, default seeded by runtime.seed); limit: at most N images (synthetic: 64 by default)
+    images: ImageSpec = field(default_factory=lambda: ImageSpec(batch_size=LOST_BATCH_SIZE))
     image_root: str | None = None  # image folder when not in the standard place beside the annotations
-    limit: int | None = None  # at most N images (synthetic: 64 by default)
     resize: int | None = None  # S x S (the reproducibility study's 224) instead of the patch-multiple crop
-    batch_size: int = 16  # images per forward (same-size images are batched)
-    workers: int = 0
-    strict: bool = False
     # LOST
     layer: int = -1  # block whose features are used
-    features: Literal["k", "q", "v", "tokens"] = "k"  # paper: k for DINOv2, v for DeiT-III and CLIP
+    features: FeatureKind = "k"  # paper: k for DINOv2, v for DeiT-III and CLIP
     k: int = 100  # lowest-degree patches considered for the seed expansion
     biases: list[float] = field(default_factory=lambda: [0.0])  # added to the Gram matrix, one result each
     normalize: bool = False  # L2-normalise the features (cosine similarities)
     examples: int = 6  # images kept for the report's figure
     # more feature kinds from the same forward passes, each written as its own run directory: {kind: directory}
-    also: dict[str, str] = field(default_factory=dict)
+    also: dict[FeatureKind, str] = field(default_factory=dict)
     out: str
+
+    @staticmethod
+    def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before LostConfig took an ImageSpec held its images flat (``dataset``, ``scenes``, ``limit``,
+        ``batch_size``, ``workers``, ``strict``): read as ``images: {src, ...}`` (vitreg.config calls this)."""
+        if "images" in data or not any(k in data for k in _FLAT_IMAGE_KEYS):
+            return data
+        out = {k: v for k, v in data.items() if k not in _FLAT_IMAGE_KEYS}
+        images = {new: data[old] for old, new in _FLAT_IMAGE_KEYS.items() if old in data}
+        out["images"] = {"batch_size": LOST_BATCH_SIZE, **images}  # LOST's own default when it was not saved
+        return out
 
     def validate(self) -> None:
         if self.k < 1:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
         if not self.biases:
             raise ConfigError("--bias needs at least one number")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.images.subset is not None:
+            raise ConfigError("LOST runs over its dataset's images up to --limit; images.subset is not supported")
         if self.resize is not None and self.resize < 1:
             raise ConfigError(f"--resize must be >= 1, got {self.resize}")
         bad = [k for k in self.also if k not in ("k", "q", "v", "tokens") or k == self.features]
@@ -64,17 +74,18 @@ def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
     from vitreg.data.transforms import ImageTransform
     from vitreg.eval.voc import BoxDataset, read_box_dataset
 
-    keyword, _, options = str(cfg.dataset).partition(":")
+    images = cfg.images
+    keyword, _, options = str(images.src).partition(":")
     if keyword == "synthetic":
         t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
         # scene options (e.g. the training task's) apply first; the size always follows the model
-        scenes = parse_scene_options(options, cfg.scenes or SceneConfig(seed=cfg.runtime.seed))
+        scenes = parse_scene_options(options, images.scenes or SceneConfig(seed=cfg.runtime.seed))
         scenes = dataclasses.replace(scenes, img_size=t.input_size)
-        n = cfg.limit or DEFAULT_SYNTHETIC_IMAGES
+        n = images.limit or DEFAULT_SYNTHETIC_IMAGES
         return SyntheticScenes(n, scenes, transform=t), f"synthetic scenes {t.input_size[0]}x{t.input_size[1]}"
-    records = read_box_dataset(cfg.dataset, cfg.image_root)
-    if cfg.limit is not None:
-        records = records[: cfg.limit]
+    records = read_box_dataset(images.src, cfg.image_root)
+    if images.limit is not None:
+        records = records[: images.limit]
     if cfg.resize:
         t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
         protocol = f"resized to {cfg.resize}x{cfg.resize}"
@@ -89,13 +100,12 @@ def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
 def lost(cfg: LostConfig) -> LostResult:
     """LOST over every image of the dataset for each bias; writes DIR/lost.json (and example arrays), and the same for
     each kind of ``cfg.also`` into its own directory, from the same forward passes."""
-    from vitreg.data.loader import make_loader
     from vitreg.eval.lost import run_lost
 
     validate_all(cfg)
     model, device, dtype = cfg.model.start(cfg.runtime)
     ds, protocol = build_dataset(cfg, model)
-    loader = make_loader(ds, cfg.batch_size, strict=cfg.strict, num_workers=cfg.workers)
+    loader = cfg.images.loader(ds)
     kinds = [cfg.features, *cfg.also]
     summaries = run_lost(
         model,
@@ -122,16 +132,17 @@ def _write(cfg: LostConfig, summary: dict, model: Any, ds: Any, protocol: str) -
     import numpy as np
 
     from vitreg import atomic
-    from vitreg.models.inspect import num_registers
+    from vitreg.models.inspect import no_cls_notes, num_registers
     from vitreg.results.rundir import LOST_EXAMPLES, write_result
 
     ex = summary.pop("_examples")
     data = dict(
         model=cfg.model.spec,
         registers=num_registers(model),
-        dataset=str(cfg.dataset),
+        dataset=str(cfg.images.src),
         protocol=protocol,
         config=to_dict(cfg),
+        notes=no_cls_notes(model, "lost"),
         **summary,
     )
     result = from_json(LostResult, data, "lost")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vitreg.analysis.outlier_rule import NORM_RULES, OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError, DataError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
@@ -21,9 +22,7 @@ class ProbeConfig:
     model: ModelSpec
     images: ImageSpec = field(default_factory=ImageSpec)
     runtime: Runtime = field(default_factory=Runtime)
-    # outlier rule on last-block patch-token norms, before the final norm
-    rule: Literal["auto", "cutoff", "percentile"] = "auto"
-    value: float | None = None  # the cutoff norm or the percentile
+    rule: OutlierRule = field(default_factory=OutlierRule)  # on last-block patch-token norms, before the final norm
     probes: list[str] = field(default_factory=lambda: list(PROBES))
     tokens: Literal["prenorm", "normed"] = "prenorm"  # features of the local/global probes
     seeds: int = 3  # seeds of the global-information probe (mean ± std)
@@ -36,21 +35,24 @@ class ProbeConfig:
         unknown = sorted(set(self.probes) - set(PROBES))
         if unknown or not self.probes:
             raise ConfigError(f"unknown probe {unknown[0] if unknown else '(none)'}; choose from {', '.join(PROBES)}")
-        if self.rule == "cutoff" and (self.value is None or not self.value > 0):
-            raise ConfigError(f"--cutoff needs a positive norm, got {self.value}")
-        if self.rule == "percentile" and (self.value is None or not 0 < self.value < 100):
-            raise ConfigError(f"--percentile needs a value strictly between 0 and 100, got {self.value}")
+        self.rule.validate(NORM_RULES)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if self.seeds < 1 or self.epochs < 1:
             raise ConfigError("--seeds and --epochs must be >= 1")
+
+    @staticmethod
+    def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs saved before :class:`OutlierRule` spelled the rule ``rule: percentile`` with ``value: 98`` beside
+        it: read as ``rule: {kind: percentile, value: 98}`` (vitreg.config calls this)."""
+        return OutlierRule.upgrade(data, ("value",))
 
 
 def probe(cfg: ProbeConfig) -> ProbeResult:
     """Run every requested probe the data allows and write DIR/probe.json; returns its contents."""
     from vitreg.analysis.norms import find_threshold, outlier_stats
     from vitreg.eval.features import collect_features
-    from vitreg.models.inspect import num_registers
+    from vitreg.models.inspect import no_cls_notes, num_registers
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
@@ -58,7 +60,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     feats = collect_features(model, cfg.images.batches(model, cfg.runtime.seed), dtype=dtype, device=device)
     if feats.num_images < 4:
         raise DataError(f"probes need at least 4 usable images, got {feats.num_images}")
-    thr = find_threshold(feats.norms, cfg.rule, cfg.value)
+    thr = find_threshold(feats.norms, cfg.rule.kind, cfg.rule.value)
     data: dict[str, Any] = dict(
         model=cfg.model.spec,
         registers=num_registers(model),
@@ -70,6 +72,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         outliers=outlier_stats(feats.norms, thr.threshold),
         seed=cfg.runtime.seed,
         config=to_dict(cfg),
+        notes=no_cls_notes(model, "probe"),
         **run_probes(feats, thr.threshold, cfg),
     )
     result = from_json(ProbeResult, data, "probe")

@@ -4,6 +4,7 @@ cache; building a model or a dataset happens only when a job runs."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,7 @@ class ImageSpec:
             return open_source(self.src, transform, limit=self.limit, strict=self.strict, seed=seed,
                                synthetic=self.scenes)  # fmt: skip
         ds = open_source(self.src, transform, limit=None, strict=self.strict, seed=seed, synthetic=self.scenes)
+        assert isinstance(ds, Sized)  # every source knows its length (torch's Dataset type does not say so)
         chosen = list(range(len(ds)))[parse_subset(self.subset)][: self.limit]
         if hasattr(ds, "subset"):
             return ds.subset(chosen)

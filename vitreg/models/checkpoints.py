@@ -1,5 +1,12 @@
-"""Load and save models: every format of :mod:`vitreg.models.formats`, weights-only (safetensors, or
-``torch.load(weights_only=True)``: a pickle of other Python objects is refused, never run).
+"""Load models by name or path: presets, ``timm:`` names, DINOv2 names, ``openclip:``, ``torchvision:``, ``hf:`` repos,
+zoo entries, model folders and weights files, each read by its format (the registry :mod:`vitreg.models.formats`;
+weights-only: a pickle of other Python objects is refused, never run).
+
+:func:`resolve` matches a spec to its format once and returns what it resolved (:class:`~vitreg.models.formats.
+Resolved`: the architecture, the weights file, the format and the layout of its weights); loading builds that and
+re-guesses nothing. Registers, image size and options are honoured or refused the same way for every kind of spec:
+a named architecture takes them; files that hold their own weights take an image size (the position embedding is
+resampled) and options, and refuse another number of registers, ``--weights`` and ``--random-init``.
 
 Nothing is downloaded unless asked (``download=True``, ``--download``): a named model whose weights are not in the
 ecosystem's caches fails at once with a message naming the file to provide, where vitreg looks for it, and the flags
@@ -8,132 +15,45 @@ ecosystem's caches fails at once with a message naming the file to provide, wher
 
 from __future__ import annotations
 
-import logging
-import pickle
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
-from vitreg import atomic
-from vitreg.errors import CheckpointError, WeightsNotFoundError
-from vitreg.models import hub, zoo
-from vitreg.models.convert import to_model_layout
-from vitreg.models.formats import (
-    ACCEPTED,
-    OPENCLIP_PREFIX,
-    candidates,
-    onnx_config,
-    openclip_named_config,
-    read_folder,
-    read_sidecar,
-    shape_summary,
+from vitreg.errors import CheckpointError, ConfigError, VitregError, WeightsNotFoundError
+from vitreg.models import formats, hub, zoo
+from vitreg.models.formats import Resolved
+
+# read_state_dict, load_weights and save_model are this module's API too (their home is modelfile)
+from vitreg.models.modelfile import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    build_loaded,
+    file_config,
+    load_weights,
+    read_state_dict,
+    save_model,
 )
-from vitreg.models.presets import DINOV2_ALIASES, TIMM_PREFIX, ModelConfig, build_model, model_config
+from vitreg.models.presets import DINOV2_ALIASES, MAX_REGISTERS, TIMM_PREFIX, ModelConfig
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CONFIG_NAME",
+    "HF_PREFIX",
+    "WEIGHTS_NAME",
+    "architecture",
+    "available",
+    "check_model",
+    "load_model",
+    "load_weights",
+    "read_state_dict",
+    "resolve",
+    "save_model",
+    "weight_sources",
+]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "model.json"
 HF_PREFIX = "hf:"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".onnx")
-
-
-# --------------------------------------------------------------------------------------------------- reading
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from training containers, with wrapper prefixes stripped.
-
-    ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)``: a pickle that holds arbitrary Python
-    objects is refused, never executed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in transformers CLIP's keys
-        from vitreg.models.onnx_clip import read_onnx_clip
-
-        return read_onnx_clip(path).state_dict
-    if path.suffix == ".safetensors":
-        from vitreg.models.filecheck import check_safetensors_header
-
-        check_safetensors_header(path)  # a header length that lies is refused before the library allocates it
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
-    else:
-        import io
-        import zipfile
-
-        try:
-            # a legacy (pre-zip) file is unpickled from memory: a corrupt length field then reads at most what the
-            # file holds, where reading from the file object would first allocate the length it claims
-            source: Any = str(path) if zipfile.is_zipfile(path) else io.BytesIO(path.read_bytes())
-            raw = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path}: refused: the file holds Python objects other than weights, and vitreg only loads "
-                f"weights (torch.load weights_only=True). Re-save its state_dict, or convert it to safetensors. "
-                f"Detail: {str(err).splitlines()[0]}"
-            ) from err
-        except Exception as err:
-            detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"  # torch's messages span lines
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
-    sd = _unwrap(raw, path)
-    return _strip_prefixes(sd)
-
-
-def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
-    # Training checkpoints nest the weights: DINOv2 keeps {"teacher": {"backbone.*": ...}}, timm/DeiT {"model": ...}.
-    if isinstance(raw, dict):
-        for key in ("teacher", "model_ema", "model", "state_dict", "module"):
-            inner = raw.get(key)
-            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                raw = inner
-                break
-    if not isinstance(raw, dict) or not raw:
-        raise CheckpointError(f"{path}: holds no state dict of tensors")
-    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: holds no tensors")
-    return tensors
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("module.", "_orig_mod.", "backbone.", "model."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):  # DINOv2 teacher: keep the backbone, drop the heads
-        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-    return sd
-
-
-# ------------------------------------------------------------------------------------------ loading into a model
-def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Load ``sd`` (any layout :mod:`vitreg.models.convert` knows) into ``model``; every tensor must fit."""
-    sd = to_model_layout(sd, model)
-    own = model.state_dict()
-    if "head.weight" in sd and ("head.weight" not in own or own["head.weight"].shape != sd["head.weight"].shape):
-        # A classifier (or a CLIP projection) for another purpose: the backbone is what matters here.
-        log.info("%s: dropping its head (%s)", source, tuple(sd["head.weight"].shape))
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    missing = [k for k in own if k not in sd and not k.startswith("head.")]
-    unexpected = [k for k in sd if k not in own]
-    shape_bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or shape_bad:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        if shape_bad:
-            k = shape_bad[0]
-            details.append(f"shape mismatch for {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise CheckpointError(f"{source}: weights do not fit the model: {'; '.join(details)}; accepted: {ACCEPTED}")
-    model.load_state_dict(sd, strict=False)
-    return model
 
 
 # --------------------------------------------------------------------------------------- where weights come from
@@ -162,7 +82,7 @@ def _spec_weights(
     """Where a named model's weights come from (None: random on purpose); WeightsNotFoundError when nowhere."""
     if weights is not None:
         if not Path(weights).is_file():
-            raise CheckpointError(f"checkpoint not found: {weights}")
+            raise CheckpointError(f"{weights}: no such file or folder (--weights)")
         return Path(weights)
     if random_init:
         return None
@@ -185,61 +105,141 @@ def _pretrained_file_hint(cfg: ModelConfig, sources: list[hub.Source]) -> str:
     return f"the weights of {cfg.spec} (a .safetensors or weights-only .pth file)"
 
 
-def _bare_file(path: Path) -> CheckpointError:
-    """A weights file that does not say its architecture: refused, with the names that fit its shapes."""
-    sd = read_state_dict(path)
-    names = candidates(sd)
-    fits = f" (architectures of this width, depth and patch: {', '.join(names)})" if names else ""
-    return CheckpointError(
-        f"{path}: a weights file without a {path.with_suffix('.json').name} sidecar does not say its architecture "
-        f"({shape_summary(sd)}); pass --model ARCH --weights {path}{fits}"
-    )
+# ---------------------------------------------------------------------------------- registers, size and options
+def _apply_options(
+    cfg: ModelConfig, what: str, registers: int | None, img_size: Any, overrides: dict[str, Any], trained: bool
+) -> None:
+    """Registers, image size and options on an architecture that its files (or a name without options) fixed:
+    another number of registers is refused when the weights were trained with theirs; the image size is honoured
+    (the position embedding is resampled when the weights are loaded); options must be fields of ModelConfig."""
+    if registers is not None and registers != cfg.registers:
+        if trained:
+            raise CheckpointError(
+                f"{what} was trained with {cfg.registers} registers; cannot load it with {registers} (registers are "
+                "trained with the model; `vitreg fix` adds test-time registers to a released one)"
+            )
+        if not 0 <= registers <= MAX_REGISTERS:
+            raise ConfigError(f"registers must be between 0 and {MAX_REGISTERS}, got {registers}")
+        cfg.registers = int(registers)
+    if img_size is not None:
+        cfg.img_size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    known = {f.name for f in dataclasses.fields(ModelConfig)} - {"spec", "registers", "img_size"}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in known:
+            raise ConfigError(f"{what}: unknown model option {k!r}; allowed: {', '.join(sorted(known))}")
+        setattr(cfg, k, v)
+
+
+def _check_patch_multiple(cfg: ModelConfig, spec: str, asked: Any) -> None:
+    h, w = cfg.img_size
+    p = cfg.patch_size
+    if h % p or w % p:
+        near = f"{max(p, round(h / p) * p)}x{max(p, round(w / p) * p)}"
+        said = "--img-size" if asked is not None else "its image size"
+        raise ConfigError(f"{spec}: {said} {h}x{w} is not a multiple of its patch size {p} (e.g. {near})")
+
+
+def _own_weights(r: Resolved, what: str, weights: Any, random_init: bool) -> None:
+    """Files that hold their own weights take neither --weights nor --random-init."""
+    if weights is not None:
+        raise ConfigError(f"--weights {weights}: {what} holds its own weights ({r.format.accepted}); --weights goes "
+                          "with a named architecture")  # fmt: skip
+    if random_init:
+        raise ConfigError(
+            f"--random-init: {what} holds its own weights ({r.weights}) and would not be random; for random weights "
+            f"name its architecture instead (its model.json's spec, a preset or timm:NAME)"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- the API
 def resolve(
     spec: str | Path,
     *,
-    weights: str | Path | None,
-    registers: int | None,
-    img_size: Any,
-    random_init: bool,
-    download: bool,
-    overrides: dict[str, Any],
-) -> tuple[ModelConfig, Path | None]:
-    """The architecture of ``spec`` and the file its weights come from (None: random init), without building or
-    reading anything large: what :func:`load_model` would load, or the error it would raise."""
+    weights: str | Path | None = None,
+    registers: int | None = None,
+    img_size: Any = None,
+    random_init: bool = False,
+    download: bool = False,
+    overrides: dict[str, Any] | None = None,
+    architecture_only: bool = False,
+) -> Resolved:
+    """What ``spec`` is, without building or reading anything large: its architecture, the file its weights come
+    from (None: random init), its format and the layout of its weights; or the error :func:`load_model` would raise.
+    ``architecture_only``: only the architecture is wanted (FLOP counts): no weights are looked for."""
     text = str(spec)
-    path = Path(text)
+    overrides = dict(overrides or {})
+    r = _resolve_files(text, download, architecture_only)
+    if r is not None:
+        if not architecture_only:
+            _own_weights(r, text, weights, random_init)
+        _apply_options(r.config, text, registers, img_size, overrides, trained=not architecture_only)
+    else:
+        fmt = formats.name_format(text)
+        if fmt is None:
+            _unknown(text)
+        assert fmt is not None
+        opts = (registers, img_size, overrides) if fmt.name_options else (None, None, {})
+        r = formats.read_name(fmt, text, *opts)
+        if not fmt.name_options:
+            _apply_options(r.config, text, registers, img_size, overrides, trained=weights is not None)
+        if not architecture_only:
+            r.weights = _spec_weights(r.config, text, weights, random_init, download)
+    _check_patch_multiple(r.config, text, img_size)
+    return r
+
+
+def _resolve_files(text: str, download: bool, architecture_only: bool) -> Resolved | None:
+    """A zoo entry, an ``hf:`` repo, a folder or a file, read by its format (None: ``text`` is a name)."""
     if text.startswith(zoo.ZOO_PREFIX):  # a zoo entry: its weights are checked against their sha256 first
         entry = zoo.get(text)
+        if architecture_only and (entry.files / CONFIG_NAME).is_file():
+            return formats.Resolved(formats.read_sidecar(entry.files / CONFIG_NAME), None, formats.by_key("vitreg"),
+                                    None)  # fmt: skip
         if download and not entry.fetched:
             entry.fetch()
         weights_file = entry.verify()  # before its model.json: a package entry not fetched says what to run
-        return read_sidecar(entry.files / CONFIG_NAME), weights_file
+        found = formats.read_folder(entry.files)
+        found.weights = weights_file
+        return found
     if text.startswith(HF_PREFIX):
-        path = hub.hf_folder(text[len(HF_PREFIX) :], download)
-    if path.is_dir():
-        cfg, file = read_folder(path)
-        if text.startswith(HF_PREFIX):
-            cfg.spec = text
-        return cfg, file
-    if path.is_file() or path.suffix in WEIGHT_SUFFIXES:
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        if path.suffix == ".onnx":
-            return onnx_config(path), path
-        sidecar = path.with_suffix(".json")
-        if not sidecar.is_file():
-            raise _bare_file(path)
-        return read_sidecar(sidecar), path
-    if text.startswith(OPENCLIP_PREFIX):
-        cfg = openclip_named_config(text)
-        if weights is None and not random_init:
-            raise WeightsNotFoundError(f"{text}: give its weights with --weights (open_clip_model.safetensors or .bin)")
-        return cfg, None if random_init else Path(weights)  # type: ignore[arg-type]
-    cfg = model_config(text, registers=registers, img_size=img_size, **overrides)
-    return cfg, _spec_weights(cfg, text, weights, random_init, download)
+        return _hf_repo(text, download, architecture_only)
+    path = Path(text).expanduser()
+    if path.is_dir() or path.is_file():
+        return file_config(path)
+    looks_like_a_path = path.suffix in WEIGHT_SUFFIXES or "/" in text or text.startswith((".", "~"))
+    if looks_like_a_path and formats.name_format(text) is None:
+        raise CheckpointError(f"{text}: no such file or folder")
+    return None
+
+
+def _hf_repo(text: str, download: bool, architecture_only: bool) -> Resolved:
+    """An ``hf:`` repo: its config first (fetched with ``download``), checked against the registry before any
+    weights are fetched; then its weights, found in the HF cache or fetched."""
+    repo = text[len(HF_PREFIX) :]
+    folder = hub.hf_config_folder(repo, download)
+    fmt, cfg = formats.folder_config(folder)  # a model_type vitreg does not read is refused here, nothing fetched
+    if not cfg.is_timm:
+        cfg.spec = text
+    if architecture_only:
+        return formats.Resolved(cfg, None, fmt, fmt.layout)
+    weights = hub.hf_weights(repo, fmt.weight_files, download)
+    return formats.Resolved(cfg, weights, fmt, fmt.layout)
+
+
+def _unknown(text: str) -> None:
+    from vitreg.models.presets import model_config
+
+    model_config(text)  # raises ConfigError naming the presets, timm: and the DINOv2 names
+    raise ConfigError(f"unknown model {text!r}")  # pragma: no cover (model_config knows every name it accepts)
+
+
+def architecture(
+    spec: str | Path, *, registers: int | None = None, img_size: Any = None, download: bool = False
+) -> ModelConfig:
+    """The architecture of ``spec`` alone (no weights looked for or read: they never change a FLOP count)."""
+    return resolve(spec, registers=registers, img_size=img_size, download=download, architecture_only=True).config
 
 
 def load_model(
@@ -254,31 +254,17 @@ def load_model(
 ) -> nn.Module:
     """A ready model from a model folder, a weights file with its sidecar, or a named architecture.
 
-    - folders and files: the formats of :mod:`vitreg.models.formats` (vitreg's run directory, transformers DINOv2,
-      OpenCLIP, timm), each loaded weights-only;
+    - folders and files: the formats of the registry :mod:`vitreg.models.formats` (vitreg's run directory, the
+      transformers families, OpenCLIP, timm, ONNX exports), each loaded weights-only;
     - ``zoo:NAME``: an entry of the package's model zoo (:mod:`vitreg.models.zoo`), its sha256 checked;
-    - names: a preset, ``timm:NAME``, a DINOv2 name, ``openclip:ARCH``, or ``hf:REPO`` (a Hub repo in one of the
-      folder formats), with ``weights=FILE`` (any layout :mod:`vitreg.models.convert` knows) or the published weights
-      found in the ecosystem's caches (:mod:`vitreg.models.hub`), downloaded first with ``download=True``;
-      ``random_init=True`` asks for random weights on purpose.
+    - names: a preset, ``timm:NAME``, a DINOv2 name, ``openclip:ARCH``, ``torchvision:NAME``, or ``hf:REPO`` (a Hub
+      repo in one of the folder formats), with ``weights=FILE`` (any layout of the registry, told by its keys) or
+      the published weights found in the ecosystem's caches (:mod:`vitreg.models.hub`), downloaded first with
+      ``download=True``; ``random_init=True`` asks for random weights on purpose.
     """
-    cfg, file = resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size,
-                        random_init=random_init, download=download, overrides=overrides)  # fmt: skip
-    text = str(path_or_spec)
-    named = not Path(text).exists() and not text.startswith((HF_PREFIX, zoo.ZOO_PREFIX))
-    if not named:
-        if registers is not None and registers != cfg.registers:
-            raise CheckpointError(f"{file} was trained with {cfg.registers} registers; cannot load it with {registers}")
-        if img_size is not None:
-            cfg.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)  # type: ignore[assignment]
-        for k, v in overrides.items():
-            if v is None:
-                continue
-            if not hasattr(cfg, k):
-                raise CheckpointError(f"unknown model option {k!r}")
-            setattr(cfg, k, v)
-    model = build_model(cfg)
-    return model if file is None else load_weights(model, read_state_dict(file), str(file))
+    r = resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size, random_init=random_init,
+                download=download, overrides=overrides)  # fmt: skip
+    return build_loaded(r)
 
 
 def check_model(
@@ -294,17 +280,20 @@ def check_model(
     building the model, so every model of a run is checked before any work (with ``download``, fetching its files
     is part of the check)."""
     resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size, random_init=random_init,
-            download=download, overrides={})  # fmt: skip
+            download=download)  # fmt: skip
 
 
-def save_model(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` so ``load_model(directory)`` re-creates the model alone."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    cfg: ModelConfig | None = getattr(model, "vitreg_config", None)
-    if cfg is None:
-        raise CheckpointError("this model was not built by vitreg (no vitreg_config); build it with create_model")
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic.write_safetensors(directory / WEIGHTS_NAME, sd, metadata={"format": "pt"})
-    atomic.write_json(directory / CONFIG_NAME, cfg.to_json())
-    return directory
+def available() -> list[tuple[str, Path]]:
+    """The named models whose weights are on this machine and that vitreg reads (a Hub repo in a format it does
+    not read, or a timm model that is no ViT, is left out)."""
+    found = []
+    for name, path in hub.available():
+        try:
+            if name.startswith(HF_PREFIX):
+                formats.folder_config(path)
+            else:
+                architecture(name)
+        except VitregError:
+            continue
+        found.append((name, path))
+    return found

@@ -194,8 +194,10 @@ def _reason(err: BaseException) -> str:
     return (lines[0] if lines else type(err).__name__)[:160]
 
 
-def hf_folder(repo: str, download: bool) -> Path:
-    """The local snapshot folder of Hub repo ``repo`` with its config and weights (fetched when ``download``)."""
+def hf_config_folder(repo: str, download: bool) -> Path:
+    """The local snapshot folder of Hub repo ``repo`` holding its config (``config.json``, or OpenCLIP's
+    ``open_clip_config.json``), fetched with ``download``; a transformers repo's ``preprocessor_config.json`` comes
+    with it. The weights are fetched afterwards (:func:`hf_weights`), once the config says a format vitreg reads."""
     configs = ("config.json", "open_clip_config.json")
     config = next((p for n in configs if (p := cached(Source(n, repo=repo))) is not None), None)
     if config is None and download:
@@ -210,20 +212,29 @@ def hf_folder(repo: str, download: bool) -> Path:
             f"hf:{repo}: its config.json is not in {hf_cache_dir()}; pass --download to fetch it, or "
             f"`huggingface-cli download {repo}`"
         )
-    openclip = config.name == "open_clip_config.json"
-    weights = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin") if openclip else HF_FILES
-    if not any(cached(Source(n, repo=repo)) for n in weights):
-        if not download:
-            raise WeightsNotFoundError(f"hf:{repo}: {weights[0]} is not in {hf_cache_dir()}; pass --download")
-        fetch(Source(weights[0], repo=repo))
-    if download and not openclip and cached(Source("preprocessor_config.json", repo=repo)) is None:
+    if download and config.name == "config.json" and cached(Source("preprocessor_config.json", repo=repo)) is None:
         with contextlib.suppress(NotOnHub):
             fetch(Source("preprocessor_config.json", repo=repo))
     return config.parent
 
 
+def hf_weights(repo: str, names: tuple[str, ...], download: bool) -> Path:
+    """The weights file of Hub repo ``repo``: the first of ``names`` in the HF cache, else (with ``download``) the
+    first of them the Hub has."""
+    hit = next((p for n in names if (p := cached(Source(n, repo=repo))) is not None), None)
+    if hit is not None:
+        return hit
+    if not download:
+        raise WeightsNotFoundError(f"hf:{repo}: {names[0]} is not in {hf_cache_dir()}; pass --download")
+    for name in names[:-1]:
+        with contextlib.suppress(NotOnHub):
+            return fetch(Source(name, repo=repo))
+    return fetch(Source(names[-1], repo=repo))
+
+
 def available() -> list[tuple[str, Path]]:
-    """Every model name whose weights are on this machine (torch hub's checkpoints, the Hugging Face cache)."""
+    """Every model name whose weights are on this machine (torch hub's checkpoints, the Hugging Face cache), whether
+    or not vitreg reads its format (:func:`vitreg.models.checkpoints.available` keeps those it reads)."""
     from vitreg.models.presets import DINOV2_ALIASES
 
     found = [(a, p) for a, (_, f) in DINOV2_ALIASES.items() if (p := torch_hub_checkpoints() / f).is_file()]

@@ -16,7 +16,8 @@ A pass can also keep chosen blocks' *inputs* (``keep_inputs``) and a later pass 
 such a block (:class:`Resume`): the blocks before it are skipped, which gives the same numbers when the model's
 blocks before it are the same (e.g. test-time registers that move neurons of later blocks only).
 
-Token bookkeeping lives here once: ``[CLS]? + registers + patches`` in that order (timm ``_pos_embed``).
+Token bookkeeping lives here once: ``[CLS]? + [DIST]? + registers + patches`` in that order (timm ``_pos_embed``;
+DeiT's distillation token, timm's ``dist_token``, is a prefix token of its own: neither a register nor a patch).
 Never slice ``x[:, 1:]``: with registers that counts registers as patches.
 """
 
@@ -72,10 +73,11 @@ class TokenLayout:
     has_cls: bool
     num_registers: int
     grid: tuple[int, int]  # (H, W) patches
+    distilled: bool = False  # DeiT's distillation token right after [CLS]
 
     @property
     def num_prefix(self) -> int:
-        return int(self.has_cls) + self.num_registers
+        return int(self.has_cls) + int(self.distilled) + self.num_registers
 
     @property
     def num_patches(self) -> int:
@@ -87,7 +89,7 @@ class TokenLayout:
 
     @property
     def register_slice(self) -> slice:
-        start = int(self.has_cls)
+        start = int(self.has_cls) + int(self.distilled)
         return slice(start, start + self.num_registers)
 
     @property
@@ -99,8 +101,10 @@ class TokenLayout:
         for q in queries:
             if self.has_cls and q == 0:
                 names.append("cls")
+            elif self.distilled and q == int(self.has_cls):
+                names.append("dist")
             elif q < self.num_prefix:
-                names.append(f"reg{q - int(self.has_cls)}")
+                names.append(f"reg{q - self.register_slice.start}")
             else:
                 p = q - self.num_prefix
                 names.append(f"patch{p // self.grid[1]}_{p % self.grid[1]}")
@@ -114,11 +118,42 @@ class TokenSplit:
     patches: torch.Tensor  # (B, H, W, C)
 
 
+def _distilled(model: nn.Module) -> bool:
+    return getattr(model, "dist_token", None) is not None
+
+
 def num_registers(model: nn.Module) -> int:
     """Register tokens of a timm ViT (VisionTransformer ``reg_token``, Eva/DINOv3 storage tokens): its prefix tokens
-    other than [CLS]."""
+    other than [CLS] and DeiT's distillation token."""
     vit: Any = model  # timm's attributes (patch_embed, cls_token, ...) are dynamic on nn.Module
-    return int(vit.num_prefix_tokens) - int(vit.cls_token is not None)
+    return int(vit.num_prefix_tokens) - int(vit.cls_token is not None) - int(_distilled(model))
+
+
+#: What each job does without a [CLS] token (SigLIP, timm's ``*_gap`` models), for its report
+NO_CLS = {
+    "diagnose": "the norms, the outlier rule and the pictures use the patch tokens as always; there is no [CLS] norm, "
+    "[CLS] attention map or [CLS] sink share",
+    "fix": "the register neurons are found and moved as always; how much of the output the fix keeps is measured by "
+    "the final [CLS]'s cosine to the original's, which this model does not have (not measured)",
+    "probe": "the local probes and the outlier/normal rows of the global probe run as always; the global probe has "
+    "no [CLS] row and the linear probe classifies the mean patch token",
+    "lost": "LOST needs none (it seeds and grows the box from patch features)",
+}
+
+
+def no_cls_notes(model: nn.Module, job: str) -> list[str]:
+    """One line for ``job``'s report when ``model`` has no [CLS] token (empty when it has one): what the job does
+    without it, and what the model pools instead."""
+    vit: Any = model
+    if getattr(vit, "cls_token", None) is not None:
+        return []
+    pool = {"map": "attention pooling (timm's attn_pool)", "avg": "the mean of the patch tokens"}
+    pooled = pool.get(str(getattr(vit, "global_pool", "")), f"global_pool {getattr(vit, 'global_pool', '?')!r}")
+    regs = num_registers(model)
+    extra = ""
+    if job == "diagnose":
+        extra = "; the attention maps are the registers'" if regs else "; with no register either, no attention maps"
+    return [f"This model has no [CLS] token (its image embedding is {pooled}): {NO_CLS[job]}{extra}."]
 
 
 def token_layout(model: nn.Module, image_hw: tuple[int, ...]) -> TokenLayout:
@@ -130,7 +165,8 @@ def token_layout(model: nn.Module, image_hw: tuple[int, ...]) -> TokenLayout:
         gh, gw = (int(g) for g in pe.dynamic_feat_size((h, w)))
     else:
         gh, gw = h // pe.patch_size[0], w // pe.patch_size[1]
-    return TokenLayout(has_cls=vit.cls_token is not None, num_registers=num_registers(model), grid=(gh, gw))
+    has_cls = vit.cls_token is not None
+    return TokenLayout(has_cls=has_cls, num_registers=num_registers(model), grid=(gh, gw), distilled=_distilled(model))
 
 
 def split_tokens(x: torch.Tensor, layout: TokenLayout) -> TokenSplit:

@@ -18,13 +18,15 @@ from typing import Any
 import timm
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import QuickGELU, SwiGLUPacked
+from timm.layers import GELUTanh, QuickGELU, SwiGLUPacked
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
-from vitreg.errors import ConfigError
+from vitreg.errors import CheckpointError, ConfigError
 
 MAX_REGISTERS = 16
 TIMM_PREFIX = "timm:"
+ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")  # ModelConfig.act: exact GELU, CLIP's QuickGELU, tanh-approximated
 
 
 @dataclass
@@ -54,7 +56,8 @@ class ModelConfig:
     pre_norm: bool = False
     no_embed_class: bool = True
     norm_eps: float = 1e-6
-    act: str = "gelu"  # "gelu" | "quick_gelu"
+    act: str = "gelu"  # "gelu" | "quick_gelu" | "gelu_tanh" (SigLIP)
+    dist_token: bool = False  # DeiT's distillation token after [CLS] (timm's VisionTransformerDistilled)
     source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
     # Test-time registers (vitreg.models.ttr): extra untrained tokens after the registers, fed by these MLP units
     test_time_registers: int = 0
@@ -80,8 +83,12 @@ class ModelConfig:
         return from_dict(cls, d)
 
     def validate(self) -> None:
-        if self.mlp not in ("mlp", "swiglu") or self.act not in ("gelu", "quick_gelu"):
-            raise ConfigError(f"unknown mlp {self.mlp!r} or act {self.act!r}; allowed: mlp, swiglu; gelu, quick_gelu")
+        if self.mlp not in ("mlp", "swiglu") or self.act not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown mlp {self.mlp!r} or act {self.act!r}; allowed: mlp, swiglu; {', '.join(ACTIVATIONS)}"
+            )
+        if self.dist_token and (self.registers or not self.class_token or self.global_pool != "token"):
+            raise ConfigError("model config: a distillation token goes with [CLS], token pooling and no registers")
         sizes = dict(patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
         bad = [k for k, v in sizes.items() if v < 1]
         if bad or min(self.img_size) < 1 or not 0 <= self.registers <= MAX_REGISTERS:
@@ -204,10 +211,16 @@ def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dic
             probe = timm.create_model(timm_name, pretrained=False, **extra)
         except TypeError as err:
             raise ConfigError(f"timm:{timm_name} does not take {sorted(extra)}: {err}") from None
+    if type(probe).__name__ == "VisionTransformerSAM":
+        raise ConfigError(
+            f"timm:{timm_name} is a VisionTransformerSAM: its blocks work on (B, H, W, C) windows with relative "
+            "position biases and it has no prefix tokens, which the Inspector does not capture (not supported)"
+        )
     if not isinstance(probe, VisionTransformer | Eva):
         raise ConfigError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer or Eva (DINOv3)")
     pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
-    own_regs = probe.num_prefix_tokens - (probe.cls_token is not None)
+    distilled = getattr(probe, "dist_token", None) is not None  # DeiT's distillation token is no register
+    own_regs = probe.num_prefix_tokens - (probe.cls_token is not None) - distilled
     regs = own_regs if registers is None else _check_registers(registers)
     hw = _as_hw(img_size) if img_size is not None else _as_hw(tuple(probe.patch_embed.img_size))
     num_classes = probe.num_classes if num_classes is None else num_classes
@@ -244,7 +257,10 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
             mlp_kwargs = dict(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
         elif cfg.act == "quick_gelu":
             mlp_kwargs = dict(act_layer=QuickGELU)
-        model = VisionTransformer(
+        elif cfg.act == "gelu_tanh":
+            mlp_kwargs = dict(act_layer=GELUTanh)
+        vit_class: Any = VisionTransformerDistilled if cfg.dist_token else VisionTransformer
+        model = vit_class(
             img_size=cfg.img_size,
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
@@ -253,7 +269,7 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
             mlp_ratio=cfg.mlp_ratio,
             init_values=cfg.init_values,
             num_classes=cfg.num_classes,
-            global_pool=cfg.global_pool,  # type: ignore[arg-type]  # checked by TrainConfig / timm
+            global_pool=cfg.global_pool,  # checked by TrainConfig / timm
             class_token=cfg.class_token,
             qkv_bias=cfg.qkv_bias,
             drop_path_rate=cfg.drop_path_rate,
@@ -278,6 +294,15 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
 
         attach(model, cfg.register_neurons, cfg.test_time_registers)
     return typing.cast(VisionTransformer, model)
+
+
+def config_of(model: nn.Module) -> ModelConfig:
+    """The :class:`ModelConfig` a model built by vitreg carries (``model.vitreg_config``: its architecture, its
+    preprocessing, its test-time registers); CheckpointError for a model built elsewhere."""
+    cfg = getattr(model, "vitreg_config", None)
+    if not isinstance(cfg, ModelConfig):
+        raise CheckpointError("this model was not built by vitreg (no vitreg_config); build it with create_model")
+    return cfg
 
 
 def create_model(

@@ -15,8 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vitreg.errors import CheckpointError, RunDirError, VitregError
-from vitreg.models.presets import MAX_REGISTERS, ModelConfig, build_model
+from vitreg.errors import CheckpointError, VitregError
+from vitreg.models.presets import ACTIVATIONS, MAX_REGISTERS, ModelConfig, build_model
+from vitreg.typed import from_json
 
 MAX_SIDECAR_BYTES = 1 << 20  # a model.json is a few hundred bytes
 MAX_PARAMETERS = 4_000_000_000  # 3.5x the largest ViT here (ViT-g, 1.1 B)
@@ -24,7 +25,7 @@ MAX_SIDE = 8192  # input pixels per side
 MAX_DEPTH = 256
 MAX_WIDTH = 16384
 MAX_CLASSES = 1_000_000
-CHOICES = {"mlp": ("mlp", "swiglu"), "global_pool": ("token", "avg", "map"), "act": ("gelu", "quick_gelu")}
+CHOICES = {"mlp": ("mlp", "swiglu"), "global_pool": ("token", "avg", "map"), "act": ACTIVATIONS}
 
 
 def read_model_config(path: Path) -> ModelConfig:
@@ -53,12 +54,7 @@ def check_model_config(data: Any, path: Path | str) -> ModelConfig:
         raise CheckpointError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(known))}")
     if "spec" not in data:
         raise CheckpointError(f"{where}: spec is missing")
-    from vitreg.results.codec import from_json  # the run-directory decoder: one type check for every JSON file
-
-    try:
-        cfg = from_json(ModelConfig, data, where)
-    except RunDirError as err:
-        raise CheckpointError(str(err)) from None
+    cfg = from_json(ModelConfig, data, where, CheckpointError)  # the one typed decoder, as for every JSON file
     _check_ranges(cfg, where)
     _check_builds(cfg, where)
     return cfg
@@ -100,6 +96,8 @@ def _check_ranges(cfg: ModelConfig, where: str) -> None:
         raise _fail(where, "mean", "3 finite numbers", list(cfg.mean))
     if not all(math.isfinite(v) and v > 0 for v in cfg.std):
         raise _fail(where, "std", "3 positive finite numbers", list(cfg.std))
+    if cfg.dist_token and (cfg.registers or not cfg.class_token or cfg.global_pool != "token" or cfg.is_timm):
+        raise _fail(where, "dist_token", "false unless with [CLS], token pooling, no registers and no timm name", True)
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise _fail(where, key, f"one of {', '.join(allowed)}", getattr(cfg, key))

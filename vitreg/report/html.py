@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from vitreg import __version__, atomic
+from vitreg import atomic
+from vitreg._version import __version__
 from vitreg.errors import RunDirError
 from vitreg.report.sections import Section, discover
 

@@ -101,6 +101,8 @@ def registers(m: ModelRun) -> Figure | None:
     sim = m.arrays.get("register_similarity")  # (R, R)
     has_sim = sim is not None and sim.ndim == 2 and sim.shape[0] > 1
     ncols = len(names) + (1 if has_sim else 0)
+    if ncols == 0:  # a model with neither [CLS] nor registers has no prefix token whose attention to show
+        return None
     # at least 3.6 in wide so a short title fits above a lone [CLS] map (a long one is wrapped); the similarity
     # panel is a square map plus its colour bar
     width = max(3.6, 1.7 * len(names) + (2.2 if has_sim else 0))

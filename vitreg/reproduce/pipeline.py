@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
 from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
-from vitreg.jobs.lost import LostConfig
+from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.reproduce.plan import Plan
@@ -81,18 +81,22 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             out=str(probe_dir(out, seed, n)),
         )
         stages.append(job_stage(f"probe: seed {seed}, {n} registers", "probe", cfg, probe, "probe.json", [m], out))
-    lost_sets = [("synthetic", dict(dataset="synthetic", scenes=scenes, limit=plan.lost_limit))]
+    batch = LOST_BATCH_SIZE
+    lost_sets = [
+        ("synthetic", ImageSpec(src="synthetic", scenes=scenes, limit=plan.lost_limit, batch_size=batch), None)
+    ]
     if plan.coco:
-        lost_sets.append(("coco", dict(dataset=plan.coco, limit=plan.coco_limit, resize=plan.coco_resize)))
-    for name, data in lost_sets:
+        lost_sets.append(("coco", ImageSpec(src=plan.coco, limit=plan.coco_limit, batch_size=batch), plan.coco_resize))
+    for name, images, resize in lost_sets:
         for (seed, n), m in trained.items():
             cfg = LostConfig(
                 model=ModelSpec(spec=str(m.directory)),
+                images=images,
+                resize=resize,
                 features=LOST_FEATURES,
                 runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
                 out=str(lost_dir(out, name, seed, n)),
-                **data,
-            )  # type: ignore[arg-type]
+            )
             stages.append(
                 job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", cfg, lost, "lost.json", [m], out)
             )

@@ -98,8 +98,7 @@ def make_pair_plan(
     specs = [ModelSpec(spec=m, random_init=random_init, download=download) for m in models]
     registers = []
     for s in specs:
-        cfg, _ = resolve(s.spec, weights=None, registers=None, img_size=None, random_init=random_init,
-                         download=download, overrides={})  # fmt: skip
+        cfg = resolve(s.spec, random_init=random_init, download=download).config
         registers.append(cfg.registers)
     if registers[0] != 0 or registers[1] < 1:
         raise ConfigError(f"--models A,B: A without registers and B with them; got {registers[0]} and {registers[1]}")
@@ -135,8 +134,8 @@ def pair_stages(plan: PairPlan, out: Path) -> list[Stage]:
         stages.append(job_stage(f"probe: {m.spec}", "probe", cfg, probe, "probe.json", [], out))
     for name, path in plan.datasets.items():
         for n, m in zip(plan.registers, plan.models, strict=True):
-            cfg = LostConfig(model=m, dataset=path, features=FEATURES[plan.family], biases=plan.lost_biases,  # type: ignore[arg-type]
-                             limit=plan.lost_limit, batch_size=4, runtime=runtime,
+            cfg = LostConfig(model=m, images=ImageSpec(src=path, limit=plan.lost_limit, batch_size=4),
+                             features=FEATURES[plan.family], biases=plan.lost_biases, runtime=runtime,  # type: ignore[arg-type]
                              out=str(out / "lost" / name / f"reg{n}"))  # fmt: skip
             stages.append(job_stage(f"LOST on {name}: {m.spec}", "lost", cfg, lost, "lost.json", [], out))
     cfg = FlopsConfig(models=[ModelSpec(spec=m.spec, random_init=True) for m in plan.models], out=str(out / "flops"))

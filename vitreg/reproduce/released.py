@@ -28,7 +28,7 @@ from pathlib import Path
 from vitreg.errors import VitregError
 from vitreg.jobs.fix import HELD_OUT, NEURONS_FILE, FixConfig
 from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
-from vitreg.jobs.lost import LostConfig
+from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.stages import Log, Stage, job_stage
@@ -233,11 +233,9 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
             cfg = LostConfig(
                 model=spec,
                 runtime=Runtime(threads=plan.threads),
-                dataset=plan.coco,
-                limit=plan.lost_limit,
+                images=ImageSpec(src=plan.coco, limit=plan.lost_limit, batch_size=LOST_BATCH_SIZE),
                 resize=size,
                 features=first,
-                batch_size=16,
                 also={f: str(lost_dir(out, f, ttr)) for f in more},
                 out=str(lost_dir(out, first, ttr)),
             )
@@ -275,9 +273,7 @@ def _if_neurons(neurons: str, with_them: Callable[[bool], object], without: Call
 def _model_size(plan: ReleasedPlan) -> int:
     """The model's own input size: LOST runs on the photos resized to it (the reproducibility study's setting) and
     the probes' scenes are drawn at it."""
-    from vitreg.models.checkpoints import resolve
+    from vitreg.models.checkpoints import architecture
 
-    cfg, _ = resolve(
-        plan.model, weights=None, registers=None, img_size=None, random_init=True, download=False, overrides={}
-    )
+    cfg = architecture(plan.model)
     return int(cfg.img_size[0])

@@ -74,12 +74,10 @@ class Released:
 
 
 def read_released(plan: ReleasedPlan, out: Path) -> Released:
-    from vitreg.models.checkpoints import resolve
+    from vitreg.models.checkpoints import architecture
     from vitreg.results.fix import read_neurons
 
-    cfg, _ = resolve(
-        plan.model, weights=None, registers=None, img_size=None, random_init=True, download=False, overrides={}
-    )
+    cfg = architecture(plan.model)
     lost = {}
     for features in ("k", "v"):
         for ttr in (False, True):

@@ -9,7 +9,7 @@ shares in [0, 1]; ``None`` means "not measurable here" (e.g. no outliers to aver
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vitreg.results.codec import SCHEMA_VERSION
 
@@ -169,6 +169,7 @@ class ModelResult:
     layer: int | None = None
     strongest_layer: int | None = None  # where the artifact signature is strongest, per strongest_definition
     strongest_definition: str = ""
+    notes: list[str] = field(default_factory=list)  # what could not be measured on this model, and why
 
     @property
     def output_layer(self) -> int:
@@ -220,6 +221,7 @@ class DiagnoseSummary:
 class DiagnoseResult:
     """``metrics.json`` of a diagnose run directory."""
 
+    RESULT_FILE: ClassVar[str] = "metrics.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["diagnose"] = "diagnose"
     vitreg_version: str = ""

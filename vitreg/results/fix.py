@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, ClassVar, Literal, overload
 
 from vitreg.errors import ConfigError, RunDirError
-from vitreg.results.codec import SCHEMA_VERSION, check_schema, from_json
+from vitreg.results.codec import SCHEMA_VERSION, check_schema, from_json, read_json
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class TopKSweep:
 class NeuronsFile:
     """``neurons.json``: the ranked neurons of one model and how many of them its test-time registers move."""
 
+    RESULT_FILE: ClassVar[str] = "neurons.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["fix"] = "fix"
     model: str  # the label of the model they were found in
@@ -114,6 +115,7 @@ class FixLayer:
 class FixResult:
     """``fix.json`` of a `vitreg fix` run directory (the diagnosis of both models is its metrics.json)."""
 
+    RESULT_FILE: ClassVar[str] = "fix.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["fix"] = "fix"
     model: str
@@ -129,6 +131,7 @@ class FixResult:
     config: dict[str, Any] = field(default_factory=dict)
     detect_layer: int | None = None  # the block (0-based) whose outputs marked the outliers; None in older runs
     held_out: HeldOut | None = None  # the chosen fix measured on other images (``--held-out SRC``)
+    notes: list[str] = field(default_factory=list)  # what could not be measured on this model, and why
 
 
 @dataclass(kw_only=True)
@@ -145,11 +148,9 @@ class HeldOut:
 
 def read_neurons(path: str | Path) -> NeuronsFile:
     """``neurons.json`` (a path or a `vitreg fix` run directory); ConfigError naming the file when it is unusable."""
-    from vitreg.results.rundir import read_json
-
     p = Path(path)
     if p.is_dir():
-        p = p / "neurons.json"
+        p = p / NeuronsFile.RESULT_FILE
     try:
         data = read_json(p)
         check_schema(data, p)

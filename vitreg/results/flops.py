@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vitreg.results.codec import SCHEMA_VERSION
 
@@ -36,6 +36,7 @@ class FlopsModel:
 class FlopsResult:
     """``flops.json`` of a FLOPs run directory."""
 
+    RESULT_FILE: ClassVar[str] = "flops.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["flops"] = "flops"
     counted: str  # what the counter counts, in words

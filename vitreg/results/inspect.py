@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vitreg.results.codec import SCHEMA_VERSION
 from vitreg.results.diagnose import BadImage
@@ -22,6 +22,8 @@ class InspectLayer:
 
 @dataclass(kw_only=True)
 class InspectResult:
+    RESULT_FILE: ClassVar[str] = "inspect.json"  # its file in a run directory
+
     schema_version: int = SCHEMA_VERSION
     command: Literal["inspect"] = "inspect"
     model: str

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from vitreg.results.codec import SCHEMA_VERSION
-from vitreg.results.rundir import register_result
 
 
 @dataclass(kw_only=True)
@@ -42,10 +41,9 @@ class LabRow:
 
 @dataclass(kw_only=True)
 class LabResult:
+    RESULT_FILE: ClassVar[str] = "lab.json"  # its file in a run directory
+
     schema_version: int = SCHEMA_VERSION
     command: str = "lab"
     grid: dict[str, Any]
     rows: list[LabRow]
-
-
-register_result(LabResult, "lab.json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vitreg.results.codec import SCHEMA_VERSION
 from vitreg.results.diagnose import BadImage
@@ -36,6 +36,7 @@ class Corloc:
 class LostResult:
     """``lost.json`` of a LOST run directory."""
 
+    RESULT_FILE: ClassVar[str] = "lost.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["lost"] = "lost"
     model: str
@@ -48,6 +49,7 @@ class LostResult:
     images: int
     bad_images: list[BadImage] = field(default_factory=list)
     per_image: list[dict[str, Any]] = field(default_factory=list)  # path, size, gt_boxes, "bias=B": {box, best_iou}
+    notes: list[str] = field(default_factory=list)  # what could not be measured on this model, and why
 
     def at_bias(self, bias: float = 0.0) -> Corloc:
         """The row of ``bias`` (the first row when that bias was not run)."""

@@ -6,7 +6,7 @@ Accuracies and mIoU are shares in [0, 1]; a group without tokens (e.g. no outlie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vitreg.results.codec import SCHEMA_VERSION
 from vitreg.results.diagnose import BadImage, OutlierStats
@@ -114,6 +114,7 @@ class DenseProbes:
 class ProbeResult:
     """``probe.json`` of a probe run directory."""
 
+    RESULT_FILE: ClassVar[str] = "probe.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: Literal["probe"] = "probe"
     model: str
@@ -131,3 +132,4 @@ class ProbeResult:
     linear: LinearProbe | None = None
     dense: DenseProbes | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # probe -> why it did not run
+    notes: list[str] = field(default_factory=list)  # what could not be measured on this model, and why

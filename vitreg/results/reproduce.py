@@ -4,11 +4,10 @@ report.html are drawn. Every number in it is read from a stage's own result file
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from vitreg.results.codec import SCHEMA_VERSION
 from vitreg.results.lost import Corloc
-from vitreg.results.rundir import register_result
 from vitreg.results.train import TrainingSummary
 
 
@@ -156,6 +155,7 @@ class Timing:
 class ReproduceResults:
     """``results.json`` of a reproduce output folder."""
 
+    RESULT_FILE: ClassVar[str] = "results.json"  # its file in a run directory
     schema_version: int = SCHEMA_VERSION
     command: str = "reproduce"
     title: str
@@ -175,6 +175,3 @@ class ReproduceResults:
 
     def item(self, item_id: str) -> Item:
         return next(i for i in self.items if i.id == item_id)
-
-
-register_result(ReproduceResults, "results.json")

@@ -1,8 +1,9 @@
 """The one module that writes and reads run-directory results (docs/run-directory.md lists every file).
 
-Each result type has one file name; ``write_result`` writes it atomically with the current ``schema_version``,
-``read_result`` reads it back into the typed dataclass (RunDirError naming the file and key when it does not fit).
-Diagnose runs add one ``arrays_<key>.npz`` per model, read without pickle and checked against the contract.
+Each result type names its one file (``RESULT_FILE``, beside its fields); ``write_result`` writes it atomically with
+the current ``schema_version``, ``read_result`` reads it back into the typed dataclass (RunDirError naming the file
+and key when it does not fit). Diagnose runs add one ``arrays_<key>.npz`` per model, read without pickle and checked
+against the contract.
 """
 
 from __future__ import annotations
@@ -12,67 +13,40 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from vitreg import atomic
 from vitreg.errors import RunDirError
-from vitreg.results.codec import check_schema, from_json, to_json
+from vitreg.results.codec import check_schema, from_json, read_json, to_json  # read_json: also this module's API
 from vitreg.results.diagnose import DiagnoseResult, ModelResult
-from vitreg.results.fix import FixResult, NeuronsFile
-from vitreg.results.flops import FlopsResult
-from vitreg.results.inspect import InspectResult
-from vitreg.results.lost import LostResult
-from vitreg.results.probe import ProbeResult
 
-R = TypeVar("R")
 
-#: The file each result type is stored in, relative to its run directory.
-RESULT_FILES: dict[type, str] = {
-    DiagnoseResult: "metrics.json",
-    ProbeResult: "probe.json",
-    LostResult: "lost.json",
-    FlopsResult: "flops.json",
-    InspectResult: "inspect.json",
-    FixResult: "fix.json",
-    NeuronsFile: "neurons.json",
-}
+class StoredResult(Protocol):
+    """A result dataclass names its own file, beside its fields: ``RESULT_FILE: ClassVar[str] = "probe.json"``."""
+
+    RESULT_FILE: ClassVar[str]
+
+
+R = TypeVar("R", bound=StoredResult)
+
 LOST_EXAMPLES = "figures/lost_examples.npz"
 # Arrays every diagnose model must carry; the rest are optional and their figures are skipped when absent.
 REQUIRED_ARRAYS = ("hist_edges", "hist_counts")
 
 
-def register_result(cls: type, file_name: str) -> None:
-    """Give another result dataclass its file (reproduce and lab results use this)."""
-    RESULT_FILES[cls] = file_name
+def result_path(run_dir: str | Path, cls: type[StoredResult]) -> Path:
+    return Path(run_dir) / cls.RESULT_FILE
 
 
-def result_path(run_dir: str | Path, cls: type) -> Path:
-    return Path(run_dir) / RESULT_FILES[cls]
-
-
-def write_result(run_dir: str | Path, result: Any) -> Path:
+def write_result(run_dir: str | Path, result: StoredResult) -> Path:
     """Write ``result`` to its file in ``run_dir`` (atomically; the directory is created)."""
     return atomic.write_json(result_path(run_dir, type(result)), to_json(result))
 
 
-def has_result(run_dir: str | Path, cls: type) -> bool:
+def has_result(run_dir: str | Path, cls: type[StoredResult]) -> bool:
     return result_path(run_dir, cls).is_file()
-
-
-def read_json(path: Path) -> Any:
-    """JSON data of ``path``; RunDirError (naming it) when it is missing or malformed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunDirError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunDirError(f"{path}: cannot be read ({err})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path} is not valid JSON: {err}") from None
 
 
 def read_result(run_dir: str | Path, cls: type[R]) -> R:
@@ -82,7 +56,7 @@ def read_result(run_dir: str | Path, cls: type[R]) -> R:
         raise RunDirError(f"run directory not found: {run_dir}")
     path = result_path(run_dir, cls)
     if not path.is_file():
-        raise RunDirError(f"{path} not found: {run_dir} holds no {cls.__name__} ({RESULT_FILES[cls]})")
+        raise RunDirError(f"{path} not found: {run_dir} holds no {cls.__name__} ({cls.RESULT_FILE})")
     data = read_json(path)
     check_schema(data, path)
     expected = _command_of(cls)

@@ -28,7 +28,9 @@ FORMAT = "vitreg-train-state-1"
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)  # the tuple form (numpy's stubs type the call without legacy as a dict)
+    assert isinstance(state, tuple)  # legacy=True gives the tuple for the global MT19937 generator
+    np_kind, np_keys, np_pos, np_gauss, np_cached = state
     py_version, py_state, py_gauss = random.getstate()
     tensors = {"rng.torch": torch.random.get_rng_state(), "rng.numpy": torch.from_numpy(np_keys.astype(np.int64))}
     meta = dict(

@@ -26,11 +26,12 @@ from vitreg import distributed as dist
 from vitreg.device import autocast, cpu_description, resolve_device, resolve_dtype, set_threads
 from vitreg.errors import ConfigError, TrainingDiverged
 from vitreg.models.checkpoints import save_model
-from vitreg.models.presets import create_model, model_config
+from vitreg.models.presets import config_of, create_model, model_config
 from vitreg.train.augment import AugmentConfig, augment, prepare_eval
 from vitreg.train.checkpoint import STATE_NAME, keep_model, load_train_state, save_train_state
 from vitreg.train.config import TrainConfig
 from vitreg.train.data import ArrayData, load_data
+from vitreg.train.fastpath import training_module
 from vitreg.train.recipe import build_loss, build_mixup, build_optimizer, build_scheduler
 from vitreg.train.tracking import MetricsWriter, evaluate, track_norms, truncate_metrics
 
@@ -164,7 +165,7 @@ def configure_attention(model: torch.nn.Module, setting: str, device: torch.devi
     """Choose fused (SDPA) or explicit attention for training; returns whether fused is used. Results are the same
     up to rounding; the Inspector recomputes attention itself, so tracking is unaffected."""
     fused = setting == "on" or (setting == "auto" and device.type != "cpu")
-    for block in model.blocks:
+    for block in model.get_submodule("blocks").children():  # typed: nn.Module attributes are Tensor | Module
         if hasattr(block.attn, "fused_attn"):
             block.attn.fused_attn = fused
     return fused
@@ -192,7 +193,7 @@ class _Session:
     main: bool
     data: ArrayData
     model: torch.nn.Module
-    net: torch.nn.Module  # the model as trained: DDP- and compile-wrapped
+    net: torch.nn.Module  # the model as trained: fast-path (CPU), DDP- and compile-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: Any
     criterion: Any
@@ -245,8 +246,8 @@ def _start(cfg: TrainConfig, out: Path, resume: bool, data: ArrayData | None) ->
     fused = configure_attention(model, cfg.fused_attn, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    pcfg = model.pretrained_cfg
-    aug = AugmentConfig(cfg.rrc_scale, cfg.hflip, cfg.three_augment, cfg.color_jitter, pcfg["mean"], pcfg["std"])
+    arch = config_of(model)  # its mean and std, typed (build_model puts the same into timm's pretrained_cfg)
+    aug = AugmentConfig(cfg.rrc_scale, cfg.hflip, cfg.three_augment, cfg.color_jitter, arch.mean, arch.std)
     start, state_path = 0, out / STATE_NAME
     if resume and state_path.is_file():
         start = int(load_train_state(state_path, model, optimizer, scheduler)["step"])
@@ -261,10 +262,11 @@ def _start(cfg: TrainConfig, out: Path, resume: bool, data: ArrayData | None) ->
              params=sum(p.numel() for p in model.parameters()), fused_attn=fused, data=data.description,
              skipped_images=len(data.skipped), registers=cfg.registers[0], cpu=cpu_description())
     )  # fmt: skip
-    net: torch.nn.Module = model
+    # The module the step calls: on a CPU a regrouped forward of the same model (vitreg.train.fastpath).
+    net: torch.nn.Module = training_module(model, device)
     if dist.is_active():
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from vitreg.analysis.norms import find_threshold
 from vitreg.device import autocast
 from vitreg.errors import OutputError
 from vitreg.models.inspect import Inspector
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter  # optional (tensorboard): imported when it is used
 
 QUANTILES = {"p50": 50, "p90": 90, "p98": 98, "p99": 99}
 
@@ -98,6 +101,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _scalars(tb: SummaryWriter, record: dict[str, Any]) -> None:
+    """The record's numbers as TensorBoard scalars (each layer's norm quantiles under norms/layerN/)."""
+    step, kind = record.get("step", 0), record.get("kind", "misc")
+    for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+            tb.add_scalar(f"{kind}/{k}", v, step)
+    for row in record.get("layers", []):
+        for k in ("p50", "p99", "max", "outlier_ratio"):
+            tb.add_scalar(f"norms/layer{row['layer']}/{k}", row[k], step)
+
+
 class MetricsWriter:
     """Appends JSON lines to ``DIR/metrics.jsonl`` (one ``os.write`` per record, unbuffered, so a killed run loses at
     most one line); mirrors scalars to TensorBoard when it is installed. A no-op on ranks other than 0.
@@ -111,7 +125,7 @@ class MetricsWriter:
         self.path = directory / "metrics.jsonl"
         self.enabled = enabled
         self._fd: int | None = None
-        self._tb = None
+        self._tb: SummaryWriter | None = None
         if not enabled:
             return
         atomic.make_dirs(directory)
@@ -137,16 +151,7 @@ class MetricsWriter:
         except OSError as err:
             raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
         if self._tb is not None:
-            self._scalars(record)
-
-    def _scalars(self, record: dict[str, Any]) -> None:
-        step, kind = record.get("step", 0), record.get("kind", "misc")
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                self._tb.add_scalar(f"{kind}/{k}", v, step)
-        for row in record.get("layers", []):
-            for k in ("p50", "p99", "max", "outlier_ratio"):
-                self._tb.add_scalar(f"norms/layer{row['layer']}/{k}", row[k], step)
+            _scalars(self._tb, record)
 
     def close(self, quiet: bool = False) -> None:
         """Make the records durable and close the file; ``quiet`` (a run already failing) never raises."""

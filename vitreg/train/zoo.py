@@ -11,14 +11,16 @@ from typing import Any
 
 import torch
 
-from vitreg import __version__, atomic
+from vitreg import atomic
+from vitreg._version import __version__
 from vitreg.config import load_config, to_dict
 from vitreg.device import cpu_description
 from vitreg.errors import ConfigError, RunDirError
 from vitreg.models import zoo
 from vitreg.models.checkpoints import load_model
+from vitreg.models.presets import config_of
 from vitreg.results.train import read_training_log
-from vitreg.stages import STAMP, read_json
+from vitreg.stamp import stage_seconds
 from vitreg.train.augment import AugmentConfig, prepare_eval
 from vitreg.train.config import TrainConfig
 from vitreg.train.data import _rendered, scene_config
@@ -37,10 +39,9 @@ def source_commit() -> str:
 
 def _held_out_top1(model: torch.nn.Module, cfg: TrainConfig) -> float:
     """Top-1 on the run's held-out scenes (the ones its eval records use), fp32 arithmetic."""
-    hw = tuple(model.vitreg_config.img_size)  # type: ignore[union-attr]
-    images, labels = _rendered(scene_config(cfg.data, hw), cfg.data.eval_size, cfg.data.eval_start)
-    pc = model.pretrained_cfg
-    aug = AugmentConfig(mean=pc["mean"], std=pc["std"])
+    arch = config_of(model)  # its size, mean and std (build_model puts the same into timm's pretrained_cfg)
+    images, labels = _rendered(scene_config(cfg.data, arch.img_size), cfg.data.eval_size, cfg.data.eval_start)
+    aug = AugmentConfig(mean=arch.mean, std=arch.std)
     return evaluate(model, images, labels, lambda u: prepare_eval(u, aug), torch.device("cpu"), None)["top1"]
 
 
@@ -96,7 +97,7 @@ def add_to_zoo(
     for f in zoo.ENTRY_FILES:
         if f not in (zoo.WEIGHTS, zoo.PROVENANCE):  # written here: the fp16 weights above, the provenance below
             atomic.copy_file(run_dir / f, tmp / f)
-    wall = (read_json(run_dir / STAMP) or {}).get("seconds")  # the last (possibly resumed) stage run, when staged
+    wall = stage_seconds(run_dir)  # the last (possibly resumed) stage run, when staged
     provenance = {
         "name": name,
         "spec": zoo.ZOO_PREFIX + name,

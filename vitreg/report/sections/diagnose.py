@@ -120,6 +120,8 @@ def _summary(run: DiagnoseRun) -> str:
     headline = summary.verdict if summary is not None and summary.verdict else run.models[0].result.verdict
     out = f'<p class="verdict">{html.escape(str(headline))}</p>' if headline else ""
     out += _summary_table(rows)
+    for m in run.models:
+        out += "".join(f'<p class="note">{html.escape(m.label)}: {html.escape(n)}</p>' for n in m.result.notes)
     out += _statistic_details(run)
     norms = [
         {

@@ -147,6 +147,7 @@ def render(run_dir: Path) -> list[Section]:
         f"in blocks 0..{s.top_layer if s.top_layer is not None else '–'} (where the outliers first appear). The "
         "test-time registers are the last registers of the fixed model (b); neurons.json holds the ranked units.</p>",
     ]
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in result.notes]
     h = result.held_out
     if h is not None and h.after is not None:
         cos = "n/a" if h.after.cls_cosine is None else f"{h.after.cls_cosine:.3f}"

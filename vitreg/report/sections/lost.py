@@ -80,7 +80,8 @@ def render(run_dir: Path) -> list[Section]:
         f"{'L2-normalised' if s.normalize else 'not normalised'}; {len(data.bad_images)} images skipped as "
         f"bad. CorLoc (%) = images whose box has IoU ≥ 0.5 with a ground-truth box.</p>"
     )
-    parts = [intro, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in data.notes)
+    parts = [intro + notes, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
     fig_path = Path(run_dir) / "figures" / "lost_examples.png"
     npz = Path(run_dir) / LOST_EXAMPLES
     if npz.is_file() and stale(fig_path, npz):

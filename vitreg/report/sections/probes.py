@@ -63,7 +63,8 @@ def render(run_dir: Path) -> list[Section]:
     parts = [
         f"<p>{html.escape(d.model)} ({d.registers} registers), {d.num_images} images of {html.escape(d.images)}; "
         f"outliers: last-block patch-token norm above {thr} ({html.escape(t.rule)}), {o.outliers} of "
-        f"{o.patch_tokens} tokens.</p>"
+        f"{o.patch_tokens} tokens.</p>",
+        *(f'<p class="note">{html.escape(n)}</p>' for n in d.notes),
     ]
     if d.local is not None:
         parts.append(_local(d.local))

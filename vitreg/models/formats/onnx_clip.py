@@ -16,6 +16,12 @@ same graphs after ``onnxruntime.quantization.quantize_dynamic``; their node name
   the same for a ``ConvInteger`` patch embedding (per output channel) and a ``DequantizeLinear``'d embedding.
 
 What the graph does not state is refused with a one-line :class:`CheckpointError` naming the file, never guessed.
+Graphs of other transformers families (SigLIP, ViT, DeiT, DINOv2, DINOv3) are refused: each states its architecture
+differently (SigLIP's pooling head goes through ``nn.MultiheadAttention``'s fused ``in_proj``, DINOv2 resamples its
+position table inside the graph, DINOv3 computes its RoPE there) and needs a reader of its own.
+
+As a format (:data:`FORMAT`): recognised by the ``.onnx`` suffix; the architecture read from the graph as above; onto
+timm through transformers CLIP's layout (:mod:`.hf_clip`), since the weights come out in transformers' keys.
 The preprocessing (mean and std) is not in a graph: it comes from a ``preprocessor_config.json`` beside the file
 (optimum writes one) or else is transformers' ``CLIPImageProcessor`` default (OpenAI's statistics), and the model's
 ``source`` says which.
@@ -28,12 +34,19 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vitreg.errors import CheckpointError
+from vitreg.models.formats.base import Format, Layout
+from vitreg.models.formats.hf_clip import LAYOUT as CLIP_LAYOUT
+from vitreg.models.formats.hf_clip import clip_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitreg.models.presets import ModelConfig
 
 ACCEPTED = (
     "an ONNX export of a transformers CLIP vision tower (CLIPVisionModel / CLIPVisionModelWithProjection, fp32 or "
@@ -180,6 +193,8 @@ def read_onnx_clip(path: str | Path) -> OnnxClip:
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
@@ -408,3 +423,48 @@ def preprocessor_beside(path: Path) -> tuple[dict[str, Any], str]:
         if isinstance(data, dict) and isinstance(data.get("image_mean"), list):
             return data, f"mean/std from {pre.name}"
     return {}, "mean/std: CLIPImageProcessor defaults (no preprocessor_config.json beside the file)"
+
+
+_CONFIGS: dict[tuple, ModelConfig] = {}  # the file's and its preprocessor's (path, mtime, size) -> config
+
+
+def onnx_config(path: Path) -> ModelConfig:
+    """An ONNX export of a transformers CLIP vision tower -> its timm ViT (every size read from the graph). The graph
+    is parsed once per file version: checking a model and loading it read the same config."""
+    import copy
+
+    pre = path.parent / "preprocessor_config.json"
+    key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (path, pre) if p.is_file())
+    if key not in _CONFIGS:
+        _CONFIGS.clear()  # one file at a time: configs are small, but a long session sees many files
+        _CONFIGS[key] = _read_config(path)
+    return copy.deepcopy(_CONFIGS[key])
+
+
+def _read_config(path: Path) -> ModelConfig:
+    graph = read_onnx_clip(path)
+    pre, where = preprocessor_beside(path)
+    kind = f"int8 ({len(graph.quantized)} tensors dequantised)" if graph.quantized else "fp32"
+    source = f"ONNX export of a transformers CLIP vision tower, {kind}; {where}"
+    return clip_config(graph.config, path, f"onnx:{path.name}", source, pre)
+
+
+def _read_file(path: Path) -> tuple[ModelConfig, Layout]:
+    return onnx_config(path), CLIP_LAYOUT
+
+
+FORMAT = Format(
+    key="onnx-clip",
+    owner="onnx",
+    what="an ONNX export of a `transformers` CLIP vision tower (`torch.onnx.export(..., dynamo=False)` or optimum; "
+    "fp32 or onnxruntime dynamic int8, dequantised exactly; read with the `onnx` package, nothing executed; the "
+    "architecture read from the graph; mean/std from a `preprocessor_config.json` beside it, else CLIP's)",
+    command="vitreg diagnose --model clip_vision.onnx --images photos --out runs/d",
+    accepted="an ONNX export of a transformers CLIP vision tower (.onnx)",
+    recognised_by="the .onnx suffix; a graph with embeddings.class_embedding + pre_layrnorm",
+    states_architecture="the graph: width, patch, grid, depth, heads (Reshape), scale, eps, activation",
+    order=60,
+    claims_file=lambda path: path.suffix == ".onnx",
+    read_file=_read_file,
+    layout=CLIP_LAYOUT,
+)

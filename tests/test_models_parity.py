@@ -1,0 +1,391 @@
+"""One parity test over the registry of formats (:data:`vitreg.models.formats.FORMATS`): for every format, a tiny
+random model is built by the library that owns the format, every tensor perturbed so that each one matters (libraries
+initialise norms to 1, biases and LayerScale to constants), saved as that library saves it, loaded by vitreg, and
+vitreg's tokens compared with the library's own forward: [CLS], DeiT's distillation token, the registers and the
+patches, pre-norm (the last block's output) and after the final norm as that library defines its output (<= 1e-4).
+
+Where a library has no final-norm output for some tokens it says so here: transformers' CLIP normalises [CLS] only
+(``pooler_output``), so the other tokens are compared with its own ``post_layernorm`` module applied to them; an ONNX
+graph of CLIP outputs ``last_hidden_state`` and the pooled [CLS] only. Formats vitreg owns (its run directory, its
+presets) are compared with the model they were saved from. SigLIP's attention-pooling head is compared too (the
+model's output against ``pooler_output``).
+
+Adding a format: one module in ``vitreg/models/formats/`` and one case here (``CASES[key]``);
+``test_every_format_has_a_case`` holds the two together. ``python tests/test_models_parity.py`` prints the table of
+the largest differences per format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vitreg.models import Inspector, load_model, token_layout
+from vitreg.models.formats import FORMATS
+
+TOL = 1e-4
+PARTS = ("cls", "dist", "registers", "patches")
+
+
+@dataclass
+class Case:
+    """What vitreg loads (``spec`` + ``kwargs``), the input, and the owning library's tokens in vitreg's order
+    ([CLS], DeiT's token, registers, patches): pre-norm and after its final norm (None where it has none), and for
+    some its pooled output."""
+
+    spec: Any
+    x: torch.Tensor
+    pre: torch.Tensor | None
+    normed: torch.Tensor | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pooled: torch.Tensor | None = None
+    normed_only: tuple[str, ...] = ()  # the parts the library's final-norm output has (all when empty)
+    registers: int = 0
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
+def _hooked(module: torch.nn.Module, run: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) of ``module`` (a final norm) during ``run()``."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        seen.setdefault("in", args[0].detach())
+        seen.setdefault("out", out.detach())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return seen["in"], seen["out"]
+
+
+# ----------------------------------------------------------------------------------------------- transformers
+def _hf(model: torch.nn.Module, folder: Path, x: torch.Tensor, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    model.save_pretrained(folder)
+    with torch.no_grad():
+        out = model(**(inputs or {"pixel_values": x}), output_hidden_states=True)
+    return out, out.hidden_states[-1]
+
+
+def _hf_dinov2(tmp: Path) -> Case:
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    cfg = Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                                    patch_size=7, num_register_tokens=4, layerscale_value=0.5)  # fmt: skip
+    x = torch.randn(2, 3, 28, 28)
+    out, pre = _hf(_perturb(Dinov2WithRegistersModel(cfg)), tmp / "hf", x)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state, registers=4)
+
+
+def _hf_dinov3(tmp: Path) -> Case:
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    sizes = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32)
+    cfg = DINOv3ViTConfig(**sizes, patch_size=8, num_register_tokens=4, use_gated_mlp=True, hidden_act="silu")
+    x = torch.randn(2, 3, 32, 32)
+    out, pre = _hf(_perturb(DINOv3ViTModel(cfg)), tmp / "hf", x)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output, registers=4)
+
+
+def _clip_vision(kind: str = "CLIPVisionModel") -> torch.nn.Module:
+    import transformers
+    from transformers import CLIPVisionConfig
+
+    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu", projection_dim=16)  # fmt: skip
+    return _perturb(getattr(transformers, kind)(cfg))
+
+
+def _hf_clip(tmp: Path) -> Case:
+    model = _clip_vision()
+    x = torch.randn(2, 3, 32, 32)
+    out, _ = _hf(model, tmp / "hf", x)
+    with torch.no_grad():  # transformers normalises [CLS] only: its own post_layernorm applied to every token
+        normed = getattr(model, "vision_model", model).post_layernorm(out.last_hidden_state)
+    assert torch.allclose(normed[:, 0], out.pooler_output, atol=1e-6)
+    return Case(tmp / "hf", x, out.last_hidden_state, normed)
+
+
+def _siglip_config(cls_name: str, **extra: Any) -> Any:
+    import transformers
+
+    return getattr(transformers, cls_name)(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                           num_attention_heads=2, patch_size=8, **extra)  # fmt: skip
+
+
+def _hf_siglip(tmp: Path) -> Case:
+    from transformers import SiglipVisionModel
+
+    model = _perturb(SiglipVisionModel(_siglip_config("SiglipVisionConfig", image_size=32)))
+    x = torch.randn(2, 3, 32, 32)
+    out, pre = _hf(model, tmp / "hf", x)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output)
+
+
+def _hf_siglip2(tmp: Path) -> Case:
+    from transformers import Siglip2VisionModel
+
+    model = _perturb(Siglip2VisionModel(_siglip_config("Siglip2VisionConfig", num_patches=16)))
+    x = torch.randn(2, 3, 32, 32)
+    p = 8  # the processor's patches: (B, N, p * p * 3), pixels in (row, column, channel) order
+    patches = x.reshape(2, 3, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 3)
+    inputs = dict(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                  spatial_shapes=torch.tensor([[4, 4], [4, 4]]))  # fmt: skip
+    out, pre = _hf(model, tmp / "hf", x, **inputs)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output)
+
+
+def _hf_vit(tmp: Path) -> Case:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                    patch_size=8, num_labels=3)  # fmt: skip
+    model = _perturb(ViTForImageClassification(cfg))  # as google/vit is published: a classifier around the backbone
+    x = torch.randn(2, 3, 32, 32)
+    model.save_pretrained(tmp / "hf")
+    with torch.no_grad():
+        out = model.vit(pixel_values=x, output_hidden_states=True)
+    return Case(tmp / "hf", x, out.hidden_states[-1], out.last_hidden_state)
+
+
+def _hf_deit(tmp: Path) -> Case:
+    from transformers import DeiTConfig, DeiTModel
+
+    cfg = DeiTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                     patch_size=8)  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    out, pre = _hf(_perturb(DeiTModel(cfg, add_pooling_layer=False)), tmp / "hf", x)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state)
+
+
+# ------------------------------------------------------------------------------------------- other libraries
+def _openclip(tmp: Path) -> Case:
+    """OpenCLIP's own ViT (QuickGELU, as OpenAI's weights), saved as OpenCLIP's checkpoints hold it."""
+    import open_clip
+
+    vision = dict(image_size=32, layers=2, width=64, head_width=32, patch_size=8)
+    text = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+    model = _perturb(open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text, quick_gelu=True))
+    folder = tmp / "oc"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    cfg = {"model_cfg": dict(embed_dim=16, vision_cfg=vision, text_cfg=text, quick_gelu=True), "preprocess_cfg": {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(model.visual.ln_post, lambda: model.visual(x))
+    return Case(folder, x, pre, normed)
+
+
+def openclip_timm_tower(tmp: Path) -> Case:
+    """An OpenCLIP folder whose image tower is a timm model, as OpenCLIP's SigLIP models are (no [CLS], attention
+    pooling); timm's tiny ``test_vit3`` stands in for ``vit_base_patch16_siglip_224`` (one register too)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    vision = dict(image_size=160, timm_model_name="test_vit3", timm_model_pretrained=False, timm_pool="map",
+                  timm_proj="none")  # fmt: skip
+    text = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+    model = _perturb(open_clip.CLIP(embed_dim=96, vision_cfg=vision, text_cfg=text))
+    folder = tmp / "oc-siglip"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    pre_cfg = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    cfg = {"model_cfg": dict(embed_dim=96, vision_cfg=vision, text_cfg=text), "preprocess_cfg": pre_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    x = torch.randn(2, 3, 160, 160)
+    trunk = model.visual.trunk
+    pre, normed = _hooked(trunk.norm, lambda: trunk.forward_features(x))
+    with torch.no_grad():
+        pooled = model.visual(x)
+    return Case(folder, x, pre, normed, pooled=pooled, registers=1)
+
+
+def _timm(tmp: Path) -> Case:
+    """A timm folder as timm saves it for the Hub; DINOv2 with registers (a tag-less name would take the folder's
+    own preprocessing: ``test_models_formats``)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    model = _perturb(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2,
+                                       embed_dim=64, num_heads=2))  # fmt: skip
+    save_for_hf(model, tmp / "timm")
+    x = torch.randn(2, 3, 56, 56)
+    pre, normed = _hooked(model.norm, lambda: model.forward_features(x))
+    return Case(tmp / "timm", x, pre, normed, registers=4)
+
+
+def _torchvision(tmp: Path) -> Case:
+    """torchvision's own VisionTransformer class at a tiny size, loaded as ``torchvision:vit_b_16`` with the sizes
+    overridden (the name's sizes themselves are read from torchvision's builder: ``test_models_formats``)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = _perturb(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
+                                       mlp_dim=96))  # fmt: skip
+    torch.save(model.state_dict(), tmp / "vit_tiny.pth")
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(model.encoder.ln, lambda: model(x))
+    arch = dict(img_size=32, patch_size=8, depth=2, num_heads=2, embed_dim=64, mlp_ratio=1.5)
+    return Case("torchvision:vit_b_16", x, pre, normed, kwargs=dict(weights=tmp / "vit_tiny.pth", **arch))
+
+
+def _onnx_clip(tmp: Path) -> Case:
+    """The graph run by onnxruntime is the reference: its last_hidden_state (pre-norm) and pooled [CLS]."""
+    ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    model = _clip_vision("CLIPVisionModel")
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(tmp / "clip.onnx"), input_names=["pixel_values"],
+                      dynamo=False, opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    outs = ort.InferenceSession(str(tmp / "clip.onnx"), providers=["CPUExecutionProvider"]).run(None, {
+        "pixel_values": x.numpy()})  # fmt: skip
+    hidden = torch.from_numpy(next(o for o in outs if o.ndim == 3))
+    pooled = torch.from_numpy(next(o for o in outs if o.ndim == 2))
+    normed = torch.zeros_like(hidden)
+    normed[:, 0] = pooled
+    return Case(tmp / "clip.onnx", x, hidden, normed, normed_only=("cls",))
+
+
+def _dinov2(tmp: Path) -> Case:
+    """Meta's original layout (its repository is no package): the forward written out from its definition."""
+    from test_models_checkpoints import DEPTH, DIM, GRID, HEADS, PATCH, _dinov2_reference, _dinov2_state_dict
+
+    sd = _dinov2_state_dict(4)
+    torch.save(sd, tmp / "dinov2_vits14_reg4_pretrain.pth")
+    x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
+    pre, normed = _dinov2_reference(sd, x, with_pre_norm=True)
+    arch = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, img_size=GRID * PATCH, init_values=1.0)
+    return Case("dinov2_vits14_reg", x, pre, normed, kwargs=dict(weights=tmp / "dinov2_vits14_reg4_pretrain.pth",
+                                                                   **arch), registers=4)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- vitreg's own
+def _vitreg(tmp: Path) -> Case:
+    from vitreg.models import create_model, save_model
+
+    model = _perturb(create_model("vit_pico_patch4_32", registers=2))
+    save_model(model, tmp / "run")
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(model.norm, lambda: model(x))
+    return Case(tmp / "run", x, pre, normed, registers=2)
+
+
+def _preset(tmp: Path) -> Case:
+    from safetensors.torch import save_file
+
+    from vitreg.models import create_model
+
+    model = _perturb(create_model("vit_pico_patch4_32", registers=1))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "w.safetensors"))
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(model.norm, lambda: model(x))
+    return Case("vit_pico_patch4_32", x, pre, normed, kwargs=dict(weights=tmp / "w.safetensors", registers=1),
+                registers=1)  # fmt: skip
+
+
+CASES: dict[str, Callable[[Path], Case]] = {
+    "vitreg": _vitreg,
+    "preset": _preset,
+    "dinov2": _dinov2,
+    "hf-dinov2": _hf_dinov2,
+    "hf-clip": _hf_clip,
+    "hf-dinov3": _hf_dinov3,
+    "hf-siglip": _hf_siglip,
+    "hf-siglip2": _hf_siglip2,
+    "hf-vit": _hf_vit,
+    "hf-deit": _hf_deit,
+    "openclip": _openclip,
+    "torchvision": _torchvision,
+    "onnx-clip": _onnx_clip,
+    "timm": _timm,
+}
+#: More than one case for a format: the extra ones (the format's key, the case)
+EXTRA: dict[str, tuple[str, Callable[[Path], Case]]] = {"openclip-timm-tower": ("openclip", openclip_timm_tower)}
+ALL = {**{k: (k, c) for k, c in CASES.items()}, **EXTRA}
+
+
+def _parts(t: torch.Tensor, layout: Any) -> dict[str, torch.Tensor]:
+    i = 0
+    out = {}
+    if layout.has_cls:
+        out["cls"], i = t[:, 0], 1
+    if layout.distilled:
+        out["dist"], i = t[:, i], i + 1
+    if layout.num_registers:
+        out["registers"] = t[:, layout.register_slice]
+    out["patches"] = t[:, layout.patch_slice]
+    return out
+
+
+def compare(name: str, tmp: Path) -> dict[str, float]:
+    """Run case ``name``: the largest absolute difference per part, pre-norm and after the final norm."""
+    key, build = ALL[name]
+    case = build(tmp)
+    ours = load_model(case.spec, **case.kwargs).eval()
+    assert next(f for f in FORMATS if f.key == key) is not None
+    depth = len(ours.blocks)
+    layout = token_layout(ours, tuple(case.x.shape[-2:]))
+    assert layout.num_registers == case.registers, (layout, case.registers)
+    cap = Inspector(ours).run(case.x, layers=[depth - 1], attention_layers=None)
+    diffs: dict[str, float] = {}
+    for stage, mine, theirs in (("pre", cap.tokens[depth - 1], case.pre), ("normed", cap.normed, case.normed)):
+        assert theirs is not None
+        assert mine is not None
+        assert mine.shape == theirs.shape, (stage, mine.shape, theirs.shape)
+        a, b = _parts(mine, layout), _parts(theirs, layout)
+        for part in PARTS:
+            if part not in a or (stage == "normed" and case.normed_only and part not in case.normed_only):
+                continue
+            diffs[f"{stage} {part}"] = float((a[part] - b[part]).abs().max())
+    if case.pooled is not None:
+        assert cap.output is not None
+        diffs["pooled"] = float((cap.output - case.pooled).abs().max())
+    return diffs
+
+
+def test_every_format_has_a_case():
+    keys = {f.key for f in FORMATS}
+    assert set(CASES) == keys, f"formats without a parity case: {keys - set(CASES)}; cases without a format: " + str(
+        set(CASES) - keys
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_parity_with_the_owning_library(tmp_path, name):
+    pytest.importorskip("transformers", reason="the transformers test extra is not installed")
+    pytest.importorskip("open_clip", reason="the open_clip_torch test extra is not installed")
+    diffs = compare(name, tmp_path)
+    assert diffs
+    bad = {k: v for k, v in diffs.items() if not (v <= TOL and math.isfinite(v))}
+    assert not bad, f"{name}: {bad}"
+
+
+if __name__ == "__main__":  # the table of the largest differences, per format
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    cols = ["pre patches", "pre cls", "pre registers", "pre dist", "normed patches", "normed cls", "normed registers",
+            "normed dist", "pooled"]  # fmt: skip
+    print("| case | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for case_name in sorted(ALL):
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as d:
+            found = compare(case_name, Path(d))
+        cells = [f"{found[c]:.1e}" if c in found else "-" for c in cols]
+        print(f"| {case_name} | " + " | ".join(cells) + " |")

@@ -1,0 +1,230 @@
+"""One model's files, read and written: a checkpoint's state dict (safetensors, or ``torch.load(weights_only=True)``:
+a pickle of other Python objects is refused, never run), a model folder or a weights file that states its
+architecture (the registry :mod:`vitreg.models.formats`), the weights loaded through their format's layout, and
+:func:`save_model`'s ``model.safetensors`` + ``model.json``.
+
+Names are not resolved here (presets, zoo entries, published weights: :mod:`vitreg.models.checkpoints`), so the
+zoo's conversion of a released file (:mod:`vitreg.models.zoo_package`) reads it without the spec resolver that
+itself fetches zoo entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from vitreg import atomic
+from vitreg.errors import CheckpointError
+from vitreg.models import formats
+from vitreg.models.formats import Layout, Resolved
+from vitreg.models.formats.vitreg_dir import CONFIG_NAME, WEIGHTS_NAME
+from vitreg.models.presets import PRESETS, build_model, config_of
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "build_loaded",
+    "file_config",
+    "load_weights",
+    "read_state_dict",
+    "save_model",
+]
+PATCH_KEYS = (
+    "patch_embed.proj.weight",
+    "conv1.weight",
+    "conv_proj.weight",
+    "projection.weight",
+    "patch_embedding.weight",
+)
+BLOCK_KEY = re.compile(r"(?:blocks|resblocks|layers?)\.(?:encoder_layer_)?(\d+)\.")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from training containers, with wrapper prefixes stripped.
+
+    ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)``: a pickle that holds arbitrary Python
+    objects is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in transformers CLIP's keys
+        from vitreg.models.formats.onnx_clip import read_onnx_clip
+
+        return read_onnx_clip(path).state_dict
+    if path.suffix == ".safetensors":
+        from vitreg.models.filecheck import check_safetensors_header
+
+        check_safetensors_header(path)  # a header length that lies is refused before the library allocates it
+        try:
+            raw: Any = load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from err
+    else:
+        import io
+        import zipfile
+
+        try:
+            # a legacy (pre-zip) file is unpickled from memory: a corrupt length field then reads at most what the
+            # file holds, where reading from the file object would first allocate the length it claims
+            source: Any = str(path) if zipfile.is_zipfile(path) else io.BytesIO(path.read_bytes())
+            raw = torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{path}: refused: the file holds Python objects other than weights, and vitreg only loads "
+                f"weights (torch.load weights_only=True). Re-save its state_dict, or convert it to safetensors. "
+                f"Detail: {str(err).splitlines()[0]}"
+            ) from err
+        except Exception as err:
+            detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"  # torch's messages span lines
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
+    sd = _unwrap(raw, path)
+    return _strip_prefixes(sd)
+
+
+def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    # Training checkpoints nest the weights: DINOv2 keeps {"teacher": {"backbone.*": ...}}, timm/DeiT {"model": ...}.
+    if isinstance(raw, dict):
+        for key in ("teacher", "model_ema", "model", "state_dict", "module"):
+            inner = raw.get(key)
+            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                raw = inner
+                break
+    if not isinstance(raw, dict) or not raw:
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return tensors
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "_orig_mod.", "backbone.", "model."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd):  # DINOv2 teacher: keep the backbone, drop the heads
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return sd
+
+
+# ------------------------------------------------------------------------------------------ loading into a model
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str, layout: Layout | None = None) -> nn.Module:
+    """Load ``sd`` into ``model`` through ``layout`` (its format's; None: the layout its keys say, from the
+    registry); every tensor must fit."""
+    layout = layout or formats.layout_of(sd)
+    sd = layout.to_timm(sd, model)
+    own = model.state_dict()
+    if "head.weight" in sd and ("head.weight" not in own or own["head.weight"].shape != sd["head.weight"].shape):
+        # A classifier for another purpose: the backbone is what matters here.
+        log.debug("%s: leaving out its classifier (%s)", source, tuple(sd["head.weight"].shape))
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    missing = [k for k in own if k not in sd and not k.startswith(("head.", "head_dist."))]
+    unexpected = [k for k in sd if k not in own]
+    shape_bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shape_bad:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if shape_bad:
+            k = shape_bad[0]
+            details.append(f"shape mismatch for {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(
+            f"{source}: weights ({layout.name} layout) do not fit the model: {'; '.join(details)}; accepted: "
+            f"{formats.accepted()}"
+        )
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+# ------------------------------------------------------------------------------------ files that say their model
+def file_config(path: Path) -> Resolved:
+    """The architecture a model folder or a weights file states, the file its weights are in, its format and
+    layout (:mod:`vitreg.models.formats`); a bare weights file is refused, naming the architectures its shapes fit."""
+    if path.is_dir():
+        return formats.read_folder(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    found = formats.read_file(path)
+    if found is None:
+        raise _bare_file(path)
+    return found
+
+
+def build_loaded(resolved: Resolved) -> nn.Module:
+    """The model ``resolved`` describes, with the weights of its file (random weights when None)."""
+    model = build_model(resolved.config)
+    if resolved.weights is None:
+        return model
+    return load_weights(model, read_state_dict(resolved.weights), str(resolved.weights), resolved.layout)
+
+
+def load_model_file(path: Path) -> nn.Module:
+    """The model a folder or a weights file holds, as it states it (:func:`file_config`)."""
+    return build_loaded(file_config(path))
+
+
+def _bare_file(path: Path) -> CheckpointError:
+    """A weights file that does not say its architecture: refused, with the names that fit its shapes."""
+    sd = read_state_dict(path)
+    names = candidates(sd)
+    fits = f" (architectures of this width, depth and patch: {', '.join(names)})" if names else ""
+    layout = formats.layout_of(sd)
+    kind = f"; its keys are {layout.name}'s" if layout.name != "timm" else ""
+    owner = next((f for f in formats.FORMATS if f.layout is layout and f.prefix), None)
+    arch = f"{owner.prefix}NAME" if owner is not None and owner.key != "timm" else "ARCH"
+    return CheckpointError(
+        f"{path}: a weights file without a {path.with_suffix('.json').name} sidecar does not say its architecture "
+        f"({shape_summary(sd)}{kind}); pass --model {arch} --weights {path}{fits}"
+    )
+
+
+def shape_summary(sd: dict[str, torch.Tensor]) -> str:
+    """What the weights of a bare file say (and do not say) about their architecture, in words."""
+    proj = next((v for k, v in sd.items() if k.endswith(PATCH_KEYS)), None)
+    blocks = {int(m.group(1)) for k in sd if (m := BLOCK_KEY.search(k))}
+    if proj is None or not blocks:
+        return "no ViT patch embedding or blocks found"
+    return f"width {proj.shape[0]}, {max(blocks) + 1} blocks, patch {proj.shape[-1]}; the number of heads is not in it"
+
+
+def candidates(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Named architectures whose width, depth and patch size fit ``sd`` (suggestions for --model)."""
+    proj = sd.get("patch_embed.proj.weight")
+    if proj is None:
+        return []
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    from vitreg.models.presets import DINOV2_ALIASES
+
+    widths = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+    out = [
+        name
+        for name, p in PRESETS.items()
+        if p["embed_dim"] == proj.shape[0] and p["depth"] == depth and p["patch_size"] == proj.shape[-1]
+    ]
+    out += [
+        a for a, (t, _) in DINOV2_ALIASES.items() if proj.shape[-1] == 14 and widths[t.split("_")[1]] == proj.shape[0]
+    ]
+    return out
+
+
+def save_model(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` so ``load_model(directory)`` re-creates the model alone."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = config_of(model)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic.write_safetensors(directory / WEIGHTS_NAME, sd, metadata={"format": "pt"})
+    atomic.write_json(directory / CONFIG_NAME, cfg.to_json())
+    return directory
