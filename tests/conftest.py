@@ -74,3 +74,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "quick_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("quick_run"))
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """Every address this process tries to connect a socket to, in order: evidence of how often a download is
+    tried (and that a lookup tries none) without timing anything."""
+    import socket
+
+    seen: list[object] = []
+    real = socket.socket.connect
+
+    def connect(self, address):  # type: ignore[no-untyped-def]
+        seen.append(address)
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen

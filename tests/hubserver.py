@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
-import time
 from dataclasses import dataclass, field
 
 
@@ -16,13 +15,17 @@ class Served:
     data: bytes
     truncate: bool = False  # announce the full length, send half, close
     wrong_hash: bool = False  # an ETag that is not the content's sha256
-    hang: bool = False  # accept, then never answer
+    hang: bool = False  # accept, then answer nothing until the test releases it (HubServer.release)
 
 
 @dataclass
 class HubServer:
     files: dict[str, Served] = field(default_factory=dict)  # URL path -> what it serves
     requests: list[str] = field(default_factory=list)
+    # A hanging request waits on `release` (a minute at most): a client still waiting when the test sets it has no
+    # timeout of its own, which `answered_hangs` then shows, with no clock in the test.
+    release: threading.Event = field(default_factory=threading.Event)
+    answered_hangs: int = 0
 
     def __post_init__(self) -> None:
         server = self
@@ -41,7 +44,8 @@ class HubServer:
                     self.end_headers()
                     return
                 if item.hang:
-                    time.sleep(30)
+                    server.release.wait(60)
+                    server.answered_hangs += 1
                     return
                 digest = hashlib.sha256(item.data).hexdigest()
                 self.send_response(200)
@@ -73,5 +77,6 @@ class HubServer:
         self.files[f"/{repo}/resolve/main/{name}"] = Served(data, **kw)
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -6,7 +6,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -182,11 +181,10 @@ def test_pickle_with_arbitrary_object_is_refused(tmp_path):
     assert not (tmp_path / "pwned-by-pickle").exists()
 
 
-def test_missing_pretrained_weights_fail_fast_with_instructions():
-    start = time.monotonic()
+def test_missing_pretrained_weights_fail_fast_with_instructions(connections):
     with pytest.raises(WeightsNotFoundError) as err:
         load_model("dinov2_vits14_reg")
-    assert time.monotonic() - start < 1.0
+    assert connections == []  # fast: looked up on disk only, no network tried
     assert "dinov2_vits14_reg4_pretrain.pth" in str(err.value)
     assert "--weights" in str(err.value)
     with pytest.raises(WeightsNotFoundError, match="--random-init"):
@@ -196,7 +194,6 @@ def test_missing_pretrained_weights_fail_fast_with_instructions():
 
 
 def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "vitreg.cli", "inspect", "--model", "timm:vit_small_patch14_reg4_dinov2"],
         capture_output=True, text=True, timeout=60,
@@ -204,8 +201,7 @@ def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "--weights PATH" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert time.monotonic() - start < 30  # interpreter + torch import; the lookup itself never waits on a network
+    assert "Traceback" not in proc.stderr  # (that the lookup tries no network is held in-process, above)
 
 
 def test_attention_pooling_model_round_trips(tmp_path):

@@ -6,7 +6,6 @@ offline or without a route the load fails in seconds, naming the file and where 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -123,28 +122,28 @@ def test_a_cut_transfer_or_a_wrong_hash_is_refused_and_leaves_nothing(server, tm
     assert not list((tmp_path / "hf").rglob("model.safetensors"))
 
 
-def test_offline_or_without_a_route_it_fails_fast_and_says_where(server, tmp_path, monkeypatch):
+def test_offline_or_without_a_route_it_fails_fast_and_says_where(server, tmp_path, monkeypatch, connections):
+    """Fast means: offline, no connection at all; no route, one attempt (no retries); a server that never answers,
+    given up by the client's own timeout (the server is still holding the request when the client has returned)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(WeightsNotFoundError) as err:
         load_model("dinov2_vits14_reg", download=True)
-    assert time.monotonic() - start < 10
     assert "dinov2_vits14_reg4_pretrain.pth" in str(err.value)
     assert str(Path(tmp_path / "torch" / "hub" / "checkpoints")) in str(err.value)
     assert server.requests == []
+    assert connections == []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("VITREG_DINOV2_URL", "http://127.0.0.1:9/dinov2")  # nothing listens there: no route
-    start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match="cannot download"):
         load_model("dinov2_vits14_reg", download=True)
-    assert time.monotonic() - start < 10
+    assert connections == [("127.0.0.1", 9)]
     # a server that accepts and never answers: the timeout ends it (2 s here, 8 s by default)
     monkeypatch.setenv("VITREG_DINOV2_URL", server.url + "/dinov2")
     server.files["/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"] = Served(b"", hang=True)
-    start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match="cannot download"):
         load_model("dinov2_vits14_reg", download=True)
-    assert time.monotonic() - start < 10
+    assert server.answered_hangs == 0  # the client gave up first: the server has not let the request go yet
+    server.release.set()
     assert not any((tmp_path / "torch").rglob("*.pth*"))
     assert hub.timeout() == 2.0
 
@@ -167,12 +166,12 @@ def test_an_open_clip_hub_repo(server, tmp_path):
     assert torch.equal(ours.state_dict()["cls_token"].flatten(), theirs.state_dict()["visual.class_embedding"])
 
 
-def test_the_hub_without_a_route_fails_without_retrying(server, monkeypatch):
+def test_the_hub_without_a_route_fails_without_retrying(server, monkeypatch, connections):
     """huggingface_hub retries a refused connection five times with back-off (about 20 s); vitreg asks once."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match="Connection refused"):
         load_model("hf:org/anything", download=True)
+    assert connections == [("127.0.0.1", 9)]
     with pytest.raises(WeightsNotFoundError, match=r"model\.safetensors: cannot download"):
         load_model("timm:vit_small_patch14_reg4_dinov2", download=True)
-    assert time.monotonic() - start < 10
+    assert connections == [("127.0.0.1", 9)] * 2

@@ -6,9 +6,11 @@ patches, pre-norm (the last block's output) and after the final norm as that lib
 
 Where a library has no final-norm output for some tokens it says so here: transformers' CLIP normalises [CLS] only
 (``pooler_output``), so the other tokens are compared with its own ``post_layernorm`` module applied to them; an ONNX
-graph of CLIP outputs ``last_hidden_state`` and the pooled [CLS] only. Formats vitreg owns (its run directory, its
-presets) are compared with the model they were saved from. SigLIP's attention-pooling head is compared too (the
-model's output against ``pooler_output``).
+graph of CLIP outputs ``last_hidden_state`` and the pooled [CLS] only (the graph run by onnxruntime is the reference);
+the ONNX graphs of the other transformers families (``onnx-vit``, ``onnx-deit``, ``onnx-dinov2``, ``onnx-siglip``,
+cases of the one ``onnx`` format) are compared with the transformers model they were exported from. Formats vitreg
+owns (its run directory, its presets) are compared with the model they were saved from. SigLIP's attention-pooling
+head is compared too (the model's output against ``pooler_output``).
 
 Adding a format: one module in ``vitreg/models/formats/`` and one case here (``CASES[key]``);
 ``test_every_format_has_a_case`` holds the two together. ``python tests/test_models_parity.py`` prints the table of
@@ -260,6 +262,55 @@ def _onnx_clip(tmp: Path) -> Case:
     return Case(tmp / "clip.onnx", x, hidden, normed, normed_only=("cls",))
 
 
+def _onnx_family(tmp: Path, model: torch.nn.Module, tower: torch.nn.Module, **case: Any) -> Case:
+    """``model`` exported to ONNX; the reference is ``tower``'s own forward in transformers (the graph computes the
+    same): its last block's output and ``last_hidden_state`` (after the final norm), SigLIP's ``pooler_output``."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(tmp / "m.onnx"), input_names=["pixel_values"],
+                      dynamo=False, opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = tower(pixel_values=x, output_hidden_states=True)
+    pooled = out.pooler_output if case.pop("pooled", False) else None
+    return Case(tmp / "m.onnx", x, out.hidden_states[-1], out.last_hidden_state, pooled=pooled, **case)
+
+
+def _onnx_vit(tmp: Path) -> Case:
+    """A ViTForImageClassification graph (its tensors under ``vit.``, as google/vit's exports)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                    patch_size=8, num_labels=3)  # fmt: skip
+    model = _perturb(ViTForImageClassification(cfg))
+    return _onnx_family(tmp, model, model.vit)
+
+
+def _onnx_deit(tmp: Path) -> Case:
+    from transformers import DeiTConfig, DeiTModel
+
+    cfg = DeiTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                     patch_size=8)  # fmt: skip
+    model = _perturb(DeiTModel(cfg, add_pooling_layer=False))
+    return _onnx_family(tmp, model, model)
+
+
+def _onnx_dinov2(tmp: Path) -> Case:
+    """Dinov2Model (its graph resamples the position table to the input: read at the table's own grid)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+                       layerscale_value=0.5)  # fmt: skip
+    model = _perturb(Dinov2Model(cfg))
+    return _onnx_family(tmp, model, model)
+
+
+def _onnx_siglip(tmp: Path) -> Case:
+    from transformers import SiglipVisionModel
+
+    model = _perturb(SiglipVisionModel(_siglip_config("SiglipVisionConfig", image_size=32)))
+    return _onnx_family(tmp, model, model, pooled=True)
+
+
 def _dinov2(tmp: Path) -> Case:
     """Meta's original layout (its repository is no package): the forward written out from its definition."""
     from test_models_checkpoints import DEPTH, DIM, GRID, HEADS, PATCH, _dinov2_reference, _dinov2_state_dict
@@ -310,11 +361,17 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "hf-deit": _hf_deit,
     "openclip": _openclip,
     "torchvision": _torchvision,
-    "onnx-clip": _onnx_clip,
+    "onnx": _onnx_clip,
     "timm": _timm,
 }
 #: More than one case for a format: the extra ones (the format's key, the case)
-EXTRA: dict[str, tuple[str, Callable[[Path], Case]]] = {"openclip-timm-tower": ("openclip", openclip_timm_tower)}
+EXTRA: dict[str, tuple[str, Callable[[Path], Case]]] = {
+    "openclip-timm-tower": ("openclip", openclip_timm_tower),
+    "onnx-vit": ("onnx", _onnx_vit),
+    "onnx-deit": ("onnx", _onnx_deit),
+    "onnx-dinov2": ("onnx", _onnx_dinov2),
+    "onnx-siglip": ("onnx", _onnx_siglip),
+}
 ALL = {**{k: (k, c) for k, c in CASES.items()}, **EXTRA}
 
 

@@ -58,10 +58,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in transformers CLIP's keys
-        from vitreg.models.formats.onnx_clip import read_onnx_clip
+    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in its transformers family's keys
+        from vitreg.models.formats.onnx_clip import read_onnx
 
-        return read_onnx_clip(path).state_dict
+        return read_onnx(path).state_dict
     if path.suffix == ".safetensors":
         from vitreg.models.filecheck import check_safetensors_header
 

@@ -39,7 +39,7 @@ __all__ = [
     "read_sidecar",
 ]
 
-_HELPERS = {"base", "hf_common"}
+_HELPERS = {"base", "hf_common", "onnx_graph", "onnx_vit", "onnx_siglip"}
 
 
 def _discover() -> list[Format]:

@@ -13,7 +13,7 @@
   ``last_hidden_state`` and its [CLS] after the final norm is ``pooler_output``. The projection to the joint
   embedding (``visual_projection``) is not part of the tower and is not loaded.
 
-The ONNX reader (:mod:`vitreg.models.formats.onnx_export`) produces this same layout from an exported graph.
+The ONNX reader (:mod:`vitreg.models.formats.onnx_clip`) produces this same layout from an exported graph.
 """
 
 from __future__ import annotations

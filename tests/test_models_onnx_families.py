@@ -1,0 +1,198 @@
+"""transformers ViT, DeiT, DINOv2 and SigLIP vision towers as ONNX exports (fp32 and onnxruntime's dynamic int8),
+built with transformers (random init, tiny sizes, every tensor perturbed) and read by vitreg's one ``.onnx`` format.
+
+- fp32 graphs: vitreg's tokens after the final norm equal transformers' ``last_hidden_state`` (<= 1e-4; SigLIP's
+  pooled output equals ``pooler_output``) and onnxruntime running the graph;
+- int8 graphs (MatMul, Conv and Gather quantised per channel): vitreg's tokens agree with onnxruntime running the
+  quantised graph (which also quantises activations at run time: cosine > 0.99, as for CLIP);
+- the architecture comes from the graph (heads, eps, activation, DeiT's distillation token, the preprocessing
+  default of each family), and a graph that does not state what vitreg needs is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from vitreg.errors import CheckpointError
+from vitreg.models import Inspector, load_model, token_layout
+
+TOL = 1e-4
+transformers = pytest.importorskip("transformers", reason="the transformers test extra is not installed")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
+SIZE = 32
+SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=8)
+FAMILIES = ("vit", "deit", "dinov2", "siglip")
+MEAN = {"vit": (0.5,) * 3, "deit": (0.485, 0.456, 0.406), "dinov2": (0.485, 0.456, 0.406), "siglip": (0.5,) * 3}
+PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
+             "siglip": "SiglipImageProcessor"}  # fmt: skip
+
+
+def _model(family: str, **extra: Any) -> torch.nn.Module:
+    t = transformers
+    if family == "vit":
+        model = t.ViTModel(t.ViTConfig(**SIZES, intermediate_size=48, **extra), add_pooling_layer=False)
+    elif family == "deit":
+        model = t.DeiTModel(t.DeiTConfig(**SIZES, intermediate_size=48, **extra), add_pooling_layer=False)
+    elif family == "dinov2":
+        model = t.Dinov2Model(t.Dinov2Config(**SIZES, mlp_ratio=2, **extra))
+    else:
+        model = t.SiglipVisionModel(t.SiglipVisionConfig(**SIZES, intermediate_size=48, **extra))
+    with torch.no_grad():  # transformers initialises biases to 0, norms and LayerScale to constants: make each tell
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _export(model: torch.nn.Module, path) -> None:
+    torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), input_names=["pixel_values"], dynamo=False,
+                      opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def exported(request, tmp_path_factory):
+    """(family, the transformers model, the folder holding its fp32.onnx and int8.onnx)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    model = _model(request.param)
+    _export(model, d / "fp32.onnx")
+    quantize_dynamic(d / "fp32.onnx", d / "int8.onnx", weight_type=QuantType.QInt8, per_channel=True)
+    return request.param, model, d
+
+
+def _ours(path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+    """vitreg's tokens after the final norm (B, prefix + N, C), its pooled output (SigLIP's head) and config."""
+    model = load_model(path).eval()
+    cap = Inspector(model).run(x, layers=[len(model.blocks) - 1], attention_layers=None)
+    assert cap.normed is not None
+    return cap.normed, cap.output, model
+
+
+def _ort(path, x: torch.Tensor) -> torch.Tensor:
+    """onnxruntime's last_hidden_state (the graph's first (B, N, C) output)."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(next(o for o in sess.run(None, {"pixel_values": x.numpy()}) if o.ndim == 3))
+
+
+def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
+    family, model, d = exported
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+        tokens, pooled, ours = _ours(d / "fp32.onnx", x)
+    cfg = ours.vitreg_config
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (32, 2, 2, 8, (SIZE, SIZE))
+    assert cfg.norm_eps == {"vit": 1e-12, "deit": 1e-12, "dinov2": 1e-6, "siglip": 1e-6}[family]
+    assert cfg.act == ("gelu_tanh" if family == "siglip" else "gelu")
+    assert cfg.mean == pytest.approx(MEAN[family])
+    assert "fp32" in cfg.source
+    assert PROCESSOR[family] in cfg.source
+    layout = token_layout(ours, (SIZE, SIZE))
+    assert (layout.has_cls, layout.distilled) == (family != "siglip", family == "deit")
+    assert float((tokens - out.last_hidden_state).abs().max()) <= TOL
+    assert float((tokens - _ort(d / "fp32.onnx", x)).abs().max()) <= TOL
+    if family == "siglip":
+        assert pooled is not None
+        assert float((pooled - out.pooler_output).abs().max()) <= TOL
+
+
+def test_int8_graph_agrees_with_onnxruntime(exported):
+    from vitreg.models.formats.onnx_clip import read_onnx
+
+    _, _, d = exported
+    tower = read_onnx(d / "int8.onnx")
+    assert any(k.endswith("query.weight") or k.endswith("q_proj.weight") for k in tower.quantized), tower.quantized
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        tokens, _, ours = _ours(d / "int8.onnx", x)
+    assert "int8" in ours.vitreg_config.source
+    theirs = _ort(d / "int8.onnx", x)
+    cos = torch.nn.functional.cosine_similarity(tokens, theirs, dim=-1)
+    assert float(cos.min()) > 0.99
+    assert float((tokens - theirs).abs().max()) < 0.25  # onnxruntime's int8 activations against vitreg's fp32 ones
+
+
+def test_the_preprocessing_beside_the_file_is_read(tmp_path, exported):
+    _, _, d = exported
+    shutil.copy(d / "fp32.onnx", tmp_path / "model.onnx")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1] * 3, "image_std": [0.2] * 3}))
+    cfg = load_model(tmp_path / "model.onnx").vitreg_config
+    assert (cfg.mean, cfg.std) == ((0.1,) * 3, (0.2,) * 3)
+    assert "preprocessor_config.json" in cfg.source
+
+
+def _refused(path) -> str:
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2", "siglip"])
+def test_a_head_count_the_graph_does_not_fix_is_refused(tmp_path, family):
+    """The q Reshape's shape computed at run time (a Shape of the input) instead of constants: the number of heads
+    is not stated, so the graph is refused, not guessed."""
+    from onnx import helper
+
+    _export(_model(family), tmp_path / "m.onnx")
+    g = onnx.load(str(tmp_path / "m.onnx"))
+    made_by = {o: n.name for n in g.graph.node for o in n.output}
+    reshapes = [n for n in g.graph.node if n.op_type == "Reshape" and "q_proj/" in made_by.get(n.input[0], "")]
+    assert reshapes
+    g.graph.node.insert(0, helper.make_node("Shape", ["pixel_values"], ["runtime_shape"], name="runtime_shape"))
+    for n in reshapes:
+        n.input[1] = "runtime_shape"
+    onnx.save(g, str(tmp_path / "heads.onnx"))
+    assert "head split is not fixed" in _refused(tmp_path / "heads.onnx")
+
+
+def test_other_graphs_are_refused_with_the_file_named(tmp_path):
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),), str(tmp_path / "lin.onnx"), dynamo=False)
+    msg = _refused(tmp_path / "lin.onnx")
+    assert "not a vision tower" in msg
+    assert "ViT" in msg
+    assert "SigLIP" in msg
+    # a ViT whose node names were dropped (as torch's dynamo exporter writes them)
+    _export(_model("vit"), tmp_path / "vit.onnx")
+    g = onnx.load(str(tmp_path / "vit.onnx"))
+    for i, n in enumerate(g.graph.node):
+        n.name = f"node_{i}"
+    onnx.save(g, str(tmp_path / "anon.onnx"))
+    assert "dynamo" in _refused(tmp_path / "anon.onnx")
+
+
+def test_a_siglip2_graph_is_refused_as_such(tmp_path):
+    """SigLIP 2 (NaFlex) embeds flattened patches with a Linear and resizes its positions per image: not read."""
+    t = transformers
+    cfg = t.Siglip2VisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                patch_size=8, num_patches=16)  # fmt: skip
+    model = t.Siglip2VisionModel(cfg).eval()
+    inputs = (torch.randn(1, 16, 3 * 8 * 8), torch.ones(1, 16, dtype=torch.long), torch.tensor([[4, 4]]))
+    torch.onnx.export(model, inputs, str(tmp_path / "s2.onnx"), dynamo=False, opset_version=17,
+                      input_names=["pixel_values", "pixel_attention_mask", "spatial_shapes"])  # fmt: skip
+    assert "SigLIP 2 (NaFlex)" in _refused(tmp_path / "s2.onnx")
+
+
+def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
+    """torch's exporter folds DINOv2's table into [CLS]'s row and the grid fed to a Resize: both are read, exactly."""
+    from vitreg.models.formats.onnx_clip import read_onnx
+
+    model = _model("dinov2")
+    _export(model, tmp_path / "m.onnx")
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert "embeddings.position_embeddings" not in {t.name for t in g.initializer}
+    assert any(n.op_type == "Resize" for n in g.node)
+    tower = read_onnx(tmp_path / "m.onnx")
+    assert tower.family == "DINOv2"
+    got = tower.state_dict["embeddings.position_embeddings"]
+    np.testing.assert_array_equal(got.numpy(), model.embeddings.position_embeddings.detach().numpy())
