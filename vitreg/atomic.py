@@ -111,7 +111,7 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 
 def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """A compressed ``.npz`` of plain arrays (readable with ``allow_pickle=False``)."""
-    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]  # numpy stubs
 
 
 def write_png(path: str | Path, fig: Any, dpi: int = 100) -> Path:

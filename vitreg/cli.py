@@ -44,7 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p._negative_number_matcher = _NEGATIVE_VALUES  # type: ignore[attr-defined]
+        p._negative_number_matcher = _NEGATIVE_VALUES
         if name == command:
             module = importlib.import_module(f"vitreg.commands.{name}")
             module.add_arguments(p)

@@ -35,7 +35,7 @@ def cpu_has_bf16() -> bool:
 @lru_cache(maxsize=1)
 def cpu_description() -> dict[str, object]:
     """This machine's CPU: model name, cores and the vector flags that decide its speed (for provenance)."""
-    name, flags = "unknown", set()
+    name, flags = "unknown", set[str]()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -55,15 +55,17 @@ def all_reduce_sum(x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Sum an array over ranks (histograms and counts add). float64 keeps counts exact; a no-op without torchrun."""
     if not is_active():
         return x
-    as_numpy = isinstance(x, np.ndarray)
-    t = torch.as_tensor(np.asarray(x) if as_numpy else x).to(
-        torch.float64 if not as_numpy or x.dtype.kind == "f" else torch.int64
-    )
+    if isinstance(x, np.ndarray):
+        t = torch.as_tensor(x).to(torch.float64 if x.dtype.kind == "f" else torch.int64)
+        return _all_sum(t).numpy().astype(x.dtype)
+    return _all_sum(x.to(torch.float64)).to(x.dtype)
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t = t.cpu()
-    return t.numpy().astype(x.dtype) if as_numpy else t.to(x.dtype)
+    return t.cpu()
 
 
 def all_gather_objects(obj: object) -> list[object]:

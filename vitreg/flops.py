@@ -20,7 +20,8 @@ from vitreg.models.presets import ModelConfig, build_model, count_parameters
 
 def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict:
     """FLOPs of one forward at batch 1 and parameter count of ``cfg`` with ``registers`` registers at ``img_size``."""
-    size = tuple(cfg.img_size) if img_size is None else (int(img_size), int(img_size))
+    h, w = cfg.img_size
+    size = (int(h), int(w)) if img_size is None else (int(img_size), int(img_size))
     cfg = dataclasses.replace(cfg, registers=int(registers), img_size=size)
     with torch.device("meta"):
         model = build_model(cfg).eval().requires_grad_(False)

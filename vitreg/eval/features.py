@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from vitreg.errors import DataError
 from vitreg.models import Inspector
+from vitreg.models.presets import patch_size_of
 
 
 @dataclass
@@ -70,7 +71,7 @@ def collect_features(
     """Run ``model`` over ``loader`` (batches of same-size images) and gather :class:`Features`."""
     inspector = Inspector(model, dtype=dtype)
     layer = layer % inspector.depth
-    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    patch = patch_size_of(model)
     keep: dict[str, list] = {
         k: [] for k in ("prenorm", "normed", "cls", "cls_prenorm", "pixels", "labels", "masks", "depth")
     }
@@ -89,7 +90,7 @@ def collect_features(
         post = cap.split_tokens("normed")
         keep["prenorm"].append(pre.patches.cpu().numpy())
         keep["normed"].append(post.patches.cpu().numpy())
-        if post.cls is not None:
+        if post.cls is not None and pre.cls is not None:
             keep["cls"].append(post.cls.cpu().numpy())
             keep["cls_prenorm"].append(pre.cls.cpu().numpy())
         keep["pixels"].append(patchify(x, patch).numpy())
@@ -107,14 +108,17 @@ def collect_features(
         # A field present for only some batches is unusable for a probe: treat it as absent.
         return np.concatenate(parts) if parts and sum(len(p) for p in parts) == m else None
 
-    prenorm = cat("prenorm").astype(np.float32)
+    def floats(key: str) -> np.ndarray:  # a field every batch has (patch tokens and pixels)
+        return np.concatenate(keep[key]).astype(np.float32)
+
+    prenorm = floats("prenorm")
     return Features(
         prenorm=prenorm,
-        normed=cat("normed").astype(np.float32),
+        normed=floats("normed"),
         cls=cat("cls"),
         cls_prenorm=cat("cls_prenorm"),
         norms=np.linalg.norm(prenorm, axis=-1),
-        pixels=cat("pixels").astype(np.float32),
+        pixels=floats("pixels"),
         labels=cat("labels"),
         masks=cat("masks"),
         depth=cat("depth"),

@@ -81,8 +81,8 @@ def fit_probe(
         torch.manual_seed(seed)
         probe = Probe(xt.shape[1], d_out, hidden)
     if task == "regress":
-        probe.y_mean.copy_(y_mean)
-        probe.y_std.copy_(y_std)
+        probe.get_buffer("y_mean").copy_(y_mean)
+        probe.get_buffer("y_std").copy_(y_std)
     opt = torch.optim.Adam(probe.parameters(), lr=lr if not hidden else lr / 10, weight_decay=weight_decay)
     n = len(xt)
     steps_per_epoch = max(1, -(-n // batch_size))

@@ -32,6 +32,7 @@ from vitreg.eval.boxes import best_iou, corloc
 from vitreg.eval.features import progress_bar
 from vitreg.models import Inspector, split_tokens
 from vitreg.models.inspect import TokenLayout
+from vitreg.models.presets import patch_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +197,9 @@ def run_lost(
     """
     kinds = [kind] if isinstance(kind, str) else list(kind)
     inspector = Inspector(model, dtype=dtype)
-    patch = tuple(int(p) for p in model.patch_embed.patch_size)
+    patch = patch_size_of(model)
     biases = [float(x) for x in biases]
-    tallies = {kd: _Tally(biases) for kd in kinds}
+    tallies: dict[str, _Tally] = {kd: _Tally(biases) for kd in kinds}
     gts: list[np.ndarray] = []
     bad: list[tuple[str, str]] = []
     bar = progress_bar(loader, "LOST")
@@ -248,7 +249,7 @@ def extract_many(
     cap = inspector.run(
         images, layers=[layer] if want_tokens else None, attention_layers=None, qkv_layers=[layer], normed=False
     )
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for kd in kinds:
         if kd == "tokens":
             out[kd] = cap.tokens[layer]
@@ -263,7 +264,7 @@ def _tally(
     t: _Tally,
     tokens: torch.Tensor,
     layout: TokenLayout,
-    patch: tuple[int, ...],
+    patch: tuple[int, int],
     k: int,
     normalize: bool,
     batch: dict,

@@ -305,6 +305,13 @@ def config_of(model: nn.Module) -> ModelConfig:
     return cfg
 
 
+def patch_size_of(model: nn.Module) -> tuple[int, int]:
+    """A timm model's patch size (ph, pw), from its patch embedding (any timm ViT; vitreg's own or not)."""
+    embed: Any = model.get_submodule("patch_embed")
+    ph, pw = embed.patch_size
+    return int(ph), int(pw)
+
+
 def create_model(
     name: str,
     registers: int | None = None,
