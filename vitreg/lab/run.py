@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from vitreg import atomic
 from vitreg.analysis.artifact_bar import meets_norm_bar
@@ -35,14 +36,14 @@ def lab_stages(grid: Grid, out: Path, threads: int | None) -> tuple[list[Stage],
                 trains.append(s)
                 models.append(s)
                 index[(name, seed, n)] = s
-            cfg = DiagnoseConfig(
+            diag_cfg = DiagnoseConfig(
                 models=[ModelEntry(key=f"s{i}", spec=str(m.directory)) for i, m in enumerate(models)],
                 images=ImageSpec(src=src, scenes=scenes, limit=grid.diagnose_limit),
                 examples=2,
                 sinks=True,
                 out=str(out / name / f"seed{seed}" / "diagnose"),
             )
-            diags.append(diagnose_stage(f"{name}: seed {seed}, diagnose", cfg, models, out, report=False))
+            diags.append(diagnose_stage(f"{name}: seed {seed}, diagnose", diag_cfg, models, out, report=False))
     return trains + diags, index
 
 
@@ -85,7 +86,7 @@ def run_lab(
     return result
 
 
-def sink_fields(m: ModelResult) -> dict[str, float | int | None]:
+def sink_fields(m: ModelResult) -> dict[str, Any]:
     """The lab table's sink columns from a diagnosed model's per-block sink statistics (none without them)."""
     if not m.sinks:
         return {}

@@ -85,6 +85,8 @@ def explorer_html(run: DiagnoseRun) -> str:
             f'<td>{m["total"]}</td><td id="outlier-count-{k}">{n}</td>'
             f'<td id="outlier-ratio-{k}">{100 * ratio:.2f}%</td><td>{run_t}</td><td>{run_n}</td></tr>'
         )
+    if first is None:
+        raise ValueError("the explorer needs at least one model")  # explorer_data always keeps the first model
     n0, r0, m0 = first
     note = ""
     if data["skipped"]:

@@ -42,8 +42,9 @@ def examples(m: ModelRun) -> Figure | None:
     outlier = m.arrays["ex_outlier"][:k].astype(bool) if m.has("ex_outlier") else np.zeros(norm.shape, bool)
     mask = m.arrays["ex_mask"][:k] if m.has("ex_mask") else None  # (K, H, W)
     pca = m.arrays["ex_pca"][:k] if m.has("ex_pca") else None  # (K, gh, gw)
-    att = m.arrays["ex_attention"][:k] if m.has("ex_attention") else None  # (K, Q, gh, gw)
-    names = m.query_names[: att.shape[1]] if att is not None else []
+    # (K, Q, gh, gw); Q = 0 for a model with neither [CLS] nor registers, or a run without attention maps
+    att = m.arrays["ex_attention"][:k] if m.has("ex_attention") else np.zeros((k, 0, 1, 1), np.float32)
+    names = m.query_names[: att.shape[1]]
     # σ over every shown map: the component is whitened, so this is ~1, and one scale makes rows comparable
     sigma = float(np.std(pca)) if pca is not None and np.std(pca) > 0 else 1.0
     cols = ["input + outliers"] + (["mask"] if mask is not None else []) + ["norm map"]
@@ -113,7 +114,7 @@ def registers(m: ModelRun) -> Figure | None:
         ax.imshow(a, cmap="inferno", interpolation="nearest")
         ax.set_title(f"mean attn {name}", fontsize=7)
         _off(ax)
-    if has_sim:
+    if has_sim and sim is not None:
         ax = axes[-1]
         im = ax.imshow(sim, cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1.0)
         r = sim.shape[0]

@@ -8,12 +8,14 @@ scenes, so only the direction of a difference can be compared, never the value.
 
 from __future__ import annotations
 
+from typing import Any
+
 PAPER = "Darcet et al., Vision Transformers Need Registers (ICLR 2024)"
 TTR_PAPER = "Jiang, Dravid et al., Vision Transformers Don't Need Trained Registers (2025)"
 STUDY = "Registers in Small Vision Transformers: a reproducibility study (TMLR)"
 
 # Fig. 3 / Sec. 2.1: DINOv2 ViT-g, output patch-token norms
-ARTIFACTS = {
+ARTIFACTS: dict[str, Any] = {
     "source": f"{PAPER}, Fig. 3 and Sec. 2.1 (DINOv2 ViT-g/14, output patch tokens)",
     "cutoff": 150.0,
     "outlier_ratio": 0.023,  # about 2.3% of patch tokens
@@ -21,7 +23,7 @@ ARTIFACTS = {
 }
 
 # Fig. 4: where and when (DINOv2 ViT-g, 40 blocks)
-EMERGENCE = {
+EMERGENCE: dict[str, Any] = {
     "source": f"{PAPER}, Fig. 4 (DINOv2 ViT-g/14, 40 blocks)",
     "first_layer": 15,
     "depth": 40,
@@ -30,7 +32,7 @@ EMERGENCE = {
 }
 
 # Fig. 5: local information, normal vs outlier patch tokens (DINOv2 ViT-g)
-LOCAL = {
+LOCAL: dict[str, Any] = {
     "source": f"{PAPER}, Fig. 5b (DINOv2 ViT-g/14)",
     "position_accuracy": {"normal": 0.417, "outlier": 0.228},
     "pixel_error": {"normal": 18.38, "outlier": 25.23},
@@ -39,13 +41,13 @@ LOCAL = {
 }
 
 # Table 1: linear probe on one token, ImageNet-1k top-1 (DINOv2 ViT-g)
-GLOBAL = {
+GLOBAL: dict[str, Any] = {
     "source": f"{PAPER}, Table 1 (DINOv2 ViT-g/14, ImageNet-1k linear probe on one token)",
     "top1": {"cls": 0.860, "normal": 0.658, "outlier": 0.690},
 }
 
 # Table 2a: linear evaluation with frozen features, without and with registers
-LINEAR = {
+LINEAR: dict[str, Any] = {
     "source": f"{PAPER}, Table 2a (linear probes on frozen features)",
     "rows": {
         "DeiT-III": {"imagenet_top1": (0.847, 0.847), "ade20k_miou": (0.389, 0.391), "nyud_rmse": (0.511, 0.512)},
@@ -55,7 +57,7 @@ LINEAR = {
 }
 
 # Table 3: LOST CorLoc (VOC07, VOC12, COCO20k), without -> with registers
-CORLOC = {
+CORLOC: dict[str, Any] = {
     "source": f"{PAPER}, Table 3 (LOST unsupervised object discovery, CorLoc)",
     "datasets": ("VOC07", "VOC12", "COCO20k"),
     "rows": {
@@ -67,19 +69,19 @@ CORLOC = {
 }
 
 # Fig. 12: cost of registers
-OVERHEAD = {
+OVERHEAD: dict[str, Any] = {
     "source": f"{PAPER}, Fig. 12",
     "flops_4": 0.02,  # "below 2%" for 4 registers
     "flops_16": 0.06,  # "up to 6%" for 16 registers
 }
 
 # Fig. 8: ablation of the number of registers (DINOv2 ViT-L)
-ABLATION = {
+ABLATION: dict[str, Any] = {
     "source": f"{PAPER}, Fig. 8 (DINOv2)",
     "claim": "one register is enough to remove the artifacts; more registers help downstream performance",
 }
 
 # Test-time registers: register neurons moved into an untrained extra token at inference
-TTR = {
+TTR: dict[str, Any] = {
     "source": f"{TTR_PAPER}: register neurons, test-time registers",
 }

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
 from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
-from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
+from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.reproduce.plan import Plan
 from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage, zoo_stage
 
-LOST_FEATURES = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
+LOST_FEATURES: FeatureKind = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
 
 
 def model_dir(out: Path, seed: int, registers: int, zoo: str | None = None) -> Path:
@@ -61,7 +61,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
     stages = list(trained.values())
     for seed in plan.seeds:
         models = [trained[(seed, n)] for n in plan.registers]
-        cfg = DiagnoseConfig(
+        diag_cfg = DiagnoseConfig(
             models=[ModelEntry(key=f"s{i}", spec=str(m.directory)) for i, m in enumerate(models)],
             images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.diagnose_limit),
             runtime=runtime,
@@ -70,9 +70,9 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             out=str(diagnose_dir(out, seed)),
         )
         name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"
-        stages.append(diagnose_stage(name, cfg, models, out, report=True))
+        stages.append(diagnose_stage(name, diag_cfg, models, out, report=True))
     for (seed, n), m in trained.items():
-        cfg = ProbeConfig(
+        probe_cfg = ProbeConfig(
             model=ModelSpec(spec=str(m.directory)),
             images=ImageSpec(src="synthetic", scenes=scenes, limit=plan.probe_limit),
             runtime=runtime,
@@ -80,16 +80,18 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             seeds=plan.probe_seeds,
             out=str(probe_dir(out, seed, n)),
         )
-        stages.append(job_stage(f"probe: seed {seed}, {n} registers", "probe", cfg, probe, "probe.json", [m], out))
+        stages.append(
+            job_stage(f"probe: seed {seed}, {n} registers", "probe", probe_cfg, probe, "probe.json", [m], out)
+        )
     batch = LOST_BATCH_SIZE
-    lost_sets = [
+    lost_sets: list[tuple[str, ImageSpec, int | None]] = [
         ("synthetic", ImageSpec(src="synthetic", scenes=scenes, limit=plan.lost_limit, batch_size=batch), None)
     ]
     if plan.coco:
         lost_sets.append(("coco", ImageSpec(src=plan.coco, limit=plan.coco_limit, batch_size=batch), plan.coco_resize))
     for name, images, resize in lost_sets:
         for (seed, n), m in trained.items():
-            cfg = LostConfig(
+            lost_cfg = LostConfig(
                 model=ModelSpec(spec=str(m.directory)),
                 images=images,
                 resize=resize,
@@ -98,10 +100,10 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
                 out=str(lost_dir(out, name, seed, n)),
             )
             stages.append(
-                job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", cfg, lost, "lost.json", [m], out)
+                job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", lost_cfg, lost, "lost.json", [m], out)
             )
     first = trained[(plan.seeds[0], plan.registers[0])]
-    models = [ModelSpec(spec=str(first.directory)), *(ModelSpec(spec=s) for s in plan.flops_models)]
-    cfg = FlopsConfig(models=models, register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
-    stages.append(job_stage("FLOPs and parameters", "flops", cfg, flops, "flops.json", [first], out))
+    counted = [ModelSpec(spec=str(first.directory)), *(ModelSpec(spec=s) for s in plan.flops_models)]
+    flops_cfg = FlopsConfig(models=counted, register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
+    stages.append(job_stage("FLOPs and parameters", "flops", flops_cfg, flops, "flops.json", [first], out))
     return stages

@@ -19,7 +19,7 @@ from vitreg.data.scenes import SceneConfig
 from vitreg.errors import ConfigError
 from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
 from vitreg.jobs.flops import FlopsConfig
-from vitreg.jobs.lost import LostConfig
+from vitreg.jobs.lost import FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.reproduce import items, paper
@@ -33,7 +33,7 @@ from vitreg.results.rundir import read_result
 from vitreg.stages import EVAL_SCENE_SEED, Stage, diagnose_stage, job_stage
 
 DATASETS = ("VOC07", "VOC12", "COCO20k")  # Table 3's columns, in its order
-FEATURES = {
+FEATURES: dict[str, FeatureKind] = {
     "DINOv2": "k",
     "DeiT-III": "v",
     "OpenCLIP": "v",
@@ -134,12 +134,13 @@ def pair_stages(plan: PairPlan, out: Path) -> list[Stage]:
         stages.append(job_stage(f"probe: {m.spec}", "probe", cfg, probe, "probe.json", [], out))
     for name, path in plan.datasets.items():
         for n, m in zip(plan.registers, plan.models, strict=True):
-            cfg = LostConfig(model=m, images=ImageSpec(src=path, limit=plan.lost_limit, batch_size=4),
-                             features=FEATURES[plan.family], biases=plan.lost_biases, runtime=runtime,  # type: ignore[arg-type]
+            lost_cfg = LostConfig(model=m, images=ImageSpec(src=path, limit=plan.lost_limit, batch_size=4),
+                             features=FEATURES[plan.family], biases=plan.lost_biases, runtime=runtime,
                              out=str(out / "lost" / name / f"reg{n}"))  # fmt: skip
-            stages.append(job_stage(f"LOST on {name}: {m.spec}", "lost", cfg, lost, "lost.json", [], out))
-    cfg = FlopsConfig(models=[ModelSpec(spec=m.spec, random_init=True) for m in plan.models], out=str(out / "flops"))
-    stages.append(job_stage("FLOPs and parameters", "flops", cfg, flops, "flops.json", [], out))
+            stages.append(job_stage(f"LOST on {name}: {m.spec}", "lost", lost_cfg, lost, "lost.json", [], out))
+    flops_cfg = FlopsConfig(models=[ModelSpec(spec=m.spec, random_init=True) for m in plan.models],
+                            out=str(out / "flops"))  # fmt: skip
+    stages.append(job_stage("FLOPs and parameters", "flops", flops_cfg, flops, "flops.json", [], out))
     return stages
 
 
@@ -160,10 +161,16 @@ def table3(plan: PairPlan, table: Table) -> Item:
     for i, name in enumerate(DATASETS):
         if name not in plan.datasets:
             continue
-        get = lambda r, name=name: c.corloc if (c := r.corloc.get(name)) else None
+
+        def get(r: ModelRow, name: str = name) -> float | None:
+            return c.corloc if (c := r.corloc.get(name)) else None
+
+        def count(r: ModelRow, name: str = name) -> int | None:
+            return r.corloc[name].images if name in r.corloc else None
+
         rows.append(Row(quantity=f"CorLoc, {name}", paper=without[i], paper_reg=with_reg[i],
                         ours={str(n): series(table, n, get) for n in table}))  # fmt: skip
-        images = values(table, base, lambda r, name=name: r.corloc[name].images if name in r.corloc else None)[0]
+        images = values(table, base, count)[0]
         claims.append(claim(f"Registers improve LOST CorLoc ({name}, {plan.family})",
                             *corloc_gain(series(table, base, get), series(table, reg, get), images),
                             why_none=f"no CorLoc on {name}"))  # fmt: skip

@@ -28,7 +28,7 @@ from pathlib import Path
 from vitreg.errors import VitregError
 from vitreg.jobs.fix import HELD_OUT, NEURONS_FILE, FixConfig
 from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
-from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
+from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.stages import Log, Stage, job_stage
@@ -37,7 +37,7 @@ RELEASED_MODEL = "zoo:clip-vit-b16-openai"
 PHOTOS = "photos"
 #: generated scenes for the probes: labelled (the largest object's shape), with masks, on crops of real photos
 PROBE_SCENES = "synthetic:task=shape,background=photo"
-LOST_FEATURES = ("k", "v")
+LOST_FEATURES: tuple[FeatureKind, ...] = ("k", "v")
 
 
 @dataclass
@@ -243,7 +243,11 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
             stage = job_stage(name, "lost", cfg, lost, "lost.json", up, out)
             if ttr:
                 original = dataclasses.replace(cfg, model=model)
-                stage.work = _if_neurons(neurons, stage.work, lambda resume, c=original: lost(c))
+
+                def lost_again(resume: bool, c: LostConfig = original) -> object:
+                    return lost(c)
+
+                stage.work = _if_neurons(neurons, stage.work, lost_again)
             stages.append(stage)
     flops_cfg = FlopsConfig(models=[model], register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
     stages.append(

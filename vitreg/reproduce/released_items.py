@@ -8,6 +8,7 @@ import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitreg.analysis.artifact_bar import (
     MAX_OUTLIER_RATIO_WITH_REGISTERS,
@@ -64,7 +65,7 @@ class Released:
     @property
     def table(self) -> Table:
         a, b = self.before, self.after
-        probes = {}
+        probes: dict[str, Any] = {}
         for p in (self.local_probe, self.global_probe):
             probes |= {k: v for k, v in (probe_fields(p) if p is not None else {}).items() if v is not None}
         table: Table = {0: {0: ModelRow(**diagnosis_fields(a), **probes)}}
