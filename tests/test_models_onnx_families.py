@@ -1,12 +1,14 @@
-"""transformers ViT, DeiT, DINOv2 and SigLIP vision towers as ONNX exports (fp32 and onnxruntime's dynamic int8),
-built with transformers (random init, tiny sizes, every tensor perturbed) and read by vitreg's one ``.onnx`` format.
+"""transformers ViT, DeiT, DINOv2, DINOv3 and SigLIP vision towers as ONNX exports (fp32 and onnxruntime's dynamic
+int8), built with transformers (random init, tiny sizes, every tensor perturbed) and read by vitreg's one ``.onnx``
+format.
 
 - fp32 graphs: vitreg's tokens after the final norm equal transformers' ``last_hidden_state`` (<= 1e-4; SigLIP's
   pooled output equals ``pooler_output``) and onnxruntime running the graph;
 - int8 graphs (MatMul, Conv and Gather quantised per channel): vitreg's tokens agree with onnxruntime running the
   quantised graph (which also quantises activations at run time: cosine > 0.99, as for CLIP);
-- the architecture comes from the graph (heads, eps, activation, DeiT's distillation token, the preprocessing
-  default of each family), and a graph that does not state what vitreg needs is one line naming the file.
+- the architecture comes from the graph (heads, eps, activation, DeiT's distillation token, DINOv3's registers,
+  gated MLP and RoPE period, the preprocessing default of each family), and a graph that does not state what vitreg
+  needs is one line naming the file.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
 SIZE = 32
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=8)
-FAMILIES = ("vit", "deit", "dinov2", "siglip")
-MEAN = {"vit": (0.5,) * 3, "deit": (0.485, 0.456, 0.406), "dinov2": (0.485, 0.456, 0.406), "siglip": (0.5,) * 3}
+FAMILIES = ("vit", "deit", "dinov2", "dinov3", "siglip")
+IMAGENET = (0.485, 0.456, 0.406)
+MEAN = {"vit": (0.5,) * 3, "deit": IMAGENET, "dinov2": IMAGENET, "dinov3": IMAGENET, "siglip": (0.5,) * 3}
 PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
-             "siglip": "SiglipImageProcessor"}  # fmt: skip
+             "dinov3": "DINOv3ViTImageProcessorFast", "siglip": "SiglipImageProcessor"}  # fmt: skip
+REGISTERS = {"dinov3": 4}
 
 
 def _model(family: str, **extra: Any) -> torch.nn.Module:
@@ -42,6 +46,9 @@ def _model(family: str, **extra: Any) -> torch.nn.Module:
         model = t.DeiTModel(t.DeiTConfig(**SIZES, intermediate_size=48, **extra), add_pooling_layer=False)
     elif family == "dinov2":
         model = t.Dinov2Model(t.Dinov2Config(**SIZES, mlp_ratio=2, **extra))
+    elif family == "dinov3":
+        model = t.DINOv3ViTModel(t.DINOv3ViTConfig(**{**SIZES, "intermediate_size": 64, "num_register_tokens": 4,
+                                                      **extra}))  # fmt: skip
     else:
         model = t.SiglipVisionModel(t.SiglipVisionConfig(**SIZES, intermediate_size=48, **extra))
     with torch.no_grad():  # transformers initialises biases to 0, norms and LayerScale to constants: make each tell
@@ -50,9 +57,10 @@ def _model(family: str, **extra: Any) -> torch.nn.Module:
     return model.eval()
 
 
-def _export(model: torch.nn.Module, path) -> None:
+def _export(model: torch.nn.Module, path, dynamic: dict[int, str] | None = None) -> None:
+    axes = {"pixel_values": dynamic or {0: "batch"}}
     torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), input_names=["pixel_values"], dynamo=False,
-                      opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+                      opset_version=17, dynamic_axes=axes)  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -90,13 +98,21 @@ def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
         tokens, pooled, ours = _ours(d / "fp32.onnx", x)
     cfg = ours.vitreg_config
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (32, 2, 2, 8, (SIZE, SIZE))
-    assert cfg.norm_eps == {"vit": 1e-12, "deit": 1e-12, "dinov2": 1e-6, "siglip": 1e-6}[family]
-    assert cfg.act == ("gelu_tanh" if family == "siglip" else "gelu")
+    eps = {"vit": 1e-12, "deit": 1e-12, "dinov2": 1e-6, "dinov3": 1e-5, "siglip": 1e-6}[family]
+    if family == "dinov3":  # a timm Eva: its eps and activation are the timm entry point's, the graph's are checked
+        from vitreg.models.formats.onnx_clip import read_onnx
+
+        stated = read_onnx(d / "fp32.onnx").config
+        assert (stated["layer_norm_eps"], stated["hidden_act"], stated["use_gated_mlp"]) == (eps, "gelu", False)
+    else:
+        assert cfg.norm_eps == eps
+        assert cfg.act == ("gelu_tanh" if family == "siglip" else "gelu")
     assert cfg.mean == pytest.approx(MEAN[family])
     assert "fp32" in cfg.source
     assert PROCESSOR[family] in cfg.source
     layout = token_layout(ours, (SIZE, SIZE))
     assert (layout.has_cls, layout.distilled) == (family != "siglip", family == "deit")
+    assert layout.num_registers == REGISTERS.get(family, 0)
     assert float((tokens - out.last_hidden_state).abs().max()) <= TOL
     assert float((tokens - _ort(d / "fp32.onnx", x)).abs().max()) <= TOL
     if family == "siglip":
@@ -138,7 +154,7 @@ def _refused(path) -> str:
     return msg
 
 
-@pytest.mark.parametrize("family", ["vit", "dinov2", "siglip"])
+@pytest.mark.parametrize("family", ["vit", "dinov2", "dinov3", "siglip"])
 def test_a_head_count_the_graph_does_not_fix_is_refused(tmp_path, family):
     """The q Reshape's shape computed at run time (a Shape of the input) instead of constants: the number of heads
     is not stated, so the graph is refused, not guessed."""
@@ -196,3 +212,48 @@ def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
     assert tower.family == "DINOv2"
     got = tower.state_dict["embeddings.position_embeddings"]
     np.testing.assert_array_equal(got.numpy(), model.embeddings.position_embeddings.detach().numpy())
+
+
+def test_dinov3_rope_period_and_gated_mlp_are_read_from_the_graph(tmp_path):
+    """DINOv3's RoPE is computed in the graph: its period comes back from the frequency constant (1, 1, head_dim / 4),
+    here 8 of them for one head of 32; the gated MLP (SiLU) from its gate_proj; the tokens equal transformers'."""
+    from vitreg.models.formats.onnx_clip import read_onnx
+
+    torch.manual_seed(1)
+    model = _model("dinov3", num_attention_heads=1, rope_theta=37.0, use_gated_mlp=True, hidden_act="silu")
+    _export(model, tmp_path / "m.onnx")
+    tower = read_onnx(tmp_path / "m.onnx")
+    assert tower.family == "DINOv3"
+    got = {k: tower.config[k] for k in ("rope_theta", "use_gated_mlp", "hidden_act", "num_register_tokens",
+                                         "num_attention_heads", "key_bias", "query_bias")}  # fmt: skip
+    assert got == dict(rope_theta=37.0, use_gated_mlp=True, hidden_act="silu", num_register_tokens=4,
+                       num_attention_heads=1, key_bias=False, query_bias=True)  # fmt: skip
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        tokens, pooled, _ = _ours(tmp_path / "m.onnx", x)
+        out = model(pixel_values=x)
+    assert float((tokens - out.last_hidden_state).abs().max()) <= TOL
+    assert pooled is not None
+    assert float((pooled - out.pooler_output).abs().max()) <= TOL
+
+
+def test_dinov3_graphs_that_do_not_state_what_vitreg_needs_are_refused(tmp_path):
+    """No static input size (DINOv3 has no position table to state one), RoPE frequencies of no single period, and a
+    key bias (which timm's DINOv3 Eva cannot hold): each one line naming the file."""
+    from onnx import numpy_helper
+
+    model = _model("dinov3")
+    _export(model, tmp_path / "dynamic.onnx", dynamic={0: "batch", 2: "height", 3: "width"})
+    assert "dynamic" in _refused(tmp_path / "dynamic.onnx")
+    _export(model, tmp_path / "m.onnx")
+    g = onnx.load(str(tmp_path / "m.onnx"))
+    mul = next(n for n in g.graph.node if n.name == "/rope_embeddings/Mul_2")
+    const = next(n for n in g.graph.node if n.op_type == "Constant" and n.output[0] in mul.input)
+    freq = numpy_helper.to_array(const.attribute[0].t).copy()  # (1, 1, head_dim / 4)
+    assert freq.size == 4
+    freq[..., -1] *= 1.5
+    const.attribute[0].t.CopyFrom(numpy_helper.from_array(freq))
+    onnx.save(g, str(tmp_path / "freq.onnx"))
+    assert "frequencies" in _refused(tmp_path / "freq.onnx")
+    _export(_model("dinov3", key_bias=True), tmp_path / "kbias.onnx")
+    assert "key_bias=True" in _refused(tmp_path / "kbias.onnx")

@@ -7,10 +7,10 @@ patches, pre-norm (the last block's output) and after the final norm as that lib
 Where a library has no final-norm output for some tokens it says so here: transformers' CLIP normalises [CLS] only
 (``pooler_output``), so the other tokens are compared with its own ``post_layernorm`` module applied to them; an ONNX
 graph of CLIP outputs ``last_hidden_state`` and the pooled [CLS] only (the graph run by onnxruntime is the reference);
-the ONNX graphs of the other transformers families (``onnx-vit``, ``onnx-deit``, ``onnx-dinov2``, ``onnx-siglip``,
-cases of the one ``onnx`` format) are compared with the transformers model they were exported from. Formats vitreg
-owns (its run directory, its presets) are compared with the model they were saved from. SigLIP's attention-pooling
-head is compared too (the model's output against ``pooler_output``).
+the ONNX graphs of the other transformers families (``onnx-vit``, ``onnx-deit``, ``onnx-dinov2``, ``onnx-dinov3``,
+``onnx-siglip``, cases of the one ``onnx`` format) are compared with the transformers model they were exported from.
+Formats vitreg owns (its run directory, its presets) are compared with the model they were saved from. SigLIP's
+attention-pooling head is compared too (the model's output against ``pooler_output``).
 
 Adding a format: one module in ``vitreg/models/formats/`` and one case here (``CASES[key]``);
 ``test_every_format_has_a_case`` holds the two together. ``python tests/test_models_parity.py`` prints the table of
@@ -304,6 +304,16 @@ def _onnx_dinov2(tmp: Path) -> Case:
     return _onnx_family(tmp, model, model)
 
 
+def _onnx_dinov3(tmp: Path) -> Case:
+    """DINOv3ViTModel (its RoPE computed in the graph, read from the graph's constants; 4 registers)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8, num_register_tokens=4, layerscale_value=0.5)  # fmt: skip
+    model = _perturb(DINOv3ViTModel(cfg))
+    return _onnx_family(tmp, model, model, pooled=True, registers=4)
+
+
 def _onnx_siglip(tmp: Path) -> Case:
     from transformers import SiglipVisionModel
 
@@ -370,6 +380,7 @@ EXTRA: dict[str, tuple[str, Callable[[Path], Case]]] = {
     "onnx-vit": ("onnx", _onnx_vit),
     "onnx-deit": ("onnx", _onnx_deit),
     "onnx-dinov2": ("onnx", _onnx_dinov2),
+    "onnx-dinov3": ("onnx", _onnx_dinov3),
     "onnx-siglip": ("onnx", _onnx_siglip),
 }
 ALL = {**{k: (k, c) for k, c in CASES.items()}, **EXTRA}

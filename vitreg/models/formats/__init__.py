@@ -39,7 +39,7 @@ __all__ = [
     "read_sidecar",
 ]
 
-_HELPERS = {"base", "hf_common", "onnx_graph", "onnx_vit", "onnx_siglip"}
+_HELPERS = {"base", "hf_common", "onnx_graph", "onnx_vit", "onnx_siglip", "onnx_dinov3"}
 
 
 def _discover() -> list[Format]:

@@ -1,7 +1,7 @@
 """ONNX exports of a ``transformers`` vision tower, read as weights: the graph's initialisers, with the ``onnx``
 package alone (no runtime, nothing executed). This module is the one ``.onnx`` format: it tells the family from the
-graph's tensor names and reads CLIP itself; ViT, DeiT and DINOv2 are read by :mod:`.onnx_vit`, SigLIP by
-:mod:`.onnx_siglip`, all with the graph machinery of :mod:`.onnx_graph`.
+graph's tensor names and reads CLIP itself; ViT, DeiT and DINOv2 are read by :mod:`.onnx_vit`, DINOv3 by
+:mod:`.onnx_dinov3`, SigLIP by :mod:`.onnx_siglip`, all with the graph machinery of :mod:`.onnx_graph`.
 
 What is read, and from where in the graph (exports by ``torch.onnx.export(..., dynamo=False)``, ``optimum``, and the
 same graphs after ``onnxruntime.quantization.quantize_dynamic``; their node names keep transformers' module paths,
@@ -18,18 +18,19 @@ same graphs after ``onnxruntime.quantization.quantize_dynamic``; their node name
   onnxruntime's dynamic quantisation defines it, ``W = (q - zero_point) * scale`` per output column (or per tensor);
   the same for a ``ConvInteger`` patch embedding (per output channel) and a ``DequantizeLinear``'d embedding.
 
-The families, told apart by their tensor names: CLIP (``embeddings.class_embedding`` + ``pre_layrnorm``); DINOv2
-(``layer_scale1.lambda1``; its position table resampled inside the graph and read at its own grid); DeiT (ViT's
-``embeddings.cls_token`` + ``distillation_token``); ViT (``embeddings.cls_token``); SigLIP (``head.probe`` or
-``post_layernorm``, no [CLS]). The weights come out in that family's transformers keys, the config as its
-``config.json`` would state it, and both go through that family's folder reader and layout (:mod:`.hf_clip`,
-:mod:`.hf_vit`, :mod:`.hf_deit`, :mod:`.hf_dinov2`, :mod:`.hf_siglip`).
+The families, told apart by their tensor names: CLIP (``embeddings.class_embedding`` + ``pre_layrnorm``); DINOv3
+(``embeddings.register_tokens`` + ``layer_scale1.lambda1``, a patch convolution without ``projection``; its RoPE is
+computed inside the graph, and its period and coordinate normalisation are read and checked from the graph's
+constants); DINOv2 (``layer_scale1.lambda1``; its position table resampled inside the graph and read at its own
+grid); DeiT (ViT's ``embeddings.cls_token`` + ``distillation_token``); ViT (``embeddings.cls_token``); SigLIP
+(``head.probe`` or ``post_layernorm``, no [CLS]). The weights come out in that family's transformers keys, the config
+as its ``config.json`` would state it, and both go through that family's folder reader and layout (:mod:`.hf_clip`,
+:mod:`.hf_vit`, :mod:`.hf_deit`, :mod:`.hf_dinov2`, :mod:`.hf_dinov3`, :mod:`.hf_siglip`).
 
 What the graph does not state is refused with a one-line :class:`CheckpointError` naming the file, never guessed.
-Not read: DINOv3 (its RoPE is computed inside the graph: periods and the patch-coordinate normalisation would have to
-be recognised from arithmetic nodes, not read from an initialiser), ``Dinov2WithRegistersModel`` (torch's exporter
-cannot export its antialiased position resampling at opset 17, so there is no graph to test against) and DINOv2's
-SwiGLU MLP (giant).
+Not read: ``Dinov2WithRegistersModel`` (torch's exporter cannot export its antialiased position resampling at opset
+17, so there is no graph to test against), DINOv2's SwiGLU MLP (giant) and a DINOv3 graph whose input height and
+width are dynamic (it has no position table, so only a static input states its image size).
 
 As a format (:data:`FORMAT`): recognised by the ``.onnx`` suffix; the architecture read from the graph as above.
 The preprocessing (mean and std) is not in a graph: it comes from a ``preprocessor_config.json`` beside the file
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
     from vitreg.models.presets import ModelConfig
 
 ACCEPTED = (
-    "an ONNX export of a transformers CLIP, ViT, DeiT, DINOv2 or SigLIP vision tower (fp32 or onnxruntime dynamic "
-    "int8) whose node names keep the module paths (torch.onnx.export(..., dynamo=False), optimum)"
+    "an ONNX export of a transformers CLIP, ViT, DeiT, DINOv2, DINOv3 or SigLIP vision tower (fp32 or onnxruntime "
+    "dynamic int8) whose node names keep the module paths (torch.onnx.export(..., dynamo=False), optimum)"
 )
 LINEARS = ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/out_proj", "mlp/fc1", "mlp/fc2")
 QUICK_GELU = og.QUICK_GELU
@@ -65,7 +66,7 @@ STACK = Stack(layers="encoder/layers", query="self_attn/q_proj", attention="self
 
 def read_onnx(path: str | Path) -> OnnxTower:
     """The vision tower in ONNX file ``path``, of whichever family its tensor names say (CLIP, ViT, DeiT, DINOv2,
-    SigLIP): its config and fp32 weights (CheckpointError when the graph is none of them, or does not state what
+    DINOv3, SigLIP): its config and fp32 weights (CheckpointError when the graph is none of them, or does not state what
     vitreg needs). The weights loader (:mod:`vitreg.models.modelfile`) calls it for every ``.onnx`` file."""
     path = Path(path)
     model = og.load(path)
@@ -74,8 +75,8 @@ def read_onnx(path: str | Path) -> OnnxTower:
     if family is None:
         raise g.fail(
             "not a vision tower of a transformers family vitreg reads from ONNX (no tensor names CLIP's "
-            "embeddings.class_embedding + pre_layrnorm, ViT's / DeiT's / DINOv2's embeddings.cls_token, or SigLIP's "
-            f"head.probe / post_layernorm); accepted: {ACCEPTED}"
+            "embeddings.class_embedding + pre_layrnorm, ViT's / DeiT's / DINOv2's / DINOv3's embeddings.cls_token, or "
+            f"SigLIP's head.probe / post_layernorm); accepted: {ACCEPTED}"
         )
     config, sd, quantized = family.read(g)
     opset, producer = og.provenance(model)
@@ -152,13 +153,13 @@ CLIP = Family(name="CLIP", marks=_is_clip, read=_read_clip, model_config=_clip_m
 
 
 def _families() -> tuple[Family, ...]:
-    from vitreg.models.formats import onnx_siglip, onnx_vit
+    from vitreg.models.formats import onnx_dinov3, onnx_siglip, onnx_vit
 
-    return (CLIP, *onnx_vit.FAMILIES, *onnx_siglip.FAMILIES)
+    return (CLIP, *onnx_dinov3.FAMILIES, *onnx_vit.FAMILIES, *onnx_siglip.FAMILIES)
 
 
-#: The families read, in the order they are told apart (CLIP, then DINOv2 before DeiT before ViT: each later one's
-#: tensor names are a subset of the earlier one's)
+#: The families read, in the order they are told apart (CLIP, then DINOv3 before DINOv2 before DeiT before ViT: each
+#: later one's tensor names are a subset of the earlier one's)
 FAMILIES: tuple[Family, ...] = _families()
 
 
@@ -198,17 +199,18 @@ def _read_file(path: Path) -> tuple[ModelConfig, Layout]:
 FORMAT = Format(
     key="onnx",
     owner="onnx",
-    what="an ONNX export of a `transformers` vision tower: CLIP, ViT, DeiT, DINOv2 (`Dinov2Model`) or SigLIP "
+    what="an ONNX export of a `transformers` vision tower: CLIP, ViT, DeiT, DINOv2 (`Dinov2Model`), DINOv3 "
+    "(`DINOv3ViTModel`, its in-graph RoPE read from the graph's constants; a static input size) or SigLIP "
     "(`torch.onnx.export(..., dynamo=False)` or optimum; fp32 or onnxruntime dynamic int8, dequantised exactly; read "
     "with the `onnx` package, nothing executed; the family told by the graph's tensor names, the architecture read "
     "from the graph; mean/std from a `preprocessor_config.json` beside it, else the family's image-processor "
     "default)",
     command="vitreg diagnose --model clip_vision.onnx --images photos --out runs/d",
-    accepted="an ONNX export of a transformers CLIP / ViT / DeiT / DINOv2 / SigLIP vision tower (.onnx)",
+    accepted="an ONNX export of a transformers CLIP / ViT / DeiT / DINOv2 / DINOv3 / SigLIP vision tower (.onnx)",
     recognised_by="the .onnx suffix; the family by its tensors: embeddings.class_embedding + pre_layrnorm (CLIP), "
-    "layer_scale1.lambda1 (DINOv2), embeddings.cls_token (+ distillation_token: DeiT; ViT), head.probe / "
-    "post_layernorm without [CLS] (SigLIP)",
-    states_architecture="the graph: width, patch, grid, depth, heads (Reshape), scale, eps, activation",
+    "embeddings.register_tokens + layer_scale1.lambda1 (DINOv3), layer_scale1.lambda1 (DINOv2), "
+    "embeddings.cls_token (+ distillation_token: DeiT; ViT), head.probe / post_layernorm without [CLS] (SigLIP)",
+    states_architecture="the graph: width, patch, grid, depth, heads (Reshape), scale, eps, activation, RoPE period",
     order=60,
     claims_file=lambda path: path.suffix == ".onnx",
     read_file=_read_file,

@@ -2,9 +2,10 @@
 tensors and nodes (:class:`Graph`), int8 weights dequantised as onnxruntime's dynamic quantisation defines them, and
 the architecture stated by the graph (depth, heads, attention scale, LayerNorm epsilon, MLP activation, image size).
 The family readers (:mod:`.onnx_clip` for CLIP and the dispatch, :mod:`.onnx_vit` for ViT, DeiT and DINOv2,
-:mod:`.onnx_siglip` for SigLIP) say where their modules are, by the module paths transformers gives them, which
-``torch.onnx.export(..., dynamo=False)`` and optimum keep in the node names (``/encoder/layers.0/self_attn/q_proj/
-MatMul``) and in the names of the initialisers they do not transform (``encoder.layers.0.layer_norm1.weight``).
+:mod:`.onnx_dinov3` for DINOv3, :mod:`.onnx_siglip` for SigLIP) say where their modules are, by the module paths
+transformers gives them, which ``torch.onnx.export(..., dynamo=False)`` and optimum keep in the node names
+(``/encoder/layers.0/self_attn/q_proj/MatMul``) and in the names of the initialisers they do not transform
+(``encoder.layers.0.layer_norm1.weight``).
 
 Nothing here executes the graph: every value is an initialiser or a ``Constant``. What the graph does not state is a
 one-line :class:`CheckpointError` naming the file.
