@@ -85,9 +85,9 @@ def connections(monkeypatch):
     seen: list[object] = []
     real = socket.socket.connect
 
-    def connect(self, address):  # type: ignore[no-untyped-def]
+    def connect(self: socket.socket, address: tuple[str, int] | str) -> None:  # (host, port), or a socket path
         seen.append(address)
-        return real(self, address)
+        real(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     return seen
