@@ -103,7 +103,7 @@ def folder_format(folder: Path) -> tuple[Format, dict[str, Any]]:
         if f.config_file not in parsed:
             parsed[f.config_file] = read_json(folder / f.config_file)
         data = parsed[f.config_file]
-        if f.claims is None or f.claims(data):
+        if f.claims_config(data):
             return f, data
     if "config.json" in parsed:
         data = parsed["config.json"]

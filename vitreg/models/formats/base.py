@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, "torch.Tensor"]
 RGB = tuple[float, float, float]
+#: Where transformers and timm save a model's weights on the Hub (safetensors first; a .bin is read weights-only)
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,10 @@ class Format:
     - ``prefix``: a name prefix (``openclip:``, ``torchvision:``, ``timm:``), read by ``read_name``;
     - ``claims_name``: names without prefix it claims (the DINOv2 hub names, vitreg's presets), read by
       ``read_name``;
-    - ``config_file`` + ``claims``: a folder holding that file, whose parsed content the format claims (e.g. a
-      ``config.json`` with ``model_type: dinov2``; no ``claims``: the file's presence is enough, and it is left to
-      ``read_config`` to parse), read by ``read_config``, its weights in ``weight_files``;
+    - ``config_file`` + ``claims``: a folder holding that file, whose parsed content the format claims (without
+      ``claims``: a ``model_type`` among ``model_types``, as transformers' ``config.json`` states it; with neither,
+      the file's presence is enough and it is left to ``read_config`` to parse), read by ``read_config``, its
+      weights in ``weight_files``;
     - ``claims_file``: a file it claims (a ``.onnx`` file; a weights file with a ``.json`` sidecar), read by
       ``read_file``.
 
@@ -76,6 +79,12 @@ class Format:
     name_options: bool = False  # read_name applies registers, image size and options itself (presets, timm names)
     read_file: Callable[[Path], tuple[ModelConfig, Layout]] | None = None
     layout: Layout | None = None
+
+    def claims_config(self, data: dict[str, Any]) -> bool:
+        """Whether this format claims a folder whose ``config_file`` parsed to ``data``."""
+        if self.claims is not None:
+            return self.claims(data)
+        return not self.model_types or data.get("model_type") in self.model_types
 
 
 @dataclass
@@ -115,10 +124,6 @@ def mean_std(pre: dict[str, Any], default: tuple[RGB, RGB]) -> tuple[RGB, RGB]:
         except (TypeError, ValueError):
             pass
     return default
-
-
-def model_type_is(*types: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda cfg: cfg.get("model_type") in types
 
 
 def ints(cfg: dict[str, Any], where: Path | str, what: str, *keys: str) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, mean_std, preprocessor
+from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, ints, mean_std, preprocessor
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
 from vitreg.models.formats.timm_folder import timm_filter
 
@@ -126,9 +126,8 @@ FORMAT = Format(
     states_architecture="config.json (a CLIPModel's vision_config): sizes, hidden_act, layer_norm_eps",
     order=32,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") in TYPES,
     model_types=tuple(TYPES),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

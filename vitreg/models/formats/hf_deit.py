@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitreg.models.formats.base import Format, Layout, StateDict
+from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict
 from vitreg.models.formats.hf_common import architectures
 from vitreg.models.formats.hf_vit import backbone, is_bert_vit, vit_config, vit_to_timm
 
@@ -48,9 +48,8 @@ FORMAT = Format(
     states_architecture="config.json: sizes, qkv_bias, hidden_act, layer_norm_eps",
     order=37,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") == "deit",
     model_types=("deit",),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, mean_std, number, preprocessor, strip_prefix
+from vitreg.models.formats.base import (
+    HUB_WEIGHTS,
+    Format,
+    Layout,
+    StateDict,
+    ints,
+    mean_std,
+    number,
+    preprocessor,
+    strip_prefix,
+)
 from vitreg.models.formats.hf_common import bert_blocks
 from vitreg.models.formats.timm_folder import timm_filter
 
@@ -101,9 +111,8 @@ FORMAT = Format(
     states_architecture="config.json: every size, LayerScale, SwiGLU, eps, registers",
     order=30,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") in TYPES,
     model_types=tuple(TYPES),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, mean_std, mlp_ratio, number, preprocessor
+from vitreg.models.formats.base import (
+    HUB_WEIGHTS,
+    Format,
+    Layout,
+    StateDict,
+    ints,
+    mean_std,
+    mlp_ratio,
+    number,
+    preprocessor,
+)
 from vitreg.models.formats.hf_common import architectures, sizes
 from vitreg.models.formats.timm_folder import timm_filter
 
@@ -129,9 +139,8 @@ FORMAT = Format(
     states_architecture="config.json: sizes, use_gated_mlp, rope_theta, q/k/v biases, LayerScale, registers",
     order=33,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") == "dinov3_vit",
     model_types=("dinov3_vit",),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, mean_std, preprocessor, strip_prefix
+from vitreg.models.formats.base import (
+    HUB_WEIGHTS,
+    Format,
+    Layout,
+    StateDict,
+    ints,
+    mean_std,
+    preprocessor,
+    strip_prefix,
+)
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
 from vitreg.models.formats.timm_folder import timm_filter
 
@@ -137,9 +146,8 @@ FORMAT = Format(
     states_architecture="config.json (a SiglipModel's vision_config): sizes, hidden_act, eps, vision_use_head",
     order=34,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") in TYPES,
     model_types=tuple(TYPES),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, preprocessor
+from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, ints, preprocessor
 from vitreg.models.formats.hf_common import architectures, sizes, vision_config
 from vitreg.models.formats.hf_siglip import _recognise, siglip_config, tower, tower_to_timm
 from vitreg.models.formats.timm_folder import timm_filter
@@ -72,9 +72,8 @@ FORMAT = Format(
     states_architecture="config.json (a Siglip2Model's vision_config): sizes, num_patches, hidden_act, eps",
     order=35,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") in TYPES,
     model_types=tuple(TYPES),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

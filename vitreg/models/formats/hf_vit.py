@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import Format, Layout, StateDict, ints, mean_std, preprocessor, strip_prefix
+from vitreg.models.formats.base import (
+    HUB_WEIGHTS,
+    Format,
+    Layout,
+    StateDict,
+    ints,
+    mean_std,
+    preprocessor,
+    strip_prefix,
+)
 from vitreg.models.formats.hf_common import activation, architectures, bert_blocks, eps, sizes
 from vitreg.models.formats.timm_folder import timm_filter
 
@@ -109,9 +118,8 @@ FORMAT = Format(
     states_architecture="config.json: sizes, qkv_bias, hidden_act, layer_norm_eps",
     order=36,
     config_file="config.json",
-    claims=lambda cfg: cfg.get("model_type") == "vit",
     model_types=("vit",),
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     layout=LAYOUT,
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
-from vitreg.models.formats.base import Format, Layout, StateDict, mean_std
+from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, mean_std
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -87,7 +87,7 @@ FORMAT = Format(
     prefix=PREFIX,
     config_file="config.json",
     claims=_claims,
-    weight_files=("model.safetensors", "pytorch_model.bin"),
+    weight_files=HUB_WEIGHTS,
     read_config=read_config,
     read_name=read_name,
     name_options=True,
