@@ -18,14 +18,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from onnx_support import export, ort_hidden, refused
 
-from vitreg.errors import CheckpointError
 from vitreg.models import Inspector, load_model
 
 TOL = 1e-4
 transformers = pytest.importorskip("transformers", reason="the transformers test extra is not installed")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
-ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
+pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")  # the reference runtime
 SIZE = 32
 
 
@@ -59,19 +59,6 @@ def _tokens(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.cat([last.cls[:, None], last.patches.flatten(1, 2)], 1), cap.normed[:, 0]
 
 
-def _export(model: torch.nn.Module, path, batch: int = 2) -> None:
-    x = torch.randn(batch, 3, SIZE, SIZE)
-    torch.onnx.export(
-        model,
-        (x,),
-        str(path),
-        input_names=["pixel_values"],
-        dynamo=False,
-        opset_version=17,
-        dynamic_axes={"pixel_values": {0: "batch"}},
-    )
-
-
 def _hidden(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         out = model.vision_model(pixel_values=x) if hasattr(model, "vision_model") else model(pixel_values=x)
@@ -86,7 +73,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("onnx")
     model = _clip_vision()
-    _export(model, d / "fp32.onnx")
+    export(model, d / "fp32.onnx")
     # as the released CLIP file: MatMuls only, per output channel; then onnxruntime's defaults (Conv and Gather too),
     # and per-tensor uint8
     quantize_dynamic(
@@ -95,13 +82,6 @@ def exported(tmp_path_factory):
     quantize_dynamic(d / "fp32.onnx", d / "int8-all.onnx", per_channel=True, weight_type=QuantType.QInt8)
     quantize_dynamic(d / "fp32.onnx", d / "uint8-tensor.onnx", per_channel=False, weight_type=QuantType.QUInt8)
     return model, d
-
-
-def _run_ort(path, x: torch.Tensor) -> np.ndarray:
-    """onnxruntime's last_hidden_state (the graph's output that is (B, 1 + N, C))."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {"pixel_values": x.numpy()})
-    return next(o for o in outs if o.ndim == 3)
 
 
 def test_fp32_graph_matches_onnxruntime_and_transformers(exported):
@@ -114,7 +94,7 @@ def test_fp32_graph_matches_onnxruntime_and_transformers(exported):
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.no_grad():
         tokens, cls = _tokens(ours, x)
-    assert float(np.abs(tokens.numpy() - _run_ort(d / "fp32.onnx", x)).max()) <= TOL
+    assert float((tokens - ort_hidden(d / "fp32.onnx", x)).abs().max()) <= TOL
     hidden, pooled = _hidden(model, x)
     assert float((tokens - hidden).abs().max()) <= TOL
     assert float((cls - pooled).abs().max()) <= TOL
@@ -170,15 +150,15 @@ def test_int8_graph_is_dequantised_exactly(exported, name):
     assert float((tokens - hidden).abs().max()) <= TOL
     assert float((cls - pooled).abs().max()) <= TOL
     # onnxruntime also quantises the activations at run time: same tokens up to that noise
-    got = _run_ort(d / name, x)
-    cos = torch.nn.functional.cosine_similarity(tokens, torch.from_numpy(got), dim=-1)
+    got = ort_hidden(d / name, x)
+    cos = torch.nn.functional.cosine_similarity(tokens, got, dim=-1)
     assert float(cos.min()) > 0.99
 
 
 @pytest.mark.parametrize(("act", "heads", "eps"), [("gelu", 2, 1e-6), ("quick_gelu", 8, 1e-5)])
 def test_the_architecture_is_read_from_the_graph(tmp_path, act, heads, eps):
     model = _clip_vision("CLIPVisionModel", act=act, heads=heads, eps=eps)
-    _export(model, tmp_path / "m.onnx")
+    export(model, tmp_path / "m.onnx")
     ours = load_model(tmp_path / "m.onnx")
     cfg = ours.vitreg_config
     assert (cfg.act, cfg.num_heads, cfg.norm_eps) == (act, heads, eps)
@@ -201,31 +181,22 @@ def test_preprocessing_beside_the_file(tmp_path, exported):
     assert "preprocessor_config.json" in cfg.source
 
 
-def _refused(path) -> str:
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = str(err.value)
-    assert str(path) in msg
-    assert "\n" not in msg
-    return msg
-
-
 def test_other_graphs_are_refused_with_the_file_named(tmp_path, exported):
     from onnx import helper
 
     _, d = exported
     # not ONNX at all
     (tmp_path / "junk.onnx").write_bytes(b"\x00not a protobuf" * 10)
-    assert "not a readable ONNX file" in _refused(tmp_path / "junk.onnx")
+    assert "not a readable ONNX file" in refused(tmp_path / "junk.onnx")
     # an ONNX graph of something else
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),), str(tmp_path / "lin.onnx"), dynamo=False)
-    assert "not a vision tower" in _refused(tmp_path / "lin.onnx")
+    assert "not a vision tower" in refused(tmp_path / "lin.onnx")
     # the same CLIP with its node names gone (as torch's dynamo exporter writes them): the modules cannot be told apart
     g = onnx.load(str(d / "fp32.onnx"))
     for i, n in enumerate(g.graph.node):
         n.name = f"node_{i}"
     onnx.save(g, str(tmp_path / "anon.onnx"))
-    assert "dynamo" in _refused(tmp_path / "anon.onnx")
+    assert "dynamo" in refused(tmp_path / "anon.onnx")
     # an attention scale other than 1/sqrt(head_dim) is not a transformers CLIP: refused, never guessed
     g = onnx.load(str(d / "fp32.onnx"))
     for n in g.graph.node:
@@ -234,7 +205,7 @@ def test_other_graphs_are_refused_with_the_file_named(tmp_path, exported):
             if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 0:
                 n.attribute[0].t.CopyFrom(helper.make_tensor(t.name, onnx.TensorProto.FLOAT, [], [0.3]))
     onnx.save(g, str(tmp_path / "scale.onnx"))
-    assert "attention scale" in _refused(tmp_path / "scale.onnx")
+    assert "attention scale" in refused(tmp_path / "scale.onnx")
 
 
 def test_cli_reads_an_onnx_file_and_names_a_bad_one(tmp_path, exported):

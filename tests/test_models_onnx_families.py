@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from onnx_support import export, ort_hidden, refused
 
-from vitreg.errors import CheckpointError
 from vitreg.models import Inspector, load_model, token_layout
 
 TOL = 1e-4
 transformers = pytest.importorskip("transformers", reason="the transformers test extra is not installed")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
-ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
+pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")  # the reference runtime
 SIZE = 32
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=8)
 FAMILIES = ("vit", "deit", "dinov2", "dinov3", "siglip")
@@ -57,12 +57,6 @@ def _model(family: str, **extra: Any) -> torch.nn.Module:
     return model.eval()
 
 
-def _export(model: torch.nn.Module, path, dynamic: dict[int, str] | None = None) -> None:
-    axes = {"pixel_values": dynamic or {0: "batch"}}
-    torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), input_names=["pixel_values"], dynamo=False,
-                      opset_version=17, dynamic_axes=axes)  # fmt: skip
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def exported(request, tmp_path_factory):
     """(family, the transformers model, the folder holding its fp32.onnx and int8.onnx)."""
@@ -71,7 +65,7 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp(f"onnx-{request.param}")
     model = _model(request.param)
-    _export(model, d / "fp32.onnx")
+    export(model, d / "fp32.onnx")
     quantize_dynamic(d / "fp32.onnx", d / "int8.onnx", weight_type=QuantType.QInt8, per_channel=True)
     return request.param, model, d
 
@@ -82,12 +76,6 @@ def _ours(path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Any
     cap = Inspector(model).run(x, layers=[len(model.blocks) - 1], attention_layers=None)
     assert cap.normed is not None
     return cap.normed, cap.output, model
-
-
-def _ort(path, x: torch.Tensor) -> torch.Tensor:
-    """onnxruntime's last_hidden_state (the graph's first (B, N, C) output)."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(next(o for o in sess.run(None, {"pixel_values": x.numpy()}) if o.ndim == 3))
 
 
 def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
@@ -114,7 +102,7 @@ def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
     assert (layout.has_cls, layout.distilled) == (family != "siglip", family == "deit")
     assert layout.num_registers == REGISTERS.get(family, 0)
     assert float((tokens - out.last_hidden_state).abs().max()) <= TOL
-    assert float((tokens - _ort(d / "fp32.onnx", x)).abs().max()) <= TOL
+    assert float((tokens - ort_hidden(d / "fp32.onnx", x)).abs().max()) <= TOL
     if family == "siglip":
         assert pooled is not None
         assert float((pooled - out.pooler_output).abs().max()) <= TOL
@@ -130,7 +118,7 @@ def test_int8_graph_agrees_with_onnxruntime(exported):
     with torch.no_grad():
         tokens, _, ours = _ours(d / "int8.onnx", x)
     assert "int8" in ours.vitreg_config.source
-    theirs = _ort(d / "int8.onnx", x)
+    theirs = ort_hidden(d / "int8.onnx", x)
     cos = torch.nn.functional.cosine_similarity(tokens, theirs, dim=-1)
     assert float(cos.min()) > 0.99
     assert float((tokens - theirs).abs().max()) < 0.25  # onnxruntime's int8 activations against vitreg's fp32 ones
@@ -145,22 +133,13 @@ def test_the_preprocessing_beside_the_file_is_read(tmp_path, exported):
     assert "preprocessor_config.json" in cfg.source
 
 
-def _refused(path) -> str:
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = str(err.value)
-    assert str(path) in msg
-    assert "\n" not in msg
-    return msg
-
-
 @pytest.mark.parametrize("family", ["vit", "dinov2", "dinov3", "siglip"])
-def test_a_head_count_the_graph_does_not_fix_is_refused(tmp_path, family):
+def test_a_head_count_the_graph_does_not_fix_isrefused(tmp_path, family):
     """The q Reshape's shape computed at run time (a Shape of the input) instead of constants: the number of heads
     is not stated, so the graph is refused, not guessed."""
     from onnx import helper
 
-    _export(_model(family), tmp_path / "m.onnx")
+    export(_model(family), tmp_path / "m.onnx")
     g = onnx.load(str(tmp_path / "m.onnx"))
     made_by = {o: n.name for n in g.graph.node for o in n.output}
     reshapes = [n for n in g.graph.node if n.op_type == "Reshape" and "q_proj/" in made_by.get(n.input[0], "")]
@@ -169,22 +148,22 @@ def test_a_head_count_the_graph_does_not_fix_is_refused(tmp_path, family):
     for n in reshapes:
         n.input[1] = "runtime_shape"
     onnx.save(g, str(tmp_path / "heads.onnx"))
-    assert "head split is not fixed" in _refused(tmp_path / "heads.onnx")
+    assert "head split is not fixed" in refused(tmp_path / "heads.onnx")
 
 
 def test_other_graphs_are_refused_with_the_file_named(tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),), str(tmp_path / "lin.onnx"), dynamo=False)
-    msg = _refused(tmp_path / "lin.onnx")
+    msg = refused(tmp_path / "lin.onnx")
     assert "not a vision tower" in msg
     assert "ViT" in msg
     assert "SigLIP" in msg
     # a ViT whose node names were dropped (as torch's dynamo exporter writes them)
-    _export(_model("vit"), tmp_path / "vit.onnx")
+    export(_model("vit"), tmp_path / "vit.onnx")
     g = onnx.load(str(tmp_path / "vit.onnx"))
     for i, n in enumerate(g.graph.node):
         n.name = f"node_{i}"
     onnx.save(g, str(tmp_path / "anon.onnx"))
-    assert "dynamo" in _refused(tmp_path / "anon.onnx")
+    assert "dynamo" in refused(tmp_path / "anon.onnx")
 
 
 def test_a_siglip2_graph_is_refused_as_such(tmp_path):
@@ -196,7 +175,7 @@ def test_a_siglip2_graph_is_refused_as_such(tmp_path):
     inputs = (torch.randn(1, 16, 3 * 8 * 8), torch.ones(1, 16, dtype=torch.long), torch.tensor([[4, 4]]))
     torch.onnx.export(model, inputs, str(tmp_path / "s2.onnx"), dynamo=False, opset_version=17,
                       input_names=["pixel_values", "pixel_attention_mask", "spatial_shapes"])  # fmt: skip
-    assert "SigLIP 2 (NaFlex)" in _refused(tmp_path / "s2.onnx")
+    assert "SigLIP 2 (NaFlex)" in refused(tmp_path / "s2.onnx")
 
 
 def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
@@ -204,7 +183,7 @@ def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
     from vitreg.models.formats.onnx_clip import read_onnx
 
     model = _model("dinov2")
-    _export(model, tmp_path / "m.onnx")
+    export(model, tmp_path / "m.onnx")
     g = onnx.load(str(tmp_path / "m.onnx")).graph
     assert "embeddings.position_embeddings" not in {t.name for t in g.initializer}
     assert any(n.op_type == "Resize" for n in g.node)
@@ -221,7 +200,7 @@ def test_dinov3_rope_period_and_gated_mlp_are_read_from_the_graph(tmp_path):
 
     torch.manual_seed(1)
     model = _model("dinov3", num_attention_heads=1, rope_theta=37.0, use_gated_mlp=True, hidden_act="silu")
-    _export(model, tmp_path / "m.onnx")
+    export(model, tmp_path / "m.onnx")
     tower = read_onnx(tmp_path / "m.onnx")
     assert tower.family == "DINOv3"
     got = {k: tower.config[k] for k in ("rope_theta", "use_gated_mlp", "hidden_act", "num_register_tokens",
@@ -237,15 +216,15 @@ def test_dinov3_rope_period_and_gated_mlp_are_read_from_the_graph(tmp_path):
     assert float((pooled - out.pooler_output).abs().max()) <= TOL
 
 
-def test_dinov3_graphs_that_do_not_state_what_vitreg_needs_are_refused(tmp_path):
+def test_dinov3_graphs_that_do_not_state_what_vitreg_needs_arerefused(tmp_path):
     """No static input size (DINOv3 has no position table to state one), RoPE frequencies of no single period, and a
     key bias (which timm's DINOv3 Eva cannot hold): each one line naming the file."""
     from onnx import numpy_helper
 
     model = _model("dinov3")
-    _export(model, tmp_path / "dynamic.onnx", dynamic={0: "batch", 2: "height", 3: "width"})
-    assert "dynamic" in _refused(tmp_path / "dynamic.onnx")
-    _export(model, tmp_path / "m.onnx")
+    export(model, tmp_path / "dynamic.onnx", dynamic={0: "batch", 2: "height", 3: "width"})
+    assert "dynamic" in refused(tmp_path / "dynamic.onnx")
+    export(model, tmp_path / "m.onnx")
     g = onnx.load(str(tmp_path / "m.onnx"))
     mul = next(n for n in g.graph.node if n.name == "/rope_embeddings/Mul_2")
     const = next(n for n in g.graph.node if n.op_type == "Constant" and n.output[0] in mul.input)
@@ -254,6 +233,6 @@ def test_dinov3_graphs_that_do_not_state_what_vitreg_needs_are_refused(tmp_path)
     freq[..., -1] *= 1.5
     const.attribute[0].t.CopyFrom(numpy_helper.from_array(freq))
     onnx.save(g, str(tmp_path / "freq.onnx"))
-    assert "frequencies" in _refused(tmp_path / "freq.onnx")
-    _export(_model("dinov3", key_bias=True), tmp_path / "kbias.onnx")
-    assert "key_bias=True" in _refused(tmp_path / "kbias.onnx")
+    assert "frequencies" in refused(tmp_path / "freq.onnx")
+    export(_model("dinov3", key_bias=True), tmp_path / "kbias.onnx")
+    assert "key_bias=True" in refused(tmp_path / "kbias.onnx")

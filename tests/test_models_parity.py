@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import torch
+from onnx_support import export, ort_outputs
 
 from vitreg.models import Inspector, load_model, token_layout
 from vitreg.models.formats import FORMATS
@@ -247,14 +248,12 @@ def _torchvision(tmp: Path) -> Case:
 
 def _onnx_clip(tmp: Path) -> Case:
     """The graph run by onnxruntime is the reference: its last_hidden_state (pre-norm) and pooled [CLS]."""
-    ort = pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the onnxruntime test extra is not installed")
     pytest.importorskip("onnx", reason="onnx is not installed")
     model = _clip_vision("CLIPVisionModel")
-    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(tmp / "clip.onnx"), input_names=["pixel_values"],
-                      dynamo=False, opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+    export(model, tmp / "clip.onnx")
     x = torch.randn(2, 3, 32, 32)
-    outs = ort.InferenceSession(str(tmp / "clip.onnx"), providers=["CPUExecutionProvider"]).run(None, {
-        "pixel_values": x.numpy()})  # fmt: skip
+    outs = ort_outputs(tmp / "clip.onnx", x)
     hidden = torch.from_numpy(next(o for o in outs if o.ndim == 3))
     pooled = torch.from_numpy(next(o for o in outs if o.ndim == 2))
     normed = torch.zeros_like(hidden)
@@ -266,8 +265,7 @@ def _onnx_family(tmp: Path, model: torch.nn.Module, tower: torch.nn.Module, **ca
     """``model`` exported to ONNX; the reference is ``tower``'s own forward in transformers (the graph computes the
     same): its last block's output and ``last_hidden_state`` (after the final norm), SigLIP's ``pooler_output``."""
     pytest.importorskip("onnx", reason="onnx is not installed")
-    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(tmp / "m.onnx"), input_names=["pixel_values"],
-                      dynamo=False, opset_version=17, dynamic_axes={"pixel_values": {0: "batch"}})  # fmt: skip
+    export(model, tmp / "m.onnx")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         out = tower(pixel_values=x, output_hidden_states=True)
