@@ -47,7 +47,7 @@ from vitreg.models.formats import onnx_graph as og
 from vitreg.models.formats.base import Format, Layout
 from vitreg.models.formats.hf_clip import LAYOUT as CLIP_LAYOUT
 from vitreg.models.formats.hf_clip import clip_config
-from vitreg.models.formats.onnx_graph import Family, Graph, OnnxTower, Stack
+from vitreg.models.formats.onnx_graph import Family, Graph, OnnxTower
 
 if TYPE_CHECKING:
     import torch
@@ -58,10 +58,9 @@ ACCEPTED = (
     "an ONNX export of a transformers CLIP, ViT, DeiT, DINOv2, DINOv3 or SigLIP vision tower (fp32 or onnxruntime "
     "dynamic int8) whose node names keep the module paths (torch.onnx.export(..., dynamo=False), optimum)"
 )
-LINEARS = ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/out_proj", "mlp/fc1", "mlp/fc2")
 QUICK_GELU = og.QUICK_GELU
 OUT = "vision_model."  # the prefix of the keys produced (transformers' CLIPVisionModel state dict)
-STACK = Stack(layers="encoder/layers", query="self_attn/q_proj", attention="self_attn", activation="mlp/activation_fn")
+STACK = og.CLIP_STACK
 
 
 def read_onnx(path: str | Path) -> OnnxTower:
@@ -106,13 +105,7 @@ def _read_clip(g: Graph) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[
     for norm in ("pre_layrnorm", "post_layernorm"):
         for p in ("weight", "bias"):
             sd[f"{OUT}{norm}.{p}"] = og.tensor(g.floats(f"{g.t}{norm}.{p}"))
-    depth = og.depth(g, STACK)
-    for i in range(depth):
-        base = f"{OUT}encoder.layers.{i}."
-        for norm in ("layer_norm1", "layer_norm2"):
-            for p in ("weight", "bias"):
-                sd[f"{base}{norm}.{p}"] = og.tensor(g.floats(STACK.tensor(g, i, f"{norm}.{p}")))
-        og.linears(g, STACK, i, {lin.replace("/", "."): lin for lin in LINEARS}, base, sd, quantized)
+    depth = og.clip_layers(g, OUT, sd, quantized)
     return _config(g, sd, depth), sd, quantized
 
 

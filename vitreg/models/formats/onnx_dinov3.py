@@ -167,16 +167,10 @@ def _token_order(g: Graph) -> None:
 
 def _image_size(g: Graph, patch: int) -> int:
     """The input's static square size: DINOv3 has no position table, so only the input shape states one."""
-    inputs = [i for i in g.graph.input if i.name not in g.inits]
-    if len(inputs) != 1:
-        raise g.fail(f"expected one image input, found {[i.name for i in inputs]}")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] not in (3, None):
-        raise g.fail(f"the input {inputs[0].name!r} is not (B, 3, H, W): {dims}")
-    h, w = dims[2], dims[3]
+    h, w = og.input_hw(g)
     if h is None or w is None:
         raise g.fail(
-            f"the input's height and width are dynamic ({dims}): a DINOv3 graph has no position table, so only a "
+            f"the input's height and width are dynamic (H {h}, W {w}): a DINOv3 graph has no position table, so only a "
             "static input shape states its image size (export with dynamic_axes on the batch only)"
         )
     if h != w or h % patch:

@@ -178,6 +178,27 @@ class Stack:
         return bool(g.scope(self.node(g, 0, self.query), ("MatMul", "MatMulInteger", "Gemm")))
 
 
+#: The encoder of transformers' CLIP, which SigLIP shares: ``encoder.layers.N.`` with pre-norms ``layer_norm1/2``,
+#: ``self_attn`` (q/k/v/out_proj) and ``mlp`` (fc1, fc2)
+CLIP_STACK = Stack(
+    layers="encoder/layers", query="self_attn/q_proj", attention="self_attn", activation="mlp/activation_fn"
+)
+CLIP_LINEARS = ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/out_proj", "mlp/fc1", "mlp/fc2")
+
+
+def clip_layers(g: Graph, out: str, sd: dict[str, torch.Tensor], quantized: list[str]) -> int:
+    """The CLIP-layout encoder's layers into ``sd`` under ``out`` + ``encoder.layers.N.`` (their norms and Linears);
+    returns the depth."""
+    n = depth(g, CLIP_STACK)
+    for i in range(n):
+        base = f"{out}encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            for p in ("weight", "bias"):
+                sd[f"{base}{norm}.{p}"] = tensor(g.floats(CLIP_STACK.tensor(g, i, f"{norm}.{p}")))
+        linears(g, CLIP_STACK, i, {lin.replace("/", "."): lin for lin in CLIP_LINEARS}, base, sd, quantized)
+    return n
+
+
 def tensor(a: np.ndarray) -> torch.Tensor:
     import torch
 
@@ -399,16 +420,21 @@ def image_size(g: Graph, patch: int, grid: int, resampled: bool = False) -> int:
     """The image size: the position grid's (``grid`` x ``grid`` patches), which a static input shape must equal
     unless the graph resamples the table to the input itself (``resampled``, DINOv2)."""
     size = grid * patch
+    h, w = input_hw(g)
+    if not resampled and any(d is not None and d != size for d in (h, w)):
+        raise g.fail(f"the input is {h}x{w} but the position embedding is for {size}x{size}")
+    return size
+
+
+def input_hw(g: Graph) -> tuple[int | None, int | None]:
+    """The image input's (H, W) where the graph fixes them (None: dynamic); the graph must take one (B, 3, H, W)."""
     inputs = [i for i in g.graph.input if i.name not in g.inits]
     if len(inputs) != 1:
         raise g.fail(f"expected one image input, found {[i.name for i in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] not in (3, None):
         raise g.fail(f"the input {inputs[0].name!r} is not (B, 3, H, W): {dims}")
-    fixed = [d for d in dims[2:] if d is not None]
-    if not resampled and any(d != size for d in fixed):
-        raise g.fail(f"the input is {dims[2]}x{dims[3]} but the position embedding is for {size}x{size}")
-    return size
+    return dims[2], dims[3]
 
 
 def square_grid(g: Graph, positions: int, prefix: int, what: str) -> int:

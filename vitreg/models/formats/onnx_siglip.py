@@ -24,15 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.models.formats import onnx_graph as og
 from vitreg.models.formats.hf_siglip import LAYOUT, siglip_config
-from vitreg.models.formats.onnx_graph import Family, Graph, OnnxTower, Stack
+from vitreg.models.formats.onnx_graph import Family, Graph, OnnxTower
 
 if TYPE_CHECKING:
     import torch
 
     from vitreg.models.presets import ModelConfig
 
-STACK = Stack(layers="encoder/layers", query="self_attn/q_proj", attention="self_attn", activation="mlp/activation_fn")
-LINEARS = ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/out_proj", "mlp/fc1", "mlp/fc2")
+STACK = og.CLIP_STACK  # SigLIP's encoder is CLIP's
 HIDDEN_ACT = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}  # the activation found -> transformers' hidden_act
 
 
@@ -66,13 +65,7 @@ def _read(g: Graph) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str]]
     sd[emb + "position_embedding.weight"] = og.tensor(pos)
     for p in ("weight", "bias"):
         sd[f"post_layernorm.{p}"] = og.tensor(g.floats(f"{g.t}post_layernorm.{p}"))
-    depth = og.depth(g, STACK)
-    for i in range(depth):
-        base = f"encoder.layers.{i}."
-        for norm in ("layer_norm1", "layer_norm2"):
-            for p in ("weight", "bias"):
-                sd[f"{base}{norm}.{p}"] = og.tensor(g.floats(STACK.tensor(g, i, f"{norm}.{p}")))
-        og.linears(g, STACK, i, {lin.replace("/", "."): lin for lin in LINEARS}, base, sd, quantized)
+    depth = og.clip_layers(g, "", sd, quantized)
     has_head = g.find("head.probe") is not None
     if has_head:
         _head(g, sd, quantized)
