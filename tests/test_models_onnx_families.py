@@ -4,8 +4,10 @@ format.
 
 - fp32 graphs: vitreg's tokens after the final norm equal transformers' ``last_hidden_state`` (<= 1e-4; SigLIP's
   pooled output equals ``pooler_output``) and onnxruntime running the graph;
-- int8 graphs (MatMul, Conv and Gather quantised per channel): vitreg's tokens agree with onnxruntime running the
-  quantised graph (which also quantises activations at run time: cosine > 0.99, as for CLIP);
+- int8 graphs (MatMul, Conv and Gather quantised per channel): vitreg's tokens equal the graph's own arithmetic on
+  the weights it holds, in fp32 (the graph rewritten so, run by onnxruntime: <= 1e-4 on every CPU), and agree loosely
+  with onnxruntime's int8 run (which quantises activations at run time, in CPU-dependent kernels), nearer to it than a
+  misreading of the weights is;
 - the architecture comes from the graph (heads, eps, activation, DeiT's distillation token, DINOv3's registers,
   gated MLP and RoPE period, the preprocessing default of each family), and a graph that does not state what vitreg
   needs is one line naming the file.
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from onnx_support import export, ort_hidden, refused
+from onnx_support import assert_near_int8_run, dequantised_graph, export, ort_hidden, refused
 
 from vitreg.models import Inspector, load_model, token_layout
 
@@ -59,7 +61,8 @@ def _model(family: str, **extra: Any) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def exported(request, tmp_path_factory):
-    """(family, the transformers model, the folder holding its fp32.onnx and int8.onnx)."""
+    """(family, the transformers model, the folder holding its fp32.onnx and int8.onnx, and the references for the
+    int8 graph: dequantised.onnx, its integer products in fp32, and misread.onnx, the same with a reading mistake)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     torch.manual_seed(0)
@@ -67,6 +70,8 @@ def exported(request, tmp_path_factory):
     model = _model(request.param)
     export(model, d / "fp32.onnx")
     quantize_dynamic(d / "fp32.onnx", d / "int8.onnx", weight_type=QuantType.QInt8, per_channel=True)
+    assert dequantised_graph(d / "int8.onnx", d / "dequantised.onnx") >= 2 * 6 + 1  # every Linear, the patch Conv
+    dequantised_graph(d / "int8.onnx", d / "misread.onnx", misread=True)
     return request.param, model, d
 
 
@@ -108,20 +113,35 @@ def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
         assert float((pooled - out.pooler_output).abs().max()) <= TOL
 
 
-def test_int8_graph_agrees_with_onnxruntime(exported):
+def test_int8_graph_equals_its_weights_in_fp32(exported):
+    """The reference is the int8 graph with every integer product rewritten as fp32 arithmetic on the weights it
+    holds, run by onnxruntime: no CPU-dependent kernel, so fp32's tolerance."""
     from vitreg.models.formats.onnx_clip import read_onnx
 
-    _, _, d = exported
+    _, model, d = exported
     tower = read_onnx(d / "int8.onnx")
     assert any(k.endswith("query.weight") or k.endswith("q_proj.weight") for k in tower.quantized), tower.quantized
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         tokens, _, ours = _ours(d / "int8.onnx", x)
+        unrounded = model(pixel_values=x).last_hidden_state
     assert "int8" in ours.vitreg_config.source
-    theirs = ort_hidden(d / "int8.onnx", x)
-    cos = torch.nn.functional.cosine_similarity(tokens, theirs, dim=-1)
-    assert float(cos.min()) > 0.99
-    assert float((tokens - theirs).abs().max()) < 0.25  # onnxruntime's int8 activations against vitreg's fp32 ones
+    ref = ort_hidden(d / "dequantised.onnx", x, optimize=False)
+    assert float((tokens - ref).abs().max()) <= TOL
+    # the tolerance sees the int8 rounding itself: the fp32 model the file was quantised from, each of its weights
+    # within half a step of the file's, is far outside it (measured >= 240 x TOL)
+    assert float((unrounded - ref).abs().max()) > 20 * TOL
+
+
+def test_int8_graph_agrees_loosely_with_onnxruntimes_int8_run(exported):
+    """onnxruntime's own run quantises the activations too, in kernels that differ between CPUs: loose bounds that
+    hold on AVX2 and AMX alike, and nearer to it than a misreading (tests/onnx_support.py, INT8_RUN_COSINE)."""
+    _, _, d = exported
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        tokens = _ours(d / "int8.onnx", x)[0]
+    misread = ort_hidden(d / "misread.onnx", x, optimize=False)
+    assert_near_int8_run(tokens, ort_hidden(d / "int8.onnx", x), misread)
 
 
 def test_the_preprocessing_beside_the_file_is_read(tmp_path, exported):
