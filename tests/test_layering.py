@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("data", ["vitreg.data.*"]),
     ("analysis", ["vitreg.analysis.*"]),
     ("eval", ["vitreg.eval.*", "vitreg.flops"]),
-    ("train", ["vitreg.train.*"]),
+    ("train", ["vitreg.train.*", "vitreg.distill.*"]),  # training runs: from scratch, or distilled into a model
     ("jobs", ["vitreg.jobs.*"]),  # one library call per command: typed config -> typed result
     ("report", ["vitreg.report.*"]),  # drawn from run directories only
     ("stages", ["vitreg.stages"]),  # cached stages of a pipeline: jobs, trainings, reports

@@ -356,8 +356,32 @@ def _preset(tmp: Path) -> Case:
                 registers=1)  # fmt: skip
 
 
+def _delta(tmp: Path) -> Case:
+    """A delta (registers distilled into a base, stored relative to it) against the student it was saved from."""
+    from vitreg.distill.save import save_student
+    from vitreg.distill.student import Student
+    from vitreg.jobs.specs import ModelSpec
+    from vitreg.models import create_model, save_model
+
+    base = _perturb(create_model("vit_pico_patch4_32", registers=1))
+    save_model(base, tmp / "base")
+    base = load_model(tmp / "base").eval()
+    student = Student(base, 2, "neurons", [(0, 3), (1, 5), (1, 9)], seed=0)
+    with torch.no_grad():  # as trained: the new registers and the row deltas (the base's own register stays)
+        for name, p in student.trainable().items():
+            part = p[:, 1:] if name == "model.reg_token" else p
+            part.add_(0.1 * torch.randn_like(part))
+            part.copy_(part.half().float())  # values a delta stores exactly (fp16)
+    save_student(student, base, ModelSpec(spec=str(tmp / "base")), tmp / "delta", provenance={})
+    merged = student.merged().eval()
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(merged.norm, lambda: merged(x))
+    return Case(tmp / "delta", x, pre, normed, registers=3)
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "vitreg": _vitreg,
+    "delta": _delta,
     "preset": _preset,
     "dinov2": _dinov2,
     "hf-dinov2": _hf_dinov2,

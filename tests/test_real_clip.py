@@ -125,3 +125,70 @@ def test_lost_with_keys_gains_with_the_test_time_register(clip, coco, fixed, tmp
         r = lost(LostConfig(model=spec, images=images, features="k", resize=224, out=str(tmp_path / name)))
         corloc[name] = r.at_bias(0.0).corloc
     assert corloc["fixed"] - corloc["original"] >= 0.10, corloc
+
+
+# --------------------------------------------------------------------- registers distilled into the released CLIP
+DISTILLED = "zoo:clip-vit-b16-openai-reg4"
+
+
+@pytest.fixture(scope="module")
+def compared(clip, coco, fixed, tmp_path_factory):
+    """The released CLIP (a), its zoo entry with 4 registers distilled into it (b; distilled on imagenet-sample, so
+    coco-mini is held out) and one test-time register fitted on the even photos (c), side by side on coco-mini."""
+    from vitreg.jobs.distill import CompareConfig, compare_distilled
+    from vitreg.jobs.specs import ImageSpec, ModelSpec
+
+    _, fix_out = fixed
+    out = tmp_path_factory.mktemp("compare")
+    cfg = CompareConfig(
+        model=ModelSpec(spec=clip),
+        distilled=DISTILLED,
+        neurons=str(fix_out / "neurons.json"),
+        images=ImageSpec(src=coco, batch_size=16),
+        examples=2,
+        out=str(out),
+    )
+    return compare_distilled(cfg), out
+
+
+def test_distilled_registers_remove_the_outliers_at_every_block_and_keep_the_output(compared):
+    c, _ = compared
+    assert c.images == 80
+    assert c.registers == 4
+    assert c.original.outlier_share >= 0.02  # the released model has its artifacts on these photos
+    assert c.distilled.outlier_share <= 0.005
+    assert not c.distilled.bimodal
+    assert all(r.share_after <= 0.005 and not r.bimodal_after for r in c.layers), [
+        (r.layer, r.share_after, r.bimodal_after) for r in c.layers
+    ]
+    assert c.distilled.cls_cosine is not None
+    assert c.distilled.cls_cosine >= 0.95
+
+
+def test_distilled_registers_carry_the_high_norms(compared):
+    c, out = compared
+    from vitreg.results.diagnose import DiagnoseResult
+    from vitreg.results.rundir import read_arrays, read_result
+
+    threshold = c.layers[-1].threshold
+    assert threshold is not None
+    assert c.distilled.register_norm is not None
+    assert c.distilled.register_norm > threshold  # the registers are the high-norm tokens now
+    b = next(m for m in read_result(out, DiagnoseResult).models if m.key == "b")
+    assert b.register_analysis.query_names[-4:] == ["reg0", "reg1", "reg2", "reg3"]
+    maps = read_arrays(out, "b")["mean_attention"]  # (queries, h, w): [CLS] and every register, Fig. 19
+    assert maps.shape[0] == 1 + 4
+
+
+def test_lost_with_keys_gains_with_distilled_registers(clip, coco, tmp_path):
+    from vitreg.jobs.lost import LostConfig, lost
+    from vitreg.jobs.specs import ImageSpec, ModelSpec
+
+    corloc = {}
+    for name, spec in (("original", clip), ("distilled", DISTILLED)):
+        images = ImageSpec(src=str(coco), batch_size=16)
+        r = lost(
+            LostConfig(model=ModelSpec(spec=spec), images=images, features="k", resize=224, out=str(tmp_path / name))
+        )
+        corloc[name] = r.at_bias(0.0).corloc
+    assert corloc["distilled"] - corloc["original"] >= 0.10, corloc

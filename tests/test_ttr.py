@@ -24,28 +24,12 @@ from vitreg.cli import main
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ModelSpec
 from vitreg.models import Inspector, create_model, load_model, save_model
+from vitreg.models.planted import LAYER, POS, UNIT, planted_model
 from vitreg.results.fix import read_neurons
 
-LAYER, UNIT, POS = 1, 7, (2, 5)
-
-
-def planted_model(num_classes: int = 0) -> torch.nn.Module:
-    """A 4-block pico ViT (8x8 patches) with a hand-made register neuron (LAYER, UNIT) firing at grid cell POS."""
-    torch.manual_seed(0)
-    m = create_model("vit_pico_patch4_32", registers=0, depth=4, num_classes=num_classes).eval()
-    with torch.no_grad():
-        gw = m.patch_embed.grid_size[1]
-        m.patch_embed.proj.weight[0] = 0  # channel 0 carries no image content ...
-        m.patch_embed.proj.bias[0] = 0
-        m.pos_embed[0, :, 0] = 0
-        m.pos_embed[0, POS[0] * gw + POS[1], 0] = 8.0  # ... and is on at one position only
-        mlp = m.blocks[LAYER].mlp
-        mlp.fc1.weight[UNIT] = 0
-        mlp.fc1.weight[UNIT, 0] = 3.0  # the unit reads channel 0
-        mlp.fc1.bias[UNIT] = -2.0  # and stays off elsewhere
-        direction = torch.randn(m.embed_dim)
-        mlp.fc2.weight[:, UNIT] = 20 * direction / direction.norm()  # and writes a large vector
-    return m
+# the model with a planted register neuron is the library's (vitreg.models.planted); its names are imported from here
+# by other tests too
+__all__ = ["LAYER", "POS", "UNIT", "planted_model"]
 
 
 @pytest.fixture(scope="module")

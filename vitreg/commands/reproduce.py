@@ -83,10 +83,19 @@ def run_pair(args: argparse.Namespace) -> int:
 
 
 def _print(results: ReproduceResults, out: Path, t0: float) -> int:
+    from vitreg.reproduce.render import PARTS
+
     print()
     for note in results.notes:
         print(f"  {note}")
-    for c in results.claims:
+    part_of = {it.id: it.part for it in results.items}
+    heading = None
+    for c in results.claims:  # grouped under their part and the model they were tested on, in the report's order
+        here = (part_of.get(c.item, ""), c.model)
+        if here != heading:
+            heading = here
+            title = PARTS.get(here[0], "")
+            print(f"\n{title + ' -- ' if title else ''}tested on {c.model or 'the models above'}")
         print(f"  {c.status:>15}  {c.claim}")
     print(f"\nreproduce finished in {(time.perf_counter() - t0) / 60:.1f} min")
     print(f"report: {(out / 'report.html').resolve()}")

@@ -72,9 +72,17 @@ def run(args: argparse.Namespace) -> int:
         return fetch(args.target, args.wheel, args.force)
     if args.target is None or not args.name or not args.train_command:
         raise ConfigError("zoo add needs RUN_DIR, --name NAME and --command 'the command that trained it'")
+    target = Path(args.target)
+    if (target / "delta.json").is_file():  # registers distilled into a released model: stored as its delta
+        from vitreg.distill.zoo import add_distilled_to_zoo
+
+        entry = add_distilled_to_zoo(target, args.name, args.train_command, commit=args.commit)
+        p = entry.provenance
+        print(f"added zoo:{entry.name}: a {p['bytes'] / 2**20:.2f} MiB delta to {p['base']['spec']}")
+        return 0
     from vitreg.train.zoo import add_to_zoo
 
-    entry = add_to_zoo(Path(args.target), args.name, args.train_command, commit=args.commit)
+    entry = add_to_zoo(target, args.name, args.train_command, commit=args.commit)
     p = entry.provenance
     print(f"added zoo:{entry.name}: {p['bytes'] / 2**20:.2f} MiB, top-1 {p['top1']} (fp16 {p['top1_fp16']})")
     return 0

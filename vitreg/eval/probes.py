@@ -21,6 +21,7 @@ import numpy as np
 from vitreg.errors import ConfigError, DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
+from vitreg.eval.position import position_regression
 
 GROUPS = ("all", "normal", "outlier")
 
@@ -58,6 +59,8 @@ def local_probes(
     correct = predict(probe, std, x_te).argmax(-1) == pos[test].reshape(-1)  # (T*h*w,)
     # Chance level: always answering one position is right 1/(h*w) of the time.
     position = {g: _group_stat(correct, mask, "accuracy") for g, mask in groups.items()}
+    # the regression of (row, column): an error in patches that can tell groups apart where top-1 is near chance
+    regression = position_regression(x, train, test, _group_masks(feats.norms[test], threshold), seed=seed)
 
     p_tr, p_te = feats.pixels[train].reshape(len(x_tr), -1), feats.pixels[test].reshape(len(x_te), -1)
     pixel = {}
@@ -75,6 +78,7 @@ def local_probes(
         pixel_units="mean squared error per pixel value, in the model's normalised input units",
         protocol="probes trained on all patch tokens of the training images, evaluated per group on held-out images",
         position=position,
+        position_regression=regression,
         pixel=pixel,
     )
 

@@ -174,7 +174,7 @@ def fix(cfg: FixConfig) -> FixResult:
         outcome=outcome(search, sweep, cfg.registers),
         reason=search.reason,
         sweep=sweep,
-        layers=_layers(out, metrics) if top_k else [],
+        layers=layer_shares(out, metrics) if top_k else [],
         flops_overhead=_flops_overhead(model, cfg.registers) if top_k else None,
         config=to_dict(cfg),
         detect_layer=detect,
@@ -284,14 +284,16 @@ def _diagnose(cfg: FixConfig, out: Path, fixed: bool, done: dict[str, Any] | Non
     )
 
 
-def _layers(out: Path, metrics: Any) -> list[FixLayer]:
-    """Per block: patch tokens above the original's auto threshold there, in the original and the fixed model."""
+def layer_shares(out: Path, metrics: Any, after: str = "b") -> list[FixLayer]:
+    """Per block: patch tokens above the original's (key a) auto threshold there, in the original and the model of
+    key ``after``, from the diagnose run directory ``out``."""
     from vitreg.results.rundir import outlier_count, read_arrays
 
-    a, b = read_arrays(out, "a"), read_arrays(out, "b")
+    a, b = read_arrays(out, "a"), read_arrays(out, after)
     edges = a["hist_edges"]
+    by_key = {m.key: m for m in metrics.models}
     rows = []
-    for la, lb in zip(metrics.models[0].layers, metrics.models[1].layers, strict=True):
+    for la, lb in zip(by_key["a"].layers, by_key[after].layers, strict=True):
         i, thr = la.layer, la.auto_threshold
         ca, cb = a["hist_counts"][i], b["hist_counts"][i]
         rows.append(

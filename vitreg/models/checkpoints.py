@@ -187,7 +187,33 @@ def resolve(
         if not architecture_only:
             r.weights = _spec_weights(r.config, text, weights, random_init, download)
     _check_patch_multiple(r.config, text, img_size)
+    if r.format.key == "delta" and not architecture_only:
+        r.base = _delta_base(r, img_size, download)
     return r
+
+
+def _delta_base(r: Resolved, img_size: Any, download: bool) -> Resolved:
+    """A delta's base, resolved by its own format at the delta's size (or ``img_size``), its weights checked against
+    the sha256 the delta recorded."""
+    from vitreg.models.delta import read_delta
+    from vitreg.models.filecheck import sha256_file
+
+    assert r.weights is not None
+    folder = r.weights.parent
+    delta = read_delta(folder)
+    size = img_size if img_size is not None else delta.base.img_size
+    base = resolve(delta.base.spec, img_size=size, download=download)
+    if base.weights is None:
+        raise CheckpointError(f"{folder}: its base {delta.base.spec} resolved to no weights file")
+    got = (zoo.get(delta.base.spec).sha256 if delta.base.spec.startswith(zoo.ZOO_PREFIX) else "") or sha256_file(
+        base.weights
+    )
+    if got != delta.base.sha256:
+        raise CheckpointError(
+            f"{folder}: made from {delta.base.spec} with weights sha256 {delta.base.sha256[:16]}..., but that spec "
+            f"now gives {got[:16]}... ({base.weights}): the delta only fits the weights it was made from"
+        )
+    return base
 
 
 def _resolve_files(text: str, download: bool, architecture_only: bool) -> Resolved | None:

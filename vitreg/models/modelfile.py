@@ -163,7 +163,14 @@ def file_config(path: Path) -> Resolved:
 
 
 def build_loaded(resolved: Resolved) -> nn.Module:
-    """The model ``resolved`` describes, with the weights of its file (random weights when None)."""
+    """The model ``resolved`` describes, with the weights of its file (random weights when None); a delta: its base
+    loaded by its own format, then the delta applied."""
+    if resolved.base is not None:
+        from vitreg.models.delta import apply_delta, read_delta
+
+        assert resolved.weights is not None
+        folder = resolved.weights.parent
+        return apply_delta(build_loaded(resolved.base), folder, read_delta(folder))
     model = build_model(resolved.config)
     if resolved.weights is None:
         return model

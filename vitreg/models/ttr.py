@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from vitreg.errors import ConfigError
+from vitreg.models.registers import append_registers, check_extendable
 
 MAX_TEST_TIME_REGISTERS = 16
 
@@ -81,10 +82,7 @@ def attach(model: nn.Module, neurons: Iterable[Any], registers: int) -> nn.Modul
     pairs = _neuron_pairs(neurons)
     if not 1 <= int(registers) <= MAX_TEST_TIME_REGISTERS:
         raise ConfigError(f"test-time registers: between 1 and {MAX_TEST_TIME_REGISTERS}, got {registers}")
-    if not hasattr(vit, "blocks") or not hasattr(vit, "num_prefix_tokens"):
-        raise ConfigError(f"test-time registers need a timm VisionTransformer or Eva, got {type(model).__name__}")
-    if getattr(vit, "dist_token", None) is not None:  # timm's VisionTransformerDistilled lays out its own prefix
-        raise ConfigError("test-time registers: a model with DeiT's distillation token takes no extra tokens")
+    check_extendable(model, "test-time registers")
     depth = len(vit.blocks)
     by_layer: dict[int, list[int]] = {}
     for layer, index in pairs:
@@ -97,22 +95,8 @@ def attach(model: nn.Module, neurons: Iterable[Any], registers: int) -> nn.Modul
             raise ConfigError(f"register neuron ({layer}, {index}): block {layer} has {fc2.in_features} hidden units")
         by_layer.setdefault(layer, []).append(index)
 
-    n, c = int(registers), int(vit.embed_dim)
-    first = int(vit.num_prefix_tokens)  # the new tokens follow [CLS] and the trained registers
-    old = vit.reg_token  # (1, R, C) or None
-    ref = vit.patch_embed.proj.weight
-    zeros = torch.zeros(1, n, c, device=ref.device, dtype=ref.dtype)
-    vit.reg_token = nn.Parameter(zeros if old is None else torch.cat([old.detach(), zeros], dim=1))
-    if vit.pos_embed is not None and not vit.no_embed_class:
-        # this layout adds position embeddings to prefix tokens too: the new tokens get zero rows (none at all)
-        pe = vit.pos_embed.detach()  # (1, prefix + patches, C)
-        vit.pos_embed = nn.Parameter(torch.cat([pe[:, :first], zeros.to(pe.dtype), pe[:, first:]], dim=1))
-    vit.num_prefix_tokens = first + n
-    if hasattr(vit, "num_reg_tokens"):
-        vit.num_reg_tokens = int(vit.num_reg_tokens) + n
-    for module in [vit.blocks[i].attn for i in range(depth)] + [getattr(vit, "patch_drop", None)]:
-        if module is not None and hasattr(module, "num_prefix_tokens"):  # Eva's RoPE skips the prefix tokens
-            module.num_prefix_tokens = int(module.num_prefix_tokens) + n
+    n = int(registers)
+    first = append_registers(model, torch.zeros(1, n, int(vit.embed_dim)), "test-time registers")  # zero-initialised
     for layer, units in sorted(by_layer.items()):
         vit.blocks[layer].mlp.fc2.register_forward_pre_hook(RegisterShift(units, first, n))
     cfg = getattr(vit, "vitreg_config", None)

@@ -70,11 +70,21 @@ class ZooEntry:
 
     @property
     def weights(self) -> Path:
-        return self.files / WEIGHTS
+        """Its weights file: model.safetensors, or a delta's delta.safetensors (registers distilled into a base)."""
+        return self.files / str(self.provenance.get("weights_file", WEIGHTS))
 
     @property
     def spec(self) -> str:
         return ZOO_PREFIX + self.name
+
+    @property
+    def sha256(self) -> str:
+        """The sha256 its weights are checked against ("" when not recorded; a package entry's is its cache's)."""
+        if self.is_package:
+            from vitreg.models.zoo_package import cached_provenance
+
+            return str(cached_provenance(self.name).get("sha256", ""))
+        return str(self.provenance.get("sha256", ""))
 
     @property
     def fetched(self) -> bool:

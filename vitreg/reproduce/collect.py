@@ -57,12 +57,18 @@ def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
 def build_results(
     plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "", released: ReleasedPlan | None = None
 ) -> ReproduceResults:
-    """Part I (``released``, when it ran) and Part II (the lab models) into one results.json."""
+    """Part I (``released``, when it ran: the paper's analyses and test-time registers on it), Part II (registers
+    distilled into it) and Part III (the lab models) into one results.json."""
     part1 = []
     if released is not None and not released.skipped:
+        from vitreg.reproduce.distilled import distilled_spec
+        from vitreg.reproduce.distilled_items import distilled_items, read_distilled
         from vitreg.reproduce.released_items import read_released, released_items
 
-        part1 = released_items(read_released(released, out))
+        one = read_released(released, out)
+        part1 = released_items(one) + distilled_items(
+            read_distilled(one, out, distilled_spec(released, out, plan.retrain))
+        )
     table = read_table(plan, out)
     base, reg = plan.registers[0], (4 if 4 in plan.registers else plan.registers[-1])
     found = [
@@ -79,7 +85,7 @@ def build_results(
     found.append(items.fig14(base, reg))
     lab = f"{LAB_MODEL} ({base} vs {reg} registers)"
     for it in found:
-        it.part = "II" if released is not None else ""
+        it.part = "III" if released is not None else ""
         for c in it.claims:
             c.item, c.model = it.id, lab
     found = part1 + found

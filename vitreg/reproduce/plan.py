@@ -60,6 +60,7 @@ class Plan:
     retrain: bool = False  # train even where the model zoo holds a model trained from the same config
     released: bool = True  # Part I: the paper's analyses and test-time registers on a released model
     released_model: str = "zoo:clip-vit-b16-openai"
+    standin: bool = False  # --quick without --released-model: Parts I and II on a tiny model with a planted neuron
     download: bool = False  # fetch the released model when it is not cached (`make demo` asks for it)
     # the zoo entry (or None: trained) of each "seed/registers", fixed by pin_models() when a run starts, so an
     # entry added to the zoo while the run trains does not change where its report looks for the models
@@ -133,6 +134,8 @@ def make_plan(
                 download=download)  # fmt: skip
     if released_model:
         plan.released_model = released_model
+    elif quick:  # seconds, not minutes: a pico ViT with a planted register neuron stands in for the released CLIP
+        plan.standin = True
     if config:
         plan.config = config
     if ablation:

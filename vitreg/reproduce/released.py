@@ -72,12 +72,31 @@ class ReleasedPlan:
         return ImageSpec(src=self.fit_images, subset="1::2", limit=self.diagnose_limit, batch_size=16)
 
     @property
+    def is_standin(self) -> bool:
+        return Path(self.model).name == STANDIN
+
+    @property
     def measured_on(self) -> str:
         return "coco-mini" if self.coco else "the odd bundled photos"
 
     @property
     def fitted_on(self) -> str:
         return "the bundled photos" if self.coco else "the even bundled photos"
+
+
+STANDIN = "standin"  # the run directory's tiny stand-in for the released model (--quick)
+
+
+def standin(out: Path) -> Path:
+    """A pico ViT with a planted register neuron (:mod:`vitreg.models.planted`) saved as OUT/standin: what Parts I and
+    II run on with --quick, so that every part runs in seconds (the same model every time)."""
+    from vitreg.models.checkpoints import CONFIG_NAME, save_model
+    from vitreg.models.planted import planted_model
+
+    folder = Path(out) / STANDIN
+    if not (folder / CONFIG_NAME).is_file():
+        save_model(planted_model(), folder)
+    return folder
 
 
 def make_released_plan(
@@ -117,14 +136,7 @@ def prepare(plan: ReleasedPlan, log: Log = print) -> ReleasedPlan:
 def _digest(spec: str) -> str:
     from vitreg.models import zoo
 
-    if not spec.startswith(zoo.ZOO_PREFIX):
-        return ""
-    entry = zoo.get(spec)
-    if entry.is_package:
-        from vitreg.models.zoo_package import cached_provenance
-
-        return str(cached_provenance(entry.name).get("sha256", ""))
-    return str(entry.provenance.get("sha256", ""))
+    return zoo.get(spec).sha256 if spec.startswith(zoo.ZOO_PREFIX) else ""
 
 
 def fix_dir(out: Path) -> Path:

@@ -15,6 +15,7 @@ from vitreg.report.html import page
 from vitreg.report.sections import Section, img_tag, save_figure, table
 from vitreg.reproduce.claims import STATUS_MARK
 from vitreg.reproduce.pipeline import diagnose_dir
+from vitreg.reproduce.released import STANDIN
 from vitreg.results.reproduce import Item, ReproduceResults, Stat
 from vitreg.results.rundir import load_run
 
@@ -32,6 +33,7 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
 
     if results.released and not results.released.get("skipped"):
         _released_figures(out, keep)
+        drawn += _distilled_figures(out)
     diag = diag or diagnose_dir(out, results.seeds[0])
     run = load_run(diag)
     for m, n in zip(run.models, results.registers, strict=True):
@@ -66,6 +68,25 @@ def _released_figures(out: Path, keep: Callable[[str, Figure | None], None]) -> 
     for m in run.models:
         names.append(f"released_maps_{m.key}.png")
         keep(names[-1], plot_maps.examples(m))
+    return names
+
+
+def _distilled_figures(out: Path) -> list[str]:
+    """Part II: outliers per block of the released model, its distilled registers and the test-time register, and
+    the last-block attention of [CLS] and every register (the paper's Fig. 19)."""
+    from vitreg.report.sections.distill import attention, layers_figure
+    from vitreg.reproduce.distilled import REGISTERS, DistilledDirs
+    from vitreg.results.distill import Comparison
+    from vitreg.results.rundir import has_result, read_result
+
+    compare = DistilledDirs(out).compare
+    if not has_result(compare, Comparison):
+        return []
+    figdir, names = out / "figures", []
+    if layers_figure(read_result(compare, Comparison), figdir / "distilled_layers.png") is not None:
+        names.append("distilled_layers.png")
+    if attention(compare, figdir / "distilled_attention.png", REGISTERS) is not None:
+        names.append("distilled_attention.png")
     return names
 
 
@@ -256,6 +277,12 @@ def summary_lines(results: ReproduceResults) -> list[str]:
             f"{'the bundled photos' if released.get('coco') else 'the even bundled photos'} and measured on "
             f"{'coco-mini' if released.get('coco') else 'the odd ones'}."
             + (" --quick: a few images per stage." if released.get("quick") else "")
+            + (
+                " --quick: Parts I and II ran on a tiny stand-in for the released model (a pico ViT with a register "
+                "neuron planted by hand), not on the released CLIP: its numbers only show that every stage runs."
+                if Path(str(released.get("model", ""))).name == STANDIN
+                else ""
+            )
         ]
     if "config" not in plan:  # a pretrained pair: its notes say what was measured
         return [*results.notes, time_line, "Paper values are the published ones for the same family."]
@@ -267,7 +294,7 @@ def summary_lines(results: ReproduceResults) -> list[str]:
     setting = "quick (tiny models, few steps: the numbers mean nothing)" if plan.get("quick") else "default"
     return [
         *part1,
-        f"{'Part II setting' if released else 'Setting'}: {setting}; "
+        f"{'Part III setting' if released else 'Setting'}: {setting}; "
         f"training config `{plan['config']}`{_overrides_text(plan.get('overrides') or [])}.",
         models_line(results),
         f"Registers {', '.join(map(str, results.registers))}; seeds {', '.join(map(str, results.seeds))}; "
@@ -294,7 +321,8 @@ def _paper_short(source: str) -> str:
 CLAIM_HEADER = ["item", "claim", "paper", "tested on", "status", "evidence (ours)"]
 PARTS = {
     "I": "Part I: a released model, and test-time registers",
-    "II": "Part II: registers trained into a small ViT (the artifact lab)",
+    "II": "Part II: registers trained into the released model (post hoc, by self-distillation)",
+    "III": "Part III: registers trained into a small ViT from scratch (the artifact lab)",
 }
 
 

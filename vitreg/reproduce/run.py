@@ -8,6 +8,7 @@ from pathlib import Path
 from vitreg import atomic
 from vitreg.errors import ConfigError
 from vitreg.reproduce.collect import build_results
+from vitreg.reproduce.distilled import distilled_stages
 from vitreg.reproduce.pipeline import build_stages
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.pretrained import PairPlan, pair_results, pair_stages
@@ -48,11 +49,13 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
         log(f"coco-mini not found (looked in {', '.join(plan.coco_searched)}): LOST on photos is skipped")
     released = None
     if plan.released:  # Part I; a model that cannot be had here (not fetched, offline) is skipped, saying why
-        from vitreg.reproduce.released import make_released_plan, prepare
+        from vitreg.reproduce.released import make_released_plan, prepare, standin
 
-        released = prepare(make_released_plan(plan.quick, plan.coco, plan.download, plan.threads,
-                                              plan.released_model), log)  # fmt: skip
+        model = str(standin(out)) if plan.standin else plan.released_model
+        released = prepare(make_released_plan(plan.quick, plan.coco, plan.download, plan.threads, model), log)
     stages = released_stages(released, out) if released is not None else []
+    if released is not None:  # Part II: registers distilled into Part I's model
+        stages += distilled_stages(released, out, stages, plan.retrain)
     stages += build_stages(plan, out)
     atomic.make_dirs(out)
     t0 = time.perf_counter()

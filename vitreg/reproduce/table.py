@@ -56,6 +56,18 @@ def probe_fields(p: ProbeResult) -> dict[str, Any]:
             position_outlier=loc.position["outlier"].accuracy,
             position_chance=loc.chance_accuracy,
         )
+        reg = loc.position_regression
+        if reg is not None:
+            g = reg.groups
+            out |= dict(
+                position_error_normal=g["normal"].error,
+                position_error_normal_se=g["normal"].se,
+                position_error_outlier=g["outlier"].error,
+                position_error_outlier_se=g["outlier"].se,
+                position_error_all=g["all"].error,
+                position_error_gap=reg.gap.gap if reg.gap else None,
+                position_error_gap_se=reg.gap.se if reg.gap else None,
+            )
         for head, groups in loc.pixel.items():
             out |= {f"pixel_{head}_normal": groups["normal"].mse, f"pixel_{head}_outlier": groups["outlier"].mse}
     if glob is not None:

@@ -39,6 +39,35 @@ class PixelScore:
 
 
 @dataclass(kw_only=True)
+class PositionError:
+    """Mean distance (in patches) of a ridge regression's predicted (row, column) from the true one, with its
+    standard error from a bootstrap over the test photos."""
+
+    count: int
+    error: float | None = None
+    se: float | None = None
+    note: str | None = None
+
+
+@dataclass(kw_only=True)
+class PositionGap:
+    """Outlier minus normal position error, with its paired bootstrap standard error (> 2 s.e.: the outliers hold
+    measurably less position)."""
+
+    gap: float
+    se: float
+    photos_with_outliers: int
+
+
+@dataclass(kw_only=True)
+class PositionRegression:
+    alpha: float  # the ridge strength, chosen on held-out fit photos
+    units: str
+    groups: dict[str, PositionError]  # all / normal / outlier
+    gap: PositionGap | None = None
+
+
+@dataclass(kw_only=True)
 class LocalProbes:
     """Position classification and pixel reconstruction per token group (paper Fig. 5b)."""
 
@@ -51,6 +80,7 @@ class LocalProbes:
     protocol: str
     position: dict[str, PositionScore]  # group (all / normal / outlier) -> score
     pixel: dict[str, dict[str, PixelScore]]  # head (linear / mlp) -> group -> score
+    position_regression: PositionRegression | None = None  # runs written before it existed: None
 
 
 @dataclass(kw_only=True)

@@ -57,6 +57,14 @@ class ModelRow:
     position_normal: float | None = None
     position_outlier: float | None = None
     position_chance: float | None = None
+    # the ridge regression of (row, column): mean error in patches, bootstrap s.e. by photo; outlier - normal gap
+    position_error_normal: float | None = None
+    position_error_normal_se: float | None = None
+    position_error_outlier: float | None = None
+    position_error_outlier_se: float | None = None
+    position_error_all: float | None = None
+    position_error_gap: float | None = None
+    position_error_gap_se: float | None = None
     global_cls: float | None = None
     global_normal: float | None = None
     global_outlier: float | None = None

@@ -97,6 +97,7 @@ class Resolved:
     weights: Path | None
     format: Format
     layout: Layout | None
+    base: Resolved | None = None  # a delta's base model (vitreg_delta): loaded first, then the delta applied
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -68,17 +68,25 @@ def _layers_figure(result: FixResult, path: Path) -> Path | None:
 def _attention_figure(run_dir: Path, path: Path, added: int) -> Path | None:
     """Mean last-block attention of [CLS] and of every register over the patch grid, before (top) and after (the
     last ``added`` registers of the fixed model are the test-time ones)."""
-    runs = [read_arrays(run_dir, k) for k in ("a", "b")]
-    rows = [(r["mean_attention"], [str(q) for q in r["query_names"]]) for r in runs]
-    after = rows[1][1]
-    rows[1] = (rows[1][0], [*after[: len(after) - added], *(f"{q} (test-time)" for q in after[len(after) - added :])])
-    cols = max(len(names) for _, names in rows)
+    return attention_figure(run_dir, path, [("a", "original", 0), ("b", "test-time\nregisters", added)], "test-time")
+
+
+def attention_figure(run_dir: Path, path: Path, rows: list[tuple[str, str, int]], tag: str) -> Path | None:
+    """Mean last-block attention of [CLS] and of every register over the patch grid, one row per model of the
+    diagnose run ``run_dir``: ``rows`` are (key, title, added), the last ``added`` registers named with ``tag``."""
+    maps_rows = []
+    for key, title, added in rows:
+        r = read_arrays(run_dir, key)
+        names = [str(q) for q in r["query_names"]]
+        names = [*names[: len(names) - added], *(f"{q} ({tag})" for q in names[len(names) - added :])]
+        maps_rows.append((r["mean_attention"], names, title))
+    cols = max(len(names) for _, names, _ in maps_rows)
     if cols == 0:
         return None
     # at least 2 columns wide: the row names sit left of the first map
-    fig = Figure(figsize=(1.8 * max(cols, 2) + 0.3, 3.9), layout="constrained")
-    axes = fig.subplots(2, cols, squeeze=False)
-    for i, ((maps, names), title) in enumerate(zip(rows, ("original", "test-time\nregisters"), strict=True)):
+    fig = Figure(figsize=(1.8 * max(cols, 2) + 0.3, 1.95 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for i, (maps, names, title) in enumerate(maps_rows):
         for j in range(cols):
             ax = axes[i, j]
             ax.set_xticks([])
