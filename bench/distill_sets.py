@@ -45,7 +45,9 @@ def row(run: Path) -> dict[str, str]:
         if h is None
         else f"{pct(h.original.outlier_share)} -> {pct(h.distilled.outlier_share)}",
         "worst block": "–" if h is None else pct(h.distilled.worst_share),
-        "bimodal (any block)": "–" if h is None else ("yes" if any(x.bimodal_after for x in h.layers) else "no"),
+        "blocks with an outlier mode": "–"
+        if h is None
+        else (", ".join(str(x.layer) for x in h.layers if x.threshold_after is not None) or "none"),
         "[CLS] cosine": "–" if h is None or h.distilled.cls_cosine is None else f"{h.distilled.cls_cosine:.3f}",
         "registers' norm": "–"
         if h is None or h.distilled.register_norm is None

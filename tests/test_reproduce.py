@@ -23,24 +23,28 @@ def test_quick_reproduce_writes_report_md_html_and_results(quick_run):
     results = json.loads((out / "results.json").read_text())
     ids = [i["id"] for i in results["items"]]
     part1 = ["I-fig3", "I-fig4", "I-fig5", "I-table1", "I-ttr", "I-table3", "I-fig12"]
-    assert ids == [*part1, "fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
-    assert [i["part"] for i in results["items"]] == ["I"] * len(part1) + ["II"] * 8
+    part2 = ["II-fig3", "II-fig5a", "II-fig5b", "II-table1", "II-table3", "II-fig12"]
+    lab = ["fig3", "fig4", "fig5", "table1", "table2", "table3", "fig12", "fig14"]
+    assert ids == [*part1, *part2, *lab]
+    assert [i["part"] for i in results["items"]] == ["I"] * len(part1) + ["II"] * len(part2) + ["III"] * 8
     # every stage of the plan ran once, with progress lines numbered against the total; without coco-mini, Part I
     # runs no LOST (no boxes)
     kinds = [s["kind"] for s in results["stages"]]
     assert kinds.count("train") == 2
-    assert kinds.count("probe") == 2 + 2
+    assert kinds.count("probe") == 2 + 2 + 2  # Part I, Part II (the distilled model), the lab
     assert kinds.count("lost") == 2
     assert kinds.count("fix") == 1
+    assert kinds.count("distill") == 1  # the planted model is no zoo base: its registers are distilled here
+    assert kinds.count("compare") == 1
     assert re.search(r"\[\d+/\d+\] train: seed 0, 0 registers: running", stdout)
     assert all(not s["cached"] for s in results["stages"])
     # ours beside the paper's: the published value is the one in paper.py, ours is read from the stage outputs
-    fig3 = results["items"][len(part1)]
+    fig3 = results["items"][len(part1) + len(part2)]
     share = next(r for r in fig3["rows"] if r["quantity"].startswith("outlier share"))
     assert share["paper"] == ARTIFACTS["outlier_ratio"]
     diag = json.loads((out / "diagnose" / "seed0" / "metrics.json").read_text())
     assert share["ours"]["0"]["values"] == [diag["models"][0]["output"]["outlier_ratio"]]
-    t1 = results["items"][len(part1) + 3]
+    t1 = results["items"][len(part1) + len(part2) + 3]
     probe = json.loads((out / "probe" / "seed0" / "reg4" / "probe.json").read_text())
     cls = next(r for r in t1["rows"] if r["quantity"] == "[CLS] token")
     assert cls["paper"] == GLOBAL["top1"]["cls"]
@@ -99,9 +103,35 @@ def test_part_one_fits_on_one_half_and_measures_on_the_other(quick_run):
     assert {c["status"] for c in part1 if c["item"] == "I-table3"} == {NOT_TESTED}
     html = (out / "report.html").read_text()
     assert "Part I: a released model" in html
-    assert "Part II: registers trained" in html
+    assert "Part II: registers trained into the released model" in html
+    assert "Part III: registers trained into a small ViT" in html
     assert "tested on" in html
     for f in ("released_norm_hist.png", "released_layers.png", "released_maps_a.png", "released_maps_b.png"):
+        assert (out / "figures" / f).is_file(), f
+
+
+def test_part_two_distils_registers_into_the_released_model_and_says_post_hoc(quick_run):
+    """Part II: registers distilled into Part I's model (here the planted stand-in, distilled by the run itself), its
+    claims marked on that model beside the released one and the test-time register, from the stages' files."""
+    out, stdout = quick_run
+    results = json.loads((out / "results.json").read_text())
+    items = {i["id"]: i for i in results["items"]}
+    comparison = json.loads((out / "released" / "distilled" / "compare" / "comparison.json").read_text())
+    assert comparison["registers"] == 4
+    assert comparison["distilled_spec"] == str(out / "released" / "distilled" / "train")
+    fig3 = items["II-fig3"]
+    assert set(fig3["columns"]) == {"0", "d", "1"}
+    last = fig3["rows"][0]
+    assert last["ours"]["d"]["values"] == [comparison["distilled"]["outlier_share"]]
+    assert last["ours"]["0"]["values"] == [comparison["original"]["outlier_share"]]
+    assert "post hoc" in fig3["note"]
+    part2 = [c for c in results["claims"] if c["item"].startswith("II-")]
+    assert part2
+    assert all("distilled registers" in c["model"] for c in part2)
+    # the terminal summary groups the claims under their part and model
+    assert "Part II: registers trained into the released model" in stdout
+    assert stdout.index("Part I: a released model") < stdout.index("Part II: registers") < stdout.index("Part III")
+    for f in ("distilled_layers.png", "distilled_attention.png"):
         assert (out / "figures" / f).is_file(), f
 
 
@@ -303,7 +333,7 @@ def test_quick_report_page_layout_and_setting_line(quick_run):
     assert 'href="#table3"' in html
     assert 'href="#I-ttr"' in html
     # overrides that unset a key read as the preset's value, never as "null"
-    setting = next(line for line in md.splitlines() if line.startswith("- Part II setting:"))
+    setting = next(line for line in md.splitlines() if line.startswith("- Part III setting:"))
     assert "null" not in setting
     assert "depth: the preset's" in setting
 

@@ -53,6 +53,18 @@ def print_zoo() -> None:
             continue
         cpu = p.get("cpu") or {}
         bf16 = "native bf16" if cpu.get("native_bf16") else "no native bf16"
+        if p.get("kind") == "delta":  # registers distilled into a released model, stored relative to it
+            held = p.get("held_out") or {}
+            shares = held.get("outliers_worst_block") or [None, None]
+            pct = lambda v: "?" if v is None else f"{100 * v:.2f}%"
+            print(
+                f"  zoo:{e.name:<22} {p.get('model', '?')}; a {p.get('bytes', 0) / 2**20:.2f} MiB delta; held out "
+                f"({held.get('images')} images of {held.get('source')}): outliers at the worst block "
+                f"{pct(shares[0])} -> {pct(shares[1])}, [CLS] cosine {held.get('cls_cosine', 0):.3f}; "
+                f"{p.get('train_minutes')} min of training on {cpu.get('model', '?')} ({bf16}), commit "
+                f"{str(p.get('commit'))[:10]}"
+            )
+            continue
         print(
             f"  zoo:{e.name:<22} {p.get('registers')} registers, {p.get('steps')} steps, held-out top-1 "
             f"{p.get('top1')} (fp16 {p.get('top1_fp16')}), {p.get('update_minutes')} min of updates on "

@@ -152,7 +152,8 @@ def layers_table(h: Comparison) -> str:
                 "original %": 100 * r.share_before,
                 "distilled %": 100 * r.share_after,
                 "test-time %": _pct(r.share_ttr),
-                "distilled bimodal": r.bimodal_after,
+                "distilled: outlier mode at": r.threshold_after,
+                "distilled: bimodality test": r.bimodal_after,
             }
             for r in h.layers
         ],
