@@ -339,8 +339,16 @@ def test_torchrun_two_processes_distil_the_same_registers(run, tmp_path):
     out = tmp_path / "ddp"
     neurons = run / "run" / "teacher_neurons.json"
     argv = [a for a in _argv(run, out, "--neurons", str(neurons), "--no-report")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vitreg.cli",
-           *argv]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "vitreg.cli",
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -358,3 +366,24 @@ def test_torchrun_two_processes_distil_the_same_registers(run, tmp_path):
     assert main(["fix", "--resume", str(out), "--no-report"]) == 0  # the comparison, in one process
     assert json.loads((out / "distill.json").read_text())["held_out"]["images"] == 32
     assert load_model(out).num_prefix_tokens == 3
+
+
+def test_a_distillation_goes_into_the_zoo_as_its_delta_with_provenance(run, tmp_path):
+    from vitreg.distill.zoo import add_distilled_to_zoo
+    from vitreg.models import zoo
+
+    entry = add_distilled_to_zoo(
+        run / "run", "planted-reg2", "vitreg fix --method distill ...", commit="abc", root=tmp_path
+    )
+    p = entry.provenance
+    assert p["kind"] == "delta"
+    assert p["weights_file"] == "delta.safetensors"
+    assert p["base"]["spec"] == str(run / "planted")
+    assert p["registers"] == 2
+    assert p["images"] == 40
+    assert p["held_out"]["images"] == 32
+    assert p["sha256"] == zoo.sha256_file(run / "run" / "delta.safetensors")
+    assert zoo.get("planted-reg2", tmp_path).verify().name == "delta.safetensors"
+    assert not (tmp_path / "planted-reg2" / "model.safetensors").exists()  # never a full copy
+    with pytest.raises(ConfigError, match="over its"):
+        add_distilled_to_zoo(run / "run", "too-big", "x", root=tmp_path, limit_bytes=1000)

@@ -398,13 +398,17 @@ class CompareConfig:
 def compare_distilled(cfg: CompareConfig) -> Comparison:
     """Measure the three models of ``cfg`` on its images: a diagnose run directory in ``cfg.out`` (a = original,
     b = distilled, c = test-time register), each one's outliers per block above the original's threshold, its final
-    [CLS] cosine to the original's and its added registers' norms; written as ``comparison.json``."""
+    [CLS] cosine to the original's and its added registers' norms; written as ``comparison.json``.
+
+    The images are decoded once and each model forwards each image once: its diagnose pass also gives the final
+    [CLS] the cosine needs."""
+    import torch
+
+    from vitreg.analysis.diagnose import diagnose_model
     from vitreg.data.transforms import ImageTransform
-    from vitreg.distill.measure import HeldOutMeter
-    from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry, diagnose
+    from vitreg.jobs.diagnose import DiagnoseConfig, DonePass, ModelEntry, diagnose
     from vitreg.jobs.fix import layer_shares
     from vitreg.models.inspect import num_registers
-    from vitreg.models.ttr import add_test_time_registers
     from vitreg.results.fix import read_neurons
     from vitreg.results.rundir import write_result
 
@@ -417,40 +421,67 @@ def compare_distilled(cfg: CompareConfig) -> Comparison:
     ]
     if cfg.neurons:
         entries.append(ModelEntry(key="c", **(spec | {"test_time_registers": cfg.neurons})))
+    for e in entries:
+        e.check()
     runtime = dataclasses.replace(cfg.runtime, precision="auto")  # measured as every inference job: fp32
+    device, dtype = runtime.start()
+    models = {e.key: e.load(device) for e in entries}
+    transform = ImageTransform.from_model(models["a"], mode="resize")
+    ds = cfg.images.open(transform, seed=cfg.runtime.seed)
+    loaded = list(cfg.images.loader(ds))  # decoded once: every model's pass runs over these batches
+    cls: dict[str, list[torch.Tensor]] = {k: [] for k in models}
+    done = {}
+    for key, model in models.items():
+
+        def keep_cls(_i: int, _batch: dict, cap: object, key: str = key) -> None:
+            normed = getattr(cap, "normed", None)  # (B, N, C) after the final norm
+            if normed is not None and getattr(models[key], "cls_token", None) is not None:
+                cls[key].append(normed[:, 0].float().cpu())
+
+        stream = diagnose_model(
+            model,
+            loaded,
+            transform.input_size,
+            transform.denormalize,
+            dtype=dtype,
+            examples=cfg.examples,
+            total=len(ds),
+            desc=f"compare {key}",
+            observe=keep_cls,
+        )
+        done[key] = DonePass(stream, transform.input_size)
     metrics = diagnose(
-        DiagnoseConfig(models=entries, images=cfg.images, runtime=runtime, examples=cfg.examples, out=str(out))
+        DiagnoseConfig(models=entries, images=cfg.images, runtime=runtime, examples=cfg.examples, out=str(out)),
+        done=done,
     )
     by_key = {m.key: m for m in metrics.models}
     shares = {m.key: layer_shares(out, metrics, after=m.key) for m in metrics.models if m.key != "a"}
-    device, _ = runtime.start()
-    base = cfg.model.load(device)
-    distilled = entries[1].load(device)
-    transform = ImageTransform.from_model(base, mode="resize")
-    x = _decode(cfg.images, transform, cfg.runtime.seed, "--images").x
-    meter = HeldOutMeter(base, x, device, None)
-    added = num_registers(distilled) - num_registers(base)
-    models = {"a": (base, 0), "b": (distilled, added)}
+    added = {"a": 0, "b": num_registers(models["b"]) - num_registers(models["a"])}
     neurons = read_neurons(cfg.neurons) if cfg.neurons else None
     if neurons is not None:
-        models["c"] = (add_test_time_registers(base, neurons.selected, neurons.registers), neurons.registers)
+        added["c"] = neurons.registers
+    reference = torch.cat(cls["a"]) if cls["a"] else None
     figures = {}
-    for key, (model, extra) in models.items():
-        point = meter.before if key == "a" else meter.measure(model, extra)
+    for key, extra in added.items():
         m = by_key[key]
+        rows = shares.get(key)
+        per_block = [r.share_before for r in shares["b"]] if rows is None else [r.share_after for r in rows]
         regs = [r for r in m.output.register_norms_mean[len(m.output.register_norms_mean) - extra :] if r is not None]
+        cos = None
+        if reference is not None and cls[key]:
+            cos = float(torch.nn.functional.cosine_similarity(torch.cat(cls[key]), reference, dim=-1).median())
         figures[key] = ModelFigures(
-            outlier_share=point.shares[-1],
-            worst_share=point.worst,
+            outlier_share=per_block[-1],
+            worst_share=max(per_block),
             bimodal=m.rule.bimodal,
-            cls_cosine=(1.0 if meter.has_cls else None) if key == "a" else point.cls_cosine,
+            cls_cosine=cos,
             register_norm=sum(regs) / len(regs) if extra and regs else None,
             patch_norm=m.output.median_norm_normal,
         )
     result = Comparison(
         original_spec=cfg.model.spec,
         distilled_spec=cfg.distilled,
-        registers=added,
+        registers=added["b"],
         images=metrics.models[0].images,
         source=cfg.images.src,
         directory=".",
