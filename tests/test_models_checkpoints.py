@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from vitreg.cli import main
 from vitreg.models import CheckpointError, WeightsNotFoundError, create_model, load_model, save_model
 
 DIM, DEPTH, HEADS, PATCH, GRID = 128, 3, 2, 14, 4  # 64-dim heads, as in every DINOv2 model
@@ -35,27 +36,50 @@ def _dinov2_state_dict(regs: int, swiglu: bool = False, chunks: int = 0) -> dict
     hidden = 4 * DIM
     for i in range(DEPTH):
         p = f"blocks.{i}." if not chunks else f"blocks.{i // (DEPTH // chunks)}.{i}."
-        sd.update({
-            p + "norm1.weight": 1 + r(DIM), p + "norm1.bias": r(DIM),
-            p + "attn.qkv.weight": r(3 * DIM, DIM), p + "attn.qkv.bias": r(3 * DIM),
-            p + "attn.proj.weight": r(DIM, DIM), p + "attn.proj.bias": r(DIM),
-            p + "ls1.gamma": r(DIM), p + "ls2.gamma": r(DIM),
-            p + "norm2.weight": 1 + r(DIM), p + "norm2.bias": r(DIM),
-        })  # fmt: skip
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(DIM),
+                p + "norm1.bias": r(DIM),
+                p + "attn.qkv.weight": r(3 * DIM, DIM),
+                p + "attn.qkv.bias": r(3 * DIM),
+                p + "attn.proj.weight": r(DIM, DIM),
+                p + "attn.proj.bias": r(DIM),
+                p + "ls1.gamma": r(DIM),
+                p + "ls2.gamma": r(DIM),
+                p + "norm2.weight": 1 + r(DIM),
+                p + "norm2.bias": r(DIM),
+            }
+        )
         if swiglu:
-            sd.update({p + "mlp.w12.weight": r(2 * hidden, DIM), p + "mlp.w12.bias": r(2 * hidden),
-                       p + "mlp.w3.weight": r(DIM, hidden), p + "mlp.w3.bias": r(DIM)})  # fmt: skip
+            sd.update(
+                {
+                    p + "mlp.w12.weight": r(2 * hidden, DIM),
+                    p + "mlp.w12.bias": r(2 * hidden),
+                    p + "mlp.w3.weight": r(DIM, hidden),
+                    p + "mlp.w3.bias": r(DIM),
+                }
+            )
         else:
-            sd.update({p + "mlp.fc1.weight": r(hidden, DIM), p + "mlp.fc1.bias": r(hidden),
-                       p + "mlp.fc2.weight": r(DIM, hidden), p + "mlp.fc2.bias": r(DIM)})  # fmt: skip
+            sd.update(
+                {
+                    p + "mlp.fc1.weight": r(hidden, DIM),
+                    p + "mlp.fc1.bias": r(hidden),
+                    p + "mlp.fc2.weight": r(DIM, hidden),
+                    p + "mlp.fc2.bias": r(DIM),
+                }
+            )
     return sd
 
 
 def _dinov2_reference(sd: dict[str, torch.Tensor], x: torch.Tensor, swiglu: bool = False, with_pre_norm: bool = False):
     """DINOv2's forward, written from its definition, on the original keys: normed tokens (B, 1+R+N, C) (with
     ``with_pre_norm``: the last block's output too, first)."""
-    sd = {k.replace(f"blocks.{k.split('.')[1]}.", "blocks.", 1) if k.count(".") > 3 and k.split(".")[2].isdigit()
-          else k: v for k, v in sd.items()}  # fmt: skip
+    sd = {
+        k.replace(f"blocks.{k.split('.')[1]}.", "blocks.", 1)
+        if k.count(".") > 3 and k.split(".")[2].isdigit()
+        else k: v
+        for k, v in sd.items()
+    }
     b = x.shape[0]
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=PATCH)
     t = t.flatten(2).transpose(1, 2)  # (B, N, C)
@@ -105,9 +129,14 @@ def test_dinov2_weights_into_a_named_timm_architecture(tmp_path):
     path = tmp_path / "w.pth"
     torch.save(sd, path)
     m = load_model(
-        "timm:vit_small_patch14_reg4_dinov2", weights=path, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
-        img_size=GRID * PATCH, init_values=1.0,
-    ).eval()  # fmt: skip
+        "timm:vit_small_patch14_reg4_dinov2",
+        weights=path,
+        embed_dim=DIM,
+        depth=DEPTH,
+        num_heads=HEADS,
+        img_size=GRID * PATCH,
+        init_values=1.0,
+    ).eval()
     x = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
     with torch.no_grad():
         assert (m.forward_features(x) - _dinov2_reference(sd, x)).abs().max() <= 1e-5
@@ -196,9 +225,11 @@ def test_missing_pretrained_weights_fail_fast_with_instructions(connections):
 def test_cli_reports_missing_weights_without_a_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "vitreg.cli", "inspect", "--model", "timm:vit_small_patch14_reg4_dinov2"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "HF_HUB_OFFLINE": "0"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr
     assert "--weights PATH" in proc.stderr
     assert "Traceback" not in proc.stderr  # (that the lookup tries no network is held in-process, above)
@@ -209,3 +240,59 @@ def test_attention_pooling_model_round_trips(tmp_path):
     save_model(m, tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(load_model(tmp_path).eval()(x), m(x))
+
+
+# ----------------------------------------------------------------------------------- which weights a file holds
+def _timm_tiny_files(tmp_path):
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    plain = m.state_dict()
+    ema = {k: v + 0.5 for k, v in plain.items()}
+    torch.save({"model": plain, "model_ema": ema}, tmp_path / "timm.pth")
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in plain.items()},
+            "state_dict_ema": {f"model.{k}": v for k, v in ema.items()},
+            "epoch": 3,
+        },
+        tmp_path / "light.ckpt",
+    )
+    return plain, ema
+
+
+def test_plain_weights_are_taken_before_an_ema_whatever_the_keys_and_the_choice_is_said(tmp_path, caplog):
+    import logging
+
+    from vitreg.models.checkpoints import read_state_dict
+
+    plain, ema = _timm_tiny_files(tmp_path)
+    with caplog.at_level(logging.INFO, logger="vitreg.models.modelfile"):
+        for name in ("timm.pth", "light.ckpt"):
+            sd = read_state_dict(tmp_path / name)
+            assert torch.equal(sd["cls_token"], plain["cls_token"]), name
+    said = caplog.text
+    assert "took the weights under 'model'; it also holds 'model_ema'" in said
+    assert "took the weights under 'state_dict'; it also holds 'state_dict_ema'" in said
+    assert torch.equal(read_state_dict(tmp_path / "timm.pth", "model_ema")["cls_token"], ema["cls_token"])
+    assert torch.equal(read_state_dict(tmp_path / "light.ckpt", "state_dict_ema")["cls_token"], ema["cls_token"])
+    with pytest.raises(
+        CheckpointError, match=r"--weights-key 'ema' not found \(its keys holding weights: model, model_ema\)"
+    ):
+        read_state_dict(tmp_path / "timm.pth", "ema")
+
+
+def test_weights_key_on_the_command_line_and_a_name_clash_in_one_line(tmp_path, capsys):
+    _, ema = _timm_tiny_files(tmp_path)
+    spec = ["--model", "timm:vit_tiny_patch16_224", "--weights", str(tmp_path / "light.ckpt")]
+    model = load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "light.ckpt", weights_key="state_dict_ema")
+    assert torch.equal(model.cls_token, ema["cls_token"])
+    # vitreg's preset of the same name keeps [CLS] out of its position table: refused in one line naming both
+    assert main(["inspect", "--model", "vit_tiny_patch16_224", "--weights", str(tmp_path / "light.ckpt")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in lines if not line.startswith("INFO")]  # the refusal itself: one line
+    assert len(err) == 1
+    assert "vitreg's preset" in err[0]
+    assert "--model timm:vit_tiny_patch16_224" in err[0]
+    assert main(["inspect", *spec, "--weights-key", "nope"]) == 2
+    assert "--weights-key 'nope' not found" in capsys.readouterr().err

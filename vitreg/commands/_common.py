@@ -69,6 +69,12 @@ def add_model_args(
     g.add_argument(
         f"--weights{suffix}", metavar="PATH", help="weights of the named architecture (.safetensors, weights-only .pth)"
     )
+    g.add_argument(
+        f"--weights-key{suffix}",
+        metavar="KEY",
+        help="the key of a training checkpoint to take the weights from (default: the plain weights, teacher, model, "
+        "state_dict or module, before an EMA, model_ema or state_dict_ema; the one taken is printed)",
+    )
     if registers:
         g.add_argument(f"--registers{suffix}", type=int, metavar="N", help="number of register tokens (0-16)")
     g.add_argument(
@@ -104,6 +110,7 @@ def model_spec(args: argparse.Namespace, suffix: str = "") -> ModelSpec:
         random_init=get("random_init"),
         download=get("download"),
         test_time_registers=get("test_time_registers"),
+        weights_key=get("weights_key"),
     )
 
 

@@ -12,6 +12,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="list the named models whose weights are on this machine (Hugging Face cache, torch hub checkpoints)",
     )
+    p.add_argument(
+        "--formats",
+        action="store_true",
+        help="list the checkpoint formats that load: what each is, how it is recognised, an example command",
+    )
+
+
+def print_formats() -> int:
+    from vitreg.models import formats
+
+    for f in formats.FORMATS:
+        print(f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}\n  e.g. {f.command}")
+    return 0
 
 
 def available() -> int:
@@ -73,6 +86,8 @@ def print_zoo() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.formats:
+        return print_formats()
     if args.available:
         return available()
     from vitreg.models.presets import DINOV2_ALIASES, describe_presets

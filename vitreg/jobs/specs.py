@@ -59,13 +59,14 @@ class ModelSpec:
     random_init: bool = False  # random weights on purpose (a named model never falls back to them silently)
     download: bool = False  # fetch a named model's published weights into the ecosystem's cache when missing
     test_time_registers: str | None = None  # a `vitreg fix` neurons.json (or its run directory) to apply
+    weights_key: str | None = None  # the key of a training checkpoint to take the weights from (model, model_ema, ...)
 
     @property
     def label(self) -> str:
         """How reports name this model: the spec, and what was changed from it."""
         parts = [self.spec]
         if self.weights:
-            parts.append(f"({Path(self.weights).name})")
+            parts.append(f"({Path(self.weights).name}{':' + self.weights_key if self.weights_key else ''})")
         if self.registers is not None:
             parts.append(f"+{self.registers} reg")
         if self.img_size is not None:
@@ -89,7 +90,7 @@ class ModelSpec:
 
     def _load_args(self) -> dict[str, Any]:
         return dict(weights=self.weights, registers=self.registers, img_size=self.img_size,
-                    random_init=self.random_init, download=self.download)  # fmt: skip
+                    random_init=self.random_init, download=self.download, weights_key=self.weights_key)  # fmt: skip
 
     def start(self, runtime: Runtime) -> tuple[torch.nn.Module, torch.device, torch.dtype | None]:
         """Check the model, set up ``runtime`` and load the model on its device: (model, device, autocast dtype)."""

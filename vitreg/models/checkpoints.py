@@ -144,8 +144,10 @@ def _check_patch_multiple(cfg: ModelConfig, spec: str, asked: Any) -> None:
 def _own_weights(r: Resolved, what: str, weights: Any, random_init: bool) -> None:
     """Files that hold their own weights take neither --weights nor --random-init."""
     if weights is not None:
-        raise ConfigError(f"--weights {weights}: {what} holds its own weights ({r.format.accepted}); --weights goes "
-                          "with a named architecture")  # fmt: skip
+        raise ConfigError(
+            f"--weights {weights}: {what} holds its own weights ({r.format.accepted}); --weights goes "
+            "with a named architecture"
+        )
     if random_init:
         raise ConfigError(
             f"--random-init: {what} holds its own weights ({r.weights}) and would not be random; for random weights "
@@ -164,6 +166,7 @@ def resolve(
     download: bool = False,
     overrides: dict[str, Any] | None = None,
     architecture_only: bool = False,
+    weights_key: str | None = None,
 ) -> Resolved:
     """What ``spec`` is, without building or reading anything large: its architecture, the file its weights come
     from (None: random init), its format and the layout of its weights; or the error :func:`load_model` would raise.
@@ -187,6 +190,12 @@ def resolve(
         if not architecture_only:
             r.weights = _spec_weights(r.config, text, weights, random_init, download)
     _check_patch_multiple(r.config, text, img_size)
+    if weights_key is not None:
+        if r.weights is None or r.weights.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+            raise ConfigError(
+                f"--weights-key {weights_key}: takes a key of a .pth/.pt/.bin/.ckpt checkpoint, and {text} has none"
+            )
+        r.weights_key = weights_key
     if r.format.key == "delta" and not architecture_only:
         r.base = _delta_base(r, img_size, download)
     return r
@@ -221,8 +230,9 @@ def _resolve_files(text: str, download: bool, architecture_only: bool) -> Resolv
     if text.startswith(zoo.ZOO_PREFIX):  # a zoo entry: its weights are checked against their sha256 first
         entry = zoo.get(text)
         if architecture_only and (entry.files / CONFIG_NAME).is_file():
-            return formats.Resolved(formats.read_sidecar(entry.files / CONFIG_NAME), None, formats.by_key("vitreg"),
-                                    None)  # fmt: skip
+            return formats.Resolved(
+                formats.read_sidecar(entry.files / CONFIG_NAME), None, formats.by_key("vitreg"), None
+            )
         if download and not entry.fetched:
             entry.fetch()
         weights_file = entry.verify()  # before its model.json: a package entry not fetched says what to run
@@ -276,6 +286,7 @@ def load_model(
     img_size: int | tuple[int, int] | None = None,
     random_init: bool = False,
     download: bool = False,
+    weights_key: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """A ready model from a model folder, a weights file with its sidecar, or a named architecture.
@@ -288,8 +299,16 @@ def load_model(
       the published weights found in the ecosystem's caches (:mod:`vitreg.models.hub`), downloaded first with
       ``download=True``; ``random_init=True`` asks for random weights on purpose.
     """
-    r = resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size, random_init=random_init,
-                download=download, overrides=overrides)  # fmt: skip
+    r = resolve(
+        path_or_spec,
+        weights=weights,
+        registers=registers,
+        img_size=img_size,
+        random_init=random_init,
+        download=download,
+        overrides=overrides,
+        weights_key=weights_key,
+    )
     return build_loaded(r)
 
 
@@ -301,12 +320,20 @@ def check_model(
     img_size: int | tuple[int, int] | None = None,
     random_init: bool = False,
     download: bool = False,
+    weights_key: str | None = None,
 ) -> None:
     """Raise what :func:`load_model` would raise for a missing file, an unknown name or missing weights, without
     building the model, so every model of a run is checked before any work (with ``download``, fetching its files
     is part of the check)."""
-    resolve(path_or_spec, weights=weights, registers=registers, img_size=img_size, random_init=random_init,
-            download=download)  # fmt: skip
+    resolve(
+        path_or_spec,
+        weights=weights,
+        registers=registers,
+        img_size=img_size,
+        random_init=random_init,
+        download=download,
+        weights_key=weights_key,
+    )
 
 
 def available() -> list[tuple[str, Path]]:

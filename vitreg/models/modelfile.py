@@ -49,8 +49,15 @@ BLOCK_KEY = re.compile(r"(?:blocks|resblocks|layers?)\.(?:encoder_layer_)?(\d+)\
 
 
 # --------------------------------------------------------------------------------------------------- reading
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from training containers, with wrapper prefixes stripped.
+#: Where training checkpoints keep their weights, in the order they are taken: DINOv2's released "teacher", then the
+#: plain weights, then an exponential moving average only when there are no plain weights (timm's rule: the EMA is
+#: taken on request). ``--weights-key KEY`` (API: ``weights_key=``) takes another.
+WEIGHT_KEYS = ("teacher", "model", "state_dict", "module", "model_ema", "state_dict_ema", "ema")
+
+
+def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from training containers (the first of :data:`WEIGHT_KEYS` that holds
+    tensors, or ``key``), with wrapper prefixes stripped; which one was taken is logged.
 
     ``.pth``/``.pt``/``.bin`` go through ``torch.load(weights_only=True)``: a pickle that holds arbitrary Python
     objects is refused, never executed.
@@ -88,18 +95,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"  # torch's messages span lines
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
-    sd = _unwrap(raw, path)
+    sd = _unwrap(raw, path, key)
     return _strip_prefixes(sd)
 
 
-def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
-    # Training checkpoints nest the weights: DINOv2 keeps {"teacher": {"backbone.*": ...}}, timm/DeiT {"model": ...}.
+def _holds_tensors(value: Any) -> bool:
+    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _unwrap(raw: Any, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    # Training checkpoints nest the weights: DINOv2 keeps {"teacher": {"backbone.*": ...}}, timm/DeiT {"model": ...},
+    # Lightning {"state_dict": {"model.*": ...}}; several of them may sit side by side (model and model_ema)
     if isinstance(raw, dict):
-        for key in ("teacher", "model_ema", "model", "state_dict", "module"):
-            inner = raw.get(key)
-            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                raw = inner
-                break
+        nested = [k for k, v in raw.items() if isinstance(k, str) and _holds_tensors(v)]
+        if key is not None:
+            if key not in nested:
+                where = f"its keys holding weights: {', '.join(nested)}" if nested else "it holds no nested weights"
+                raise CheckpointError(f"{path}: --weights-key {key!r} not found ({where})")
+            raw = raw[key]
+        else:
+            taken = next((k for k in WEIGHT_KEYS if k in nested), None)
+            if taken is not None:
+                others = [k for k in nested if k != taken]
+                also = (
+                    f"; it also holds {', '.join(repr(k) for k in others)} (--weights-key KEY takes one)"
+                    if others
+                    else ""
+                )
+                log.info("%s: took the weights under %r%s", path, taken, also)
+                raw = raw[taken]
+    elif key is not None:
+        raise CheckpointError(f"{path}: --weights-key {key!r}: the file is not a mapping of keys")
     if not isinstance(raw, dict) or not raw:
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
@@ -122,7 +148,13 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str, lay
     """Load ``sd`` into ``model`` through ``layout`` (its format's; None: the layout its keys say, from the
     registry); every tensor must fit."""
     layout = layout or formats.layout_of(sd)
-    sd = layout.to_timm(sd, model)
+    try:
+        sd = layout.to_timm(sd, model)
+    except (RuntimeError, ValueError, KeyError, IndexError) as err:  # timm's filter: shapes that cannot be converted
+        detail = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{source}: weights ({layout.name} layout) do not fit the model: {detail}{_name_clash(model)}"
+        ) from None
     own = model.state_dict()
     if "head.weight" in sd and ("head.weight" not in own or own["head.weight"].shape != sd["head.weight"].shape):
         # A classifier for another purpose: the backbone is what matters here.
@@ -141,14 +173,31 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str, lay
             k = shape_bad[0]
             details.append(f"shape mismatch for {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(
-            f"{source}: weights ({layout.name} layout) do not fit the model: {'; '.join(details)}; accepted: "
-            f"{formats.accepted()}"
+            f"{source}: weights ({layout.name} layout) do not fit the model: {'; '.join(details)}{_name_clash(model)}"
         )
     model.load_state_dict(sd, strict=False)
     return model
 
 
-# ------------------------------------------------------------------------------------ files that say their model
+def _name_clash(model: nn.Module) -> str:
+    """A hint when the model is a vitreg preset whose name timm also has (the same size, another layout: vitreg's
+    presets keep [CLS] out of the position table and may carry registers), or timm's model of a preset's name."""
+    import timm
+
+    cfg = getattr(model, "vitreg_config", None)
+    if cfg is None:
+        return ""
+    name = cfg.spec.removeprefix("timm:")
+    if cfg.is_timm and name in PRESETS:
+        return f"; timm:{name} is timm's model; vitreg's preset {name} (another layout) is --model {name}"
+    if not cfg.is_timm and name in PRESETS and timm.is_model(name):
+        return (
+            f"; --model {name} is vitreg's preset (its own layout: [CLS] outside the position table); "
+            f"for timm's model of that name pass --model timm:{name}"
+        )
+    return "; see `vitreg models --formats` for what loads"
+
+
 def file_config(path: Path) -> Resolved:
     """The architecture a model folder or a weights file states, the file its weights are in, its format and
     layout (:mod:`vitreg.models.formats`); a bare weights file is refused, naming the architectures its shapes fit."""
@@ -174,7 +223,8 @@ def build_loaded(resolved: Resolved) -> nn.Module:
     model = build_model(resolved.config)
     if resolved.weights is None:
         return model
-    return load_weights(model, read_state_dict(resolved.weights), str(resolved.weights), resolved.layout)
+    sd = read_state_dict(resolved.weights, resolved.weights_key)
+    return load_weights(model, sd, str(resolved.weights), resolved.layout)
 
 
 def load_model_file(path: Path) -> nn.Module:

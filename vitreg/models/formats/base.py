@@ -98,6 +98,7 @@ class Resolved:
     format: Format
     layout: Layout | None
     base: Resolved | None = None  # a delta's base model (vitreg_delta): loaded first, then the delta applied
+    weights_key: str | None = None  # the checkpoint key to take the weights from (None: modelfile.WEIGHT_KEYS' rule)
 
 
 def read_json(path: Path) -> dict[str, Any]:
