@@ -8,6 +8,8 @@ token from block LAYER on, as the paper's artifacts do. Its random weights are s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 LAYER, UNIT, POS = 1, 7, (2, 5)
@@ -18,7 +20,7 @@ def planted_model(num_classes: int = 0) -> torch.nn.Module:
     from vitreg.models.presets import create_model
 
     torch.manual_seed(0)
-    m = create_model("vit_pico_patch4_32", registers=0, depth=4, num_classes=num_classes).eval()
+    m: Any = create_model("vit_pico_patch4_32", registers=0, depth=4, num_classes=num_classes).eval()
     with torch.no_grad():
         gw = m.patch_embed.grid_size[1]
         m.patch_embed.proj.weight[0] = 0  # channel 0 carries no image content ...
