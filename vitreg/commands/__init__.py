@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "probe": "position/pixel/global token probes and linear classification/dense probes",
     "fix": "test-time registers: find the register neurons and move the artifacts out of the patches, no retraining",
     "lost": "unsupervised object discovery with LOST, scored with CorLoc",
+    "export": "write a model (a fixed one included) as a timm folder or an ONNX graph, checked against vitreg",
     "flops": "FLOP and parameter overhead of registers, per resolution",
     "reproduce": "the paper's tables and figures on the embedded default (train, diagnose, probe, LOST, FLOPs, report)",
     "demo": "same as `vitreg reproduce` (the main job on the embedded default)",
