@@ -5,15 +5,17 @@ beside ours and a status for each of the paper's claims that the run can test. N
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from vitreg.reproduce import items
-from vitreg.reproduce.pipeline import flops_dir, model_dir
+from vitreg.reproduce.part import Part
+from vitreg.reproduce.pipeline import LabDirs
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.released import ReleasedPlan
 from vitreg.reproduce.table import read_table
 from vitreg.results.flops import FlopsResult
-from vitreg.results.reproduce import ModelSource, ReproduceResults, StageRecord
+from vitreg.results.reproduce import Item, ModelSource, ReproduceResults, StageRecord
 from vitreg.results.rundir import read_result
 
 TITLE = "vitreg reproduce: Vision Transformers Need Registers on a small ViT"
@@ -38,7 +40,7 @@ def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
     for seed in plan.seeds:
         for n in plan.registers:
             entry = plan.zoo_entry(seed, n)
-            d = str(model_dir(out, seed, n, entry))
+            d = str(LabDirs(out).model(seed, n, entry))
             if entry is None:
                 rows.append(ModelSource(registers=n, seed=seed, source="trained", directory=d))
                 continue
@@ -54,23 +56,10 @@ def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
     return rows
 
 
-def build_results(
-    plan: Plan, out: Path, stages: list[dict], train_cfg_text: str = "", released: ReleasedPlan | None = None
-) -> ReproduceResults:
-    """Part I (``released``, when it ran: the paper's analyses and test-time registers on it), Part II (registers
-    distilled into it) and Part III (the lab models) into one results.json."""
-    part1 = []
-    if released is not None and not released.skipped:
-        from vitreg.reproduce.distilled import distilled_spec
-        from vitreg.reproduce.distilled_items import distilled_items, read_distilled
-        from vitreg.reproduce.released_items import read_released, released_items
-
-        one = read_released(released, out)
-        part1 = released_items(one) + distilled_items(
-            read_distilled(one, out, distilled_spec(released, out, plan.retrain))
-        )
+def lab_items(plan: Plan, out: Path) -> list[Item]:
+    """The lab part's items: the paper's figures and tables on the trained small ViTs, with their claims."""
     table = read_table(plan, out)
-    base, reg = plan.registers[0], (4 if 4 in plan.registers else plan.registers[-1])
+    base, reg = plan.compared
     found = [
         items.fig3(table, base, reg),
         items.fig4(table, base),
@@ -81,14 +70,32 @@ def build_results(
     ]
     if len(plan.registers) > 2:
         found.append(items.fig8(table, base, plan.registers))
-    found.append(items.fig12(read_result(flops_dir(out), FlopsResult)))
+    found.append(items.fig12(read_result(LabDirs(out).flops, FlopsResult)))
     found.append(items.fig14(base, reg))
     lab = f"{LAB_MODEL} ({base} vs {reg} registers)"
     for it in found:
-        it.part = "III" if released is not None else ""
         for c in it.claims:
             c.item, c.model = it.id, lab
-    found = part1 + found
+    return found
+
+
+def build_results(
+    plan: Plan,
+    out: Path,
+    stages: list[dict],
+    parts: Sequence[Part],
+    train_cfg_text: str = "",
+    released: ReleasedPlan | None = None,
+) -> ReproduceResults:
+    """Every part's items, under its key (Part I, when it ran: the paper's analyses and test-time registers on a
+    released model; Part II: registers distilled into it; Part III: the lab models), into one results.json."""
+    found: list[Item] = []
+    for part in parts:
+        for it in part.items():
+            it.part = part.key if len(parts) > 1 or released is not None else ""
+            found.append(it)
+    table = read_table(plan, out)
+    base, reg = plan.compared
     notes = [coco_note(plan).strip()] if coco_note(plan) else []
     if released is not None and released.skipped:
         notes.insert(0, f"Part I (a released model, {released.model}) was skipped: {released.skipped}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry
@@ -9,32 +10,37 @@ from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
 from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.reproduce.part import HEADINGS, Keep
 from vitreg.reproduce.plan import Plan
+from vitreg.results.reproduce import Item
 from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage, zoo_stage
 
 LOST_FEATURES: FeatureKind = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
 
 
-def model_dir(out: Path, seed: int, registers: int, zoo: str | None = None) -> Path:
-    """Where a model of the run lives: trained here (train/seedS/regN) or copied from zoo entry ``zoo`` (zoo/NAME,
-    so a zoo run never replaces a model trained with --retrain, nor the other way round)."""
-    return out / "zoo" / zoo if zoo else out / "train" / f"seed{seed}" / f"reg{registers}"
+@dataclass(frozen=True)
+class LabDirs:
+    """Every run directory of the lab part, named here once (the stages write them, the tables read them)."""
 
+    root: Path
 
-def diagnose_dir(out: Path, seed: int) -> Path:
-    return out / "diagnose" / f"seed{seed}"
+    def model(self, seed: int, registers: int, zoo: str | None = None) -> Path:
+        """Trained here (train/seedS/regN) or copied from zoo entry ``zoo`` (zoo/NAME, so a zoo run never replaces a
+        model trained with --retrain, nor the other way round)."""
+        return self.root / "zoo" / zoo if zoo else self.root / "train" / f"seed{seed}" / f"reg{registers}"
 
+    def diagnose(self, seed: int) -> Path:
+        return self.root / "diagnose" / f"seed{seed}"
 
-def probe_dir(out: Path, seed: int, registers: int) -> Path:
-    return out / "probe" / f"seed{seed}" / f"reg{registers}"
+    def probe(self, seed: int, registers: int) -> Path:
+        return self.root / "probe" / f"seed{seed}" / f"reg{registers}"
 
+    def lost(self, dataset: str, seed: int, registers: int) -> Path:
+        return self.root / "lost" / dataset / f"seed{seed}" / f"reg{registers}"
 
-def lost_dir(out: Path, dataset: str, seed: int, registers: int) -> Path:
-    return out / "lost" / dataset / f"seed{seed}" / f"reg{registers}"
-
-
-def flops_dir(out: Path) -> Path:
-    return out / "flops"
+    @property
+    def flops(self) -> Path:
+        return self.root / "flops"
 
 
 def build_stages(plan: Plan, out: Path) -> list[Stage]:
@@ -44,6 +50,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
     from vitreg.jobs.probe import probe
 
     out = Path(out)
+    dirs = LabDirs(out)
     scenes = evaluation_scenes(plan.train_config(), plan.scene_seed)
     runtime = Runtime(threads=plan.threads)
     trained: dict[tuple[int, int], Stage] = {}
@@ -54,10 +61,10 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
                 from vitreg.models import zoo
 
                 name = f"model: seed {seed}, {n} registers from zoo:{entry}"
-                trained[(seed, n)] = zoo_stage(name, zoo.get(entry), model_dir(out, seed, n, entry), out)
+                trained[(seed, n)] = zoo_stage(name, zoo.get(entry), dirs.model(seed, n, entry), out)
                 continue
             cfg = plan.train_config(seed, n)
-            trained[(seed, n)] = train_stage(f"train: seed {seed}, {n} registers", cfg, model_dir(out, seed, n), out)
+            trained[(seed, n)] = train_stage(f"train: seed {seed}, {n} registers", cfg, dirs.model(seed, n), out)
     stages = list(trained.values())
     for seed in plan.seeds:
         models = [trained[(seed, n)] for n in plan.registers]
@@ -67,7 +74,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             runtime=runtime,
             examples=plan.examples,
             sinks=True,  # attention sinks per block (docs/artifact-lab.md): sinks without high norms
-            out=str(diagnose_dir(out, seed)),
+            out=str(dirs.diagnose(seed)),
         )
         name = f"diagnose: seed {seed}, registers {', '.join(map(str, plan.registers))}"
         stages.append(diagnose_stage(name, diag_cfg, models, out, report=True))
@@ -78,7 +85,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             runtime=runtime,
             epochs=plan.probe_epochs,
             seeds=plan.probe_seeds,
-            out=str(probe_dir(out, seed, n)),
+            out=str(dirs.probe(seed, n)),
         )
         stages.append(
             job_stage(f"probe: seed {seed}, {n} registers", "probe", probe_cfg, probe, "probe.json", [m], out)
@@ -97,13 +104,35 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
                 resize=resize,
                 features=LOST_FEATURES,
                 runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
-                out=str(lost_dir(out, name, seed, n)),
+                out=str(dirs.lost(name, seed, n)),
             )
             stages.append(
                 job_stage(f"LOST on {name}: seed {seed}, {n} registers", "lost", lost_cfg, lost, "lost.json", [m], out)
             )
     first = trained[(plan.seeds[0], plan.registers[0])]
     counted = [ModelSpec(spec=str(first.directory)), *(ModelSpec(spec=s) for s in plan.flops_models)]
-    flops_cfg = FlopsConfig(models=counted, register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
+    flops_cfg = FlopsConfig(models=counted, register_counts=list(REGISTER_SWEEP), out=str(dirs.flops))
     stages.append(job_stage("FLOPs and parameters", "flops", flops_cfg, flops, "flops.json", [first], out))
     return stages
+
+
+@dataclass
+class LabPart:
+    """Part III (the only part with ``--no-released``): registers trained into a small ViT from scratch, the
+    artifact lab; its figures need the whole results (every model's row) and are drawn by the report."""
+
+    plan: Plan
+    out: Path
+    key: str = "III"
+    heading: str = HEADINGS["III"]
+
+    def stages(self) -> list[Stage]:
+        return build_stages(self.plan, self.out)
+
+    def items(self) -> list[Item]:
+        from vitreg.reproduce.collect import lab_items
+
+        return lab_items(self.plan, self.out)
+
+    def figures(self, keep: Keep) -> None:
+        return None  # drawn from results.json's rows of every model (vitreg.reproduce.render.draw_figures)

@@ -70,6 +70,11 @@ class Plan:
     def label(self) -> str:
         return "quick" if self.quick else "default"
 
+    @property
+    def compared(self) -> tuple[int, int]:
+        """The register counts the tables set side by side: the first, and 4 (or the last)."""
+        return self.registers[0], (4 if 4 in self.registers else self.registers[-1])
+
     def train_config(self, seed: int | None = None, registers: int | None = None) -> TrainConfig:
         """The resolved training config of one model (raises ``ConfigError`` naming a bad key before any work)."""
         cfg = load_train_config(self.config, self.overrides)

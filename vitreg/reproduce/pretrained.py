@@ -113,43 +113,66 @@ def make_pair_plan(
     return plan
 
 
+@dataclass(frozen=True)
+class PairDirs:
+    """Every run directory of a pretrained pair's run, named here once."""
+
+    root: Path
+
+    @property
+    def diagnose(self) -> Path:
+        return self.root / "diagnose"
+
+    def probe(self, registers: int) -> Path:
+        return self.root / "probe" / f"reg{registers}"
+
+    def lost(self, dataset: str, registers: int) -> Path:
+        return self.root / "lost" / dataset / f"reg{registers}"
+
+    @property
+    def flops(self) -> Path:
+        return self.root / "flops"
+
+
 def pair_stages(plan: PairPlan, out: Path) -> list[Stage]:
     from vitreg.jobs.flops import flops
     from vitreg.jobs.lost import lost
     from vitreg.jobs.probe import probe
 
     runtime = Runtime(threads=plan.threads)
+    dirs = PairDirs(Path(out))
     sized = [dataclasses.replace(m, img_size=plan.size) for m in plan.models]
     diag = DiagnoseConfig(
         models=[ModelEntry(key=k, **vars(m)) for k, m in zip("ab", sized, strict=True)],
         images=ImageSpec(src=plan.images, limit=plan.diagnose_limit, batch_size=8),
-        runtime=runtime, examples=4, out=str(out / "diagnose"),
+        runtime=runtime, examples=4, out=str(dirs.diagnose),
     )  # fmt: skip
     stages = [diagnose_stage("diagnose: both models", diag, [], out, report=True)]
     scenes = ImageSpec(src="synthetic", scenes=SceneConfig(img_size=plan.size, task="shape", seed=EVAL_SCENE_SEED),
                        limit=plan.probe_limit, batch_size=8)  # fmt: skip
     for n, m in zip(plan.registers, sized, strict=True):
         cfg = ProbeConfig(model=m, images=scenes, runtime=runtime, epochs=plan.probe_epochs, seeds=plan.probe_seeds,
-                          mlp=plan.probe_mlp, out=str(out / "probe" / f"reg{n}"))  # fmt: skip
+                          mlp=plan.probe_mlp, out=str(dirs.probe(n)))  # fmt: skip
         stages.append(job_stage(f"probe: {m.spec}", "probe", cfg, probe, "probe.json", [], out))
     for name, path in plan.datasets.items():
         for n, m in zip(plan.registers, plan.models, strict=True):
             lost_cfg = LostConfig(model=m, images=ImageSpec(src=path, limit=plan.lost_limit, batch_size=4),
                              features=FEATURES[plan.family], biases=plan.lost_biases, runtime=runtime,
-                             out=str(out / "lost" / name / f"reg{n}"))  # fmt: skip
+                             out=str(dirs.lost(name, n)))  # fmt: skip
             stages.append(job_stage(f"LOST on {name}: {m.spec}", "lost", lost_cfg, lost, "lost.json", [], out))
     flops_cfg = FlopsConfig(models=[ModelSpec(spec=m.spec, random_init=True) for m in plan.models],
-                            out=str(out / "flops"))  # fmt: skip
+                            out=str(dirs.flops))  # fmt: skip
     stages.append(job_stage("FLOPs and parameters", "flops", flops_cfg, flops, "flops.json", [], out))
     return stages
 
 
 def read_pair_table(plan: PairPlan, out: Path) -> Table:
-    diag = read_result(out / "diagnose", DiagnoseResult)
+    dirs = PairDirs(Path(out))
+    diag = read_result(dirs.diagnose, DiagnoseResult)
     table: Table = {}
     for n, m in zip(plan.registers, diag.models, strict=True):
-        row = ModelRow(**diagnosis_fields(m), **probe_fields(read_result(out / "probe" / f"reg{n}", ProbeResult)))
-        row.corloc = {d: c for d in plan.datasets if (c := corloc_summary(out / "lost" / d / f"reg{n}")) is not None}
+        row = ModelRow(**diagnosis_fields(m), **probe_fields(read_result(dirs.probe(n), ProbeResult)))
+        row.corloc = {d: c for d in plan.datasets if (c := corloc_summary(dirs.lost(d, n))) is not None}
         table[n] = {0: row}
     return table
 
@@ -187,7 +210,7 @@ def pair_results(plan: PairPlan, out: Path, records: list[dict]) -> ReproduceRes
     table = read_pair_table(plan, out)
     base, reg = plan.registers
     found = [items.fig3(table, base, reg), items.fig5(table, base), items.table1(table, base), table3(plan, table),
-             items.fig12(read_result(out / "flops", FlopsResult)), items.fig14(base, reg)]  # fmt: skip
+             items.fig12(read_result(PairDirs(Path(out)).flops, FlopsResult)), items.fig14(base, reg)]  # fmt: skip
     if plan.random:
         for it in found:  # nothing to reproduce: say so in every claim instead of judging noise
             it.claims = [claim(c.claim, None, c.evidence, why_none=f"{RANDOM}; {c.evidence}", none_status=NOT_TESTED)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitreg.errors import VitregError
@@ -31,6 +31,8 @@ from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
 from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
+from vitreg.reproduce.part import HEADINGS, Keep
+from vitreg.results.reproduce import Item
 from vitreg.stages import Log, Stage, job_stage
 
 RELEASED_MODEL = "zoo:clip-vit-b16-openai"
@@ -139,26 +141,39 @@ def _digest(spec: str) -> str:
     return zoo.get(spec).sha256 if spec.startswith(zoo.ZOO_PREFIX) else ""
 
 
-def fix_dir(out: Path) -> Path:
-    return out / "released" / "fix"
+@dataclass(frozen=True)
+class ReleasedDirs:
+    """Every run directory of Part I, named here once (the stages write them, the items read them)."""
 
+    root: Path
 
-def diagnose_dir(out: Path) -> Path:
-    """The measured images' diagnosis, without (a) and with (b) the test-time register: the fix's held-out run."""
-    return fix_dir(out) / HELD_OUT
+    @property
+    def model(self) -> Path:
+        return self.root / "released" / "model"
 
+    @property
+    def fix(self) -> Path:
+        return self.root / "released" / "fix"
 
-def probe_dir(out: Path, which: str) -> Path:
-    """``which``: "local" (the measured photos) or "global" (labelled generated scenes)."""
-    return out / "released" / "probe" / which
+    @property
+    def measured(self) -> Path:
+        """The measured images' diagnosis, without (a) and with (b) the test-time register: the fix's held-out run."""
+        return self.fix / HELD_OUT
 
+    @property
+    def neurons(self) -> Path:
+        return self.fix / NEURONS_FILE
 
-def lost_dir(out: Path, features: str, fixed: bool) -> Path:
-    return out / "released" / "lost" / f"{features}-{'ttr' if fixed else 'original'}"
+    def probe(self, which: str) -> Path:
+        """``which``: "local" (the measured photos) or "global" (labelled generated scenes)."""
+        return self.root / "released" / "probe" / which
 
+    def lost(self, features: str, fixed: bool) -> Path:
+        return self.root / "released" / "lost" / f"{features}-{'ttr' if fixed else 'original'}"
 
-def flops_dir(out: Path) -> Path:
-    return out / "released" / "flops"
+    @property
+    def flops(self) -> Path:
+        return self.root / "released" / "flops"
 
 
 @dataclass
@@ -180,18 +195,19 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
     if plan.skipped:
         return []
     out = Path(out)
+    dirs = ReleasedDirs(out)
     runtime = Runtime(threads=plan.threads)
     model = ModelSpec(spec=plan.model, img_size=plan.size)
     size = plan.size or _model_size(plan)
     anchor = Stage(
         name=f"model: {plan.model}",
         kind="model",
-        directory=out / "released" / "model",
+        directory=dirs.model,
         config=ReleasedModel(plan.model, plan.model_digest),
         work=lambda resume: None,
         root=out,
     )
-    neurons = str(fix_dir(out) / NEURONS_FILE)
+    neurons = str(dirs.neurons)
     fixed = dataclasses.replace(model, test_time_registers=neurons)
     fix_cfg = FixConfig(
         model=model,
@@ -199,7 +215,7 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
         runtime=runtime,
         examples=plan.examples,
         held_out=plan.measure,
-        out=str(fix_dir(out)),
+        out=str(dirs.fix),
     )
     name = f"test-time registers: fit on {plan.fitted_on}, measured on {plan.measured_on}"
     fix_stage = job_stage(name, "fix", fix_cfg, fix, "fix.json", [anchor], out)
@@ -211,7 +227,7 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
         probes=["local"],
         epochs=plan.probe_epochs,
         mlp=plan.probe_mlp,
-        out=str(probe_dir(out, "local")),
+        out=str(dirs.probe("local")),
     )
     stages.append(
         job_stage(
@@ -226,7 +242,7 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
         probes=["global"],
         epochs=plan.probe_epochs,
         seeds=plan.probe_seeds,
-        out=str(probe_dir(out, "global")),
+        out=str(dirs.probe("global")),
     )
     stages.append(
         job_stage(
@@ -248,8 +264,8 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
                 images=ImageSpec(src=plan.coco, limit=plan.lost_limit, batch_size=LOST_BATCH_SIZE),
                 resize=size,
                 features=first,
-                also={f: str(lost_dir(out, f, ttr)) for f in more},
-                out=str(lost_dir(out, first, ttr)),
+                also={f: str(dirs.lost(f, ttr)) for f in more},
+                out=str(dirs.lost(first, ttr)),
             )
             name = f"LOST on coco-mini (keys, values), {'with' if ttr else 'without'} the test-time register"
             stage = job_stage(name, "lost", cfg, lost, "lost.json", up, out)
@@ -261,7 +277,7 @@ def released_stages(plan: ReleasedPlan, out: Path) -> list[Stage]:
 
                 stage.work = _if_neurons(neurons, stage.work, lost_again)
             stages.append(stage)
-    flops_cfg = FlopsConfig(models=[model], register_counts=list(REGISTER_SWEEP), out=str(flops_dir(out)))
+    flops_cfg = FlopsConfig(models=[model], register_counts=list(REGISTER_SWEEP), out=str(dirs.flops))
     stages.append(
         job_stage("FLOPs of registers on the released model", "flops", flops_cfg, flops, "flops.json", [anchor], out)
     )
@@ -293,3 +309,38 @@ def _model_size(plan: ReleasedPlan) -> int:
 
     cfg = architecture(plan.model)
     return int(cfg.img_size[0])
+
+
+@dataclass
+class ReleasedPart:
+    """Part I: the paper's analyses on a released model with the artifacts, and test-time registers on it."""
+
+    plan: ReleasedPlan
+    out: Path
+    key: str = "I"
+    heading: str = HEADINGS["I"]
+    _stages: list[Stage] | None = field(default=None, repr=False)
+
+    def stages(self) -> list[Stage]:
+        if self._stages is None:  # built once: Part II's stages take the fix stage from these
+            self._stages = released_stages(self.plan, self.out)
+        return self._stages
+
+    def items(self) -> list[Item]:
+        from vitreg.reproduce.released_items import read_released, released_items
+
+        return released_items(read_released(self.plan, self.out))
+
+    def figures(self, keep: Keep) -> None:
+        """The norm histogram and the per-block norms of the released model without and with its test-time register
+        (measured images), and their example maps."""
+        from vitreg.report import plot_maps, plot_norms
+        from vitreg.results.rundir import load_run
+
+        run = load_run(ReleasedDirs(self.out).measured)
+        for m, label in zip(run.models, ("released model", "+1 test-time register"), strict=False):
+            m.label = label
+        keep("released_norm_hist.png", plot_norms.norm_histogram(run, log_x=True))
+        keep("released_layers.png", plot_norms.layer_norms(run))
+        for m in run.models:
+            keep(f"released_maps_{m.key}.png", plot_maps.examples(m))

@@ -19,7 +19,7 @@ from vitreg.analysis.artifact_bar import (
 )
 from vitreg.reproduce import paper
 from vitreg.reproduce.claims import NOT_TESTED, claim, compare, corloc_gain, fmt, pct
-from vitreg.reproduce.released import ReleasedPlan, diagnose_dir, fix_dir, flops_dir, lost_dir, probe_dir
+from vitreg.reproduce.released import ReleasedDirs, ReleasedPlan
 from vitreg.reproduce.table import Table, corloc_summary, diagnosis_fields, probe_fields, row
 from vitreg.results.diagnose import DiagnoseResult, ModelResult
 from vitreg.results.fix import FixResult, NeuronsFile
@@ -79,23 +79,24 @@ def read_released(plan: ReleasedPlan, out: Path) -> Released:
     from vitreg.results.fix import read_neurons
 
     cfg = architecture(plan.model)
+    dirs = ReleasedDirs(out)
     lost = {}
     for features in ("k", "v"):
         for ttr in (False, True):
-            c = corloc_summary(lost_dir(out, features, ttr))
+            c = corloc_summary(dirs.lost(features, ttr))
             if c is not None:
                 lost[(features, ttr)] = c
     return Released(
         plan=plan,
         model=_model_name(plan.model),
-        fix=read_result(fix_dir(out), FixResult),
-        neurons=read_neurons(str(fix_dir(out))),
-        fit=read_result(fix_dir(out), DiagnoseResult),
-        measured=read_result(diagnose_dir(out), DiagnoseResult),
-        local_probe=_probe(probe_dir(out, "local")),
-        global_probe=_probe(probe_dir(out, "global")),
+        fix=read_result(dirs.fix, FixResult),
+        neurons=read_neurons(str(dirs.fix)),
+        fit=read_result(dirs.fix, DiagnoseResult),
+        measured=read_result(dirs.measured, DiagnoseResult),
+        local_probe=_probe(dirs.probe("local")),
+        global_probe=_probe(dirs.probe("global")),
         lost=lost,
-        flops=read_result(flops_dir(out), FlopsResult),
+        flops=read_result(dirs.flops, FlopsResult),
         hidden_units=round(cfg.embed_dim * cfg.mlp_ratio),
     )
 

@@ -4,7 +4,7 @@ the stages' saved files (never from a model), so a second run only re-renders.""
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -14,15 +14,18 @@ from vitreg.report import plot_maps, plot_norms
 from vitreg.report.html import page
 from vitreg.report.sections import Section, img_tag, save_figure, table
 from vitreg.reproduce.claims import STATUS_MARK
-from vitreg.reproduce.pipeline import diagnose_dir
+from vitreg.reproduce.part import HEADINGS, Part
+from vitreg.reproduce.pipeline import LabDirs
 from vitreg.reproduce.released import STANDIN
 from vitreg.results.reproduce import Item, ReproduceResults, Stat
 from vitreg.results.rundir import load_run
 
 
-def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None) -> list[str]:
-    """Every figure the results allow into OUT/figures; returns the names drawn. ``diag``: the diagnose run of the
-    compared models (default: the first seed's)."""
+def draw_figures(
+    results: ReproduceResults, out: Path, diag: Path | None = None, parts: Sequence[Part] = ()
+) -> list[str]:
+    """Every figure the results allow into OUT/figures, ``parts``' own first; returns the names drawn. ``diag``: the
+    diagnose run of the compared models (default: the first seed's)."""
     figdir = out / "figures"
     drawn: list[str] = []
 
@@ -31,10 +34,9 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
             save_figure(fig, figdir / name)
             drawn.append(name)
 
-    if results.released and not results.released.get("skipped"):
-        _released_figures(out, keep)
-        drawn += _distilled_figures(out)
-    diag = diag or diagnose_dir(out, results.seeds[0])
+    for part in parts:
+        part.figures(keep)
+    diag = diag or LabDirs(out).diagnose(results.seeds[0])
     run = load_run(diag)
     for m, n in zip(run.models, results.registers, strict=True):
         m.label = f"{n} registers"  # "reg0" paths mean little on a figure
@@ -51,43 +53,6 @@ def draw_figures(results: ReproduceResults, out: Path, diag: Path | None = None)
         if n in results.compared:  # drawn again from the arrays, under the relabelled name
             keep(f"maps_reg{n}.png", plot_maps.examples(m))
     return drawn
-
-
-def _released_figures(out: Path, keep: Callable[[str, Figure | None], None]) -> list[str]:
-    """Part I: the norm histogram and the per-block norms of the released model without and with its test-time
-    register (measured images), and their example maps."""
-    from vitreg.reproduce.released import diagnose_dir as released_dir
-
-    diag = released_dir(out)
-    run = load_run(diag)
-    for m, label in zip(run.models, ("released model", "+1 test-time register"), strict=False):
-        m.label = label
-    names = ["released_norm_hist.png", "released_layers.png"]
-    keep(names[0], plot_norms.norm_histogram(run, log_x=True))
-    keep(names[1], plot_norms.layer_norms(run))
-    for m in run.models:
-        names.append(f"released_maps_{m.key}.png")
-        keep(names[-1], plot_maps.examples(m))
-    return names
-
-
-def _distilled_figures(out: Path) -> list[str]:
-    """Part II: outliers per block of the released model, its distilled registers and the test-time register, and
-    the last-block attention of [CLS] and every register (the paper's Fig. 19)."""
-    from vitreg.report.sections.distill import attention, layers_figure
-    from vitreg.reproduce.distilled import REGISTERS, DistilledDirs
-    from vitreg.results.distill import Comparison
-    from vitreg.results.rundir import has_result, read_result
-
-    compare = DistilledDirs(out).compare
-    if not has_result(compare, Comparison):
-        return []
-    figdir, names = out / "figures", []
-    if layers_figure(read_result(compare, Comparison), figdir / "distilled_layers.png") is not None:
-        names.append("distilled_layers.png")
-    if attention(compare, figdir / "distilled_attention.png", REGISTERS) is not None:
-        names.append("distilled_attention.png")
-    return names
 
 
 def _colors() -> list[str]:
@@ -319,11 +284,7 @@ def _paper_short(source: str) -> str:
 
 
 CLAIM_HEADER = ["item", "claim", "paper", "tested on", "status", "evidence (ours)"]
-PARTS = {
-    "I": "Part I: a released model, and test-time registers",
-    "II": "Part II: registers trained into the released model (post hoc, by self-distillation)",
-    "III": "Part III: registers trained into a small ViT from scratch (the artifact lab)",
-}
+PARTS = HEADINGS  # the part headings, by key (vitreg.reproduce.part)
 
 
 def _parts(results: ReproduceResults) -> list[tuple[str, list[Item]]]:

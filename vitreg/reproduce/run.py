@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from vitreg import atomic
 from vitreg.errors import ConfigError
 from vitreg.reproduce.collect import build_results
-from vitreg.reproduce.distilled import distilled_stages
-from vitreg.reproduce.pipeline import build_stages
+from vitreg.reproduce.distilled import DistilledPart
+from vitreg.reproduce.part import Part
+from vitreg.reproduce.pipeline import LabPart
 from vitreg.reproduce.plan import Plan
-from vitreg.reproduce.pretrained import PairPlan, pair_results, pair_stages
-from vitreg.reproduce.released import released_stages
+from vitreg.reproduce.pretrained import PairDirs, PairPlan, pair_results, pair_stages
+from vitreg.reproduce.released import ReleasedPart, ReleasedPlan
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
 from vitreg.results.reproduce import ReproduceResults, Timing
 from vitreg.results.rundir import write_result
@@ -53,16 +55,25 @@ def reproduce(plan: Plan, out: Path, log: Log = print) -> ReproduceResults:
 
         model = str(standin(out)) if plan.standin else plan.released_model
         released = prepare(make_released_plan(plan.quick, plan.coco, plan.download, plan.threads, model), log)
-    stages = released_stages(released, out) if released is not None else []
-    if released is not None:  # Part II: registers distilled into Part I's model
-        stages += distilled_stages(released, out, stages, plan.retrain)
-    stages += build_stages(plan, out)
+    parts = make_parts(plan, out, released)
+    stages = [s for part in parts for s in part.stages()]
     atomic.make_dirs(out)
     t0 = time.perf_counter()
     records = run_stages(stages, plan.jobs, log)
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
-    results = build_results(plan, out, records, config_text(plan.config), released)
-    return _publish(results, out, records, time.perf_counter() - t0)
+    results = build_results(plan, out, records, parts, config_text(plan.config), released)
+    return _publish(results, out, records, time.perf_counter() - t0, parts=parts)
+
+
+def make_parts(plan: Plan, out: Path, released: ReleasedPlan | None) -> list[Part]:
+    """The parts of the run, in the report's order: I and II on the released model (unless it was skipped or not
+    asked for), then III, the lab."""
+    parts: list[Part] = []
+    if released is not None and not released.skipped:
+        one = ReleasedPart(released, out)
+        parts += [one, DistilledPart(released, out, plan.retrain, one)]
+    parts.append(LabPart(plan, out))
+    return parts
 
 
 def reproduce_pair(plan: PairPlan, out: Path, log: Log = print) -> ReproduceResults:
@@ -74,11 +85,16 @@ def reproduce_pair(plan: PairPlan, out: Path, log: Log = print) -> ReproduceResu
     records = run_stages(stages, 1, log)
     log(f"[{len(stages) + 1}/{len(stages) + 1}] report: collecting results and drawing figures")
     results = pair_results(plan, out, records)
-    return _publish(results, out, records, time.perf_counter() - t0, diag=out / "diagnose")
+    return _publish(results, out, records, time.perf_counter() - t0, diag=PairDirs(out).diagnose)
 
 
 def _publish(
-    results: ReproduceResults, out: Path, records: list[dict], wall: float, diag: Path | None = None
+    results: ReproduceResults,
+    out: Path,
+    records: list[dict],
+    wall: float,
+    diag: Path | None = None,
+    parts: Sequence[Part] = (),
 ) -> ReproduceResults:
     """Timing, results.json, the figures, report.md and report.html."""
     if any(not r["cached"] for r in records):  # the last run that computed something: the real cost
@@ -86,7 +102,7 @@ def _publish(
         atomic.write_json(out / TIMING, {"wall_seconds": round(wall, 1), "stages_run": ran, "stages": len(records)})
     results.timing = Timing(this_run_seconds=round(wall, 1), last_computing_run=read_json(out / TIMING))
     write_result(out, results)
-    draw_figures(results, out, diag)
+    draw_figures(results, out, diag, parts)
     write_markdown(results, out)
     write_html(results, out)
     return results

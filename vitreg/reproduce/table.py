@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitreg.reproduce.claims import agg
-from vitreg.reproduce.pipeline import diagnose_dir, lost_dir, model_dir, probe_dir
+from vitreg.reproduce.pipeline import LabDirs
 from vitreg.reproduce.plan import Plan
 from vitreg.results.diagnose import DiagnoseResult, ModelResult
 from vitreg.results.lost import LostResult
@@ -100,14 +100,15 @@ def corloc_summary(directory: Path) -> CorlocSummary | None:
 def read_table(plan: Plan, out: Path) -> Table:
     """{registers: {seed: row}} read from the stage directories."""
     table: Table = {n: {} for n in plan.registers}
+    dirs = LabDirs(out)
     for seed in plan.seeds:
-        diag = read_result(diagnose_dir(out, seed), DiagnoseResult)
+        diag = read_result(dirs.diagnose(seed), DiagnoseResult)
         for n, m in zip(plan.registers, diag.models, strict=True):
-            probe = read_result(probe_dir(out, seed, n), ProbeResult)
+            probe = read_result(dirs.probe(seed, n), ProbeResult)
             table[n][seed] = ModelRow(
-                train=TrainingSummary.of(read_training_log(model_dir(out, seed, n, plan.zoo_entry(seed, n)))),
-                corloc_synthetic=corloc_summary(lost_dir(out, "synthetic", seed, n)),
-                corloc_coco=corloc_summary(lost_dir(out, "coco", seed, n)),
+                train=TrainingSummary.of(read_training_log(dirs.model(seed, n, plan.zoo_entry(seed, n)))),
+                corloc_synthetic=corloc_summary(dirs.lost("synthetic", seed, n)),
+                corloc_coco=corloc_summary(dirs.lost("coco", seed, n)),
                 **diagnosis_fields(m),
                 **probe_fields(probe),
             )

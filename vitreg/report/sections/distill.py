@@ -18,7 +18,7 @@ from vitreg.results.distill import Comparison, DistillResult
 from vitreg.results.rundir import arrays_path, has_result, read_result
 
 
-def layers_figure(result: Comparison, path: Path) -> Path | None:
+def layers_figure(result: Comparison) -> Figure | None:
     """Held-out outliers per block: the original, one test-time register and the distilled registers."""
     if not result.layers:
         return None
@@ -48,7 +48,7 @@ def layers_figure(result: Comparison, path: Path) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
 def _curve_figure(run_dir: Path, path: Path) -> Path | None:
@@ -83,15 +83,21 @@ def _curve_figure(run_dir: Path, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def attention_rows(held: Path, registers: int) -> list[tuple[str, str, int]]:
+    """The rows of the attention figure of the comparison run ``held``: the original, the distilled model, and one
+    test-time register when the run has it."""
+    rows = [("a", "original", 0), ("b", "distilled\nregisters", registers)]
+    if arrays_path(held, "c").is_file():
+        rows.append(("c", "1 test-time\nregister", 1))
+    return rows
+
+
 def attention(held: Path, path: Path, registers: int) -> Path | None:
-    """The last-block attention maps of the comparison run ``held`` (a, b and c when there), redrawn when stale."""
+    """The last-block attention maps of the comparison run ``held``, redrawn when stale."""
     if not arrays_path(held, "b").is_file():
         return None
     if stale(path, arrays_path(held, "b")):
-        rows = [("a", "original", 0), ("b", "distilled\nregisters", registers)]
-        if arrays_path(held, "c").is_file():
-            rows.append(("c", "1 test-time\nregister", 1))
-        attention_figure(held, path, rows, "added")
+        attention_figure(held, path, attention_rows(held, registers), "added")
     return path if path.is_file() else None
 
 
@@ -100,8 +106,8 @@ def _figures(run_dir: Path, result: DistillResult) -> dict[str, Path]:
     src = run_dir / DistillResult.RESULT_FILE
     out: dict[str, Path] = {}
     p = figs / "distill_layers.png"
-    if result.held_out is not None and stale(p, src):
-        layers_figure(result.held_out, p)
+    if result.held_out is not None and stale(p, src) and (fig := layers_figure(result.held_out)) is not None:
+        save_figure(fig, p)
     if p.is_file():
         out["layers"] = p
     log = run_dir / "metrics.jsonl"

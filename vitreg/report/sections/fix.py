@@ -72,6 +72,12 @@ def _attention_figure(run_dir: Path, path: Path, added: int) -> Path | None:
 
 
 def attention_figure(run_dir: Path, path: Path, rows: list[tuple[str, str, int]], tag: str) -> Path | None:
+    """:func:`attention_map_figure` saved as ``path`` (None: nothing to draw)."""
+    fig = attention_map_figure(run_dir, rows, tag)
+    return None if fig is None else save_figure(fig, path)
+
+
+def attention_map_figure(run_dir: Path, rows: list[tuple[str, str, int]], tag: str) -> Figure | None:
     """Mean last-block attention of [CLS] and of every register over the patch grid, one row per model of the
     diagnose run ``run_dir``: ``rows`` are (key, title, added), the last ``added`` registers named with ``tag``."""
     maps_rows = []
@@ -98,7 +104,7 @@ def attention_figure(run_dir: Path, path: Path, rows: list[tuple[str, str, int]]
                 ax.axis("off")
         axes[i, 0].set_ylabel(title, fontsize=8)
     fig.suptitle("mean last-block attention (each map on its own scale)", fontsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
 def _neuron_rows(neurons: NeuronsFile) -> list[dict]:
