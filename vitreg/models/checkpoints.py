@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 HF_PREFIX = "hf:"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".onnx")
 
 
 # --------------------------------------------------------------------------------------- where weights come from
@@ -72,7 +71,7 @@ def weight_sources(spec: str, cfg: ModelConfig) -> list[hub.Source]:
         pcfg = timm.models.get_pretrained_cfg(name)
         repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
         if repo:
-            sources += [hub.Source(f, repo=repo) for f in hub.HF_FILES]
+            sources += [hub.Source(f, repo=repo) for f in formats.base.HUB_WEIGHTS]
     return sources
 
 
@@ -191,7 +190,7 @@ def resolve(
             r.weights = _spec_weights(r.config, text, weights, random_init, download)
     _check_patch_multiple(r.config, text, img_size)
     if weights_key is not None:
-        if r.weights is None or r.weights.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+        if r.weights is None or r.weights.suffix not in formats.base.CHECKPOINT_SUFFIXES:
             raise ConfigError(
                 f"--weights-key {weights_key}: takes a key of a .pth/.pt/.bin/.ckpt checkpoint, and {text} has none"
             )
@@ -244,7 +243,8 @@ def _resolve_files(text: str, download: bool, architecture_only: bool) -> Resolv
     path = Path(text).expanduser()
     if path.is_dir() or path.is_file():
         return file_config(path)
-    looks_like_a_path = path.suffix in WEIGHT_SUFFIXES or "/" in text or text.startswith((".", "~"))
+    suffixes = (*formats.base.WEIGHT_SUFFIXES, *(x for f in formats.FORMATS for x in f.suffixes))
+    looks_like_a_path = path.suffix in suffixes or "/" in text or text.startswith((".", "~"))
     if looks_like_a_path and formats.name_format(text) is None:
         raise CheckpointError(f"{text}: no such file or folder")
     return None

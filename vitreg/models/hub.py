@@ -31,7 +31,23 @@ DEIT3_FILES = {
     "deit3_large_patch16_224": "deit_3_large_224_1k.pth",
     "deit3_huge_patch14_224": "deit_3_huge_224_1k.pth",
 }
-HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hub_configs() -> tuple[str, ...]:
+    """The config files that say a Hub repo's format (transformers' and timm's config.json, OpenCLIP's
+    open_clip_config.json), from the registry of formats: every format published on the Hub states one."""
+    from vitreg.models import formats
+
+    return tuple(dict.fromkeys(f.config_file for f in formats.FORMATS if f.config_file and f.owner != "vitreg"))
+
+
+def hub_weight_files() -> tuple[str, ...]:
+    """Every weights file name a Hub-published format keeps its weights in (from the registry), in its order."""
+    from vitreg.models import formats
+
+    return tuple(
+        dict.fromkeys(n for f in formats.FORMATS if f.config_file and f.owner != "vitreg" for n in f.weight_files)
+    )
 
 
 @dataclass(frozen=True)
@@ -198,7 +214,7 @@ def hf_config_folder(repo: str, download: bool) -> Path:
     """The local snapshot folder of Hub repo ``repo`` holding its config (``config.json``, or OpenCLIP's
     ``open_clip_config.json``), fetched with ``download``; a transformers repo's ``preprocessor_config.json`` comes
     with it. The weights are fetched afterwards (:func:`hf_weights`), once the config says a format vitreg reads."""
-    configs = ("config.json", "open_clip_config.json")
+    configs = hub_configs()
     config = next((p for n in configs if (p := cached(Source(n, repo=repo))) is not None), None)
     if config is None and download:
         for name in configs:  # a transformers or timm repo has config.json, an OpenCLIP one the other
@@ -250,11 +266,11 @@ def available() -> list[tuple[str, Path]]:
         if repo.repo_type != "model":
             continue
         files = {f.file_name: f.file_path for rev in repo.revisions for f in rev.files}
-        weights = next((files[n] for n in (*HF_FILES, "open_clip_model.safetensors") if n in files), None)
+        weights = next((files[n] for n in hub_weight_files() if n in files), None)
         if weights is None:
             continue
         if repo.repo_id.startswith("timm/"):
             found.append((f"timm:{repo.repo_id[len('timm/') :].split('.')[0]}", Path(weights)))
-        elif "config.json" in files or "open_clip_config.json" in files:
+        elif any(c in files for c in hub_configs()):
             found.append((f"hf:{repo.repo_id}", Path(weights).parent))
     return sorted(found)

@@ -65,10 +65,9 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix == ".onnx":  # the graph's initialisers (int8 dequantised), in its transformers family's keys
-        from vitreg.models.formats.onnx_clip import read_onnx
-
-        return read_onnx(path).state_dict
+    fmt = formats.file_format(path)
+    if fmt is not None and fmt.read_weights is not None:  # the format's own reader (an ONNX graph's initialisers)
+        return fmt.read_weights(path)
     if path.suffix == ".safetensors":
         from vitreg.models.filecheck import check_safetensors_header
 

@@ -42,14 +42,23 @@ NORM_SIZE = 224  # the resolution of the norm analysis and the probes
 RANDOM = "random weights reproduce nothing: these numbers only show that every stage runs"
 
 
+#: pretraining tags of OpenCLIP's own trainings (timm and Hub names carry them: laion2b, datacomp, ...)
+OPENCLIP_TAGS = ("laion", "datacomp", "dfn", "metaclip", "commonpool", "openclip", "open_clip")
+
+
 def family_of(spec: str) -> str | None:
-    """The paper's model family a name belongs to (None when the name does not say)."""
+    """The paper's model family a model belongs to, from what its name or folder says (None: it does not say, and
+    ``--family`` must). OpenCLIP is a format (``openclip:``, a folder with ``open_clip_config.json``) or a training
+    tag (laion2b, datacomp, ...); OpenAI's CLIP is none of the paper's families, whatever its name contains."""
+    from pathlib import Path
+
     s = spec.lower()
     if "dinov2" in s:
         return "DINOv2"
     if "deit3" in s or "deit_3" in s:
         return "DeiT-III"
-    if "clip" in s:
+    folder = Path(spec)
+    if s.startswith("openclip:") or any(t in s for t in OPENCLIP_TAGS) or (folder / "open_clip_config.json").is_file():
         return "OpenCLIP"
     return None
 

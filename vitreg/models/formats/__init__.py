@@ -39,13 +39,12 @@ __all__ = [
     "read_sidecar",
 ]
 
-_HELPERS = {"base", "hf_common", "onnx_graph", "onnx_vit", "onnx_siglip", "onnx_dinov3"}
-
 
 def _discover() -> list[Format]:
+    """Every module of this package that declares a ``FORMAT`` (the others are helpers the formats share)."""
     found = []
     for info in pkgutil.iter_modules(__path__):
-        if info.name in _HELPERS or info.name.startswith("_"):
+        if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         fmt = getattr(module, "FORMAT", None)

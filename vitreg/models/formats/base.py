@@ -25,6 +25,10 @@ StateDict = dict[str, "torch.Tensor"]
 RGB = tuple[float, float, float]
 #: Where transformers and timm save a model's weights on the Hub (safetensors first; a .bin is read weights-only)
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+#: Pickled training containers, read with ``torch.load(weights_only=True)`` (a .ckpt is Lightning's)
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+#: Files that hold weights as weights (a format may claim more, e.g. an ONNX graph: its ``suffixes``)
+WEIGHT_SUFFIXES = (".safetensors", *CHECKPOINT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Format:
     read_name: Callable[..., ModelConfig] | None = None
     name_options: bool = False  # read_name applies registers, image size and options itself (presets, timm names)
     read_file: Callable[[Path], tuple[ModelConfig, Layout]] | None = None
+    read_weights: Callable[[Path], StateDict] | None = None  # a file whose weights are no plain checkpoint (ONNX)
+    suffixes: tuple[str, ...] = ()  # the file names it claims end so (a spec with one is a path, not a name)
     layout: Layout | None = None
 
     def claims_config(self, data: dict[str, Any]) -> bool:

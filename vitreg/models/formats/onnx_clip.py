@@ -206,6 +206,8 @@ FORMAT = Format(
     states_architecture="the graph: width, patch, grid, depth, heads (Reshape), scale, eps, activation, RoPE period",
     order=60,
     claims_file=lambda path: path.suffix == ".onnx",
+    suffixes=(".onnx",),
     read_file=_read_file,
+    read_weights=lambda path: read_onnx(path).state_dict,  # the initialisers, int8 dequantised, in transformers' keys
     layout=CLIP_LAYOUT,
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitreg.models.formats.base import Format, Layout
+from vitreg.models.formats.base import WEIGHT_SUFFIXES, Format, Layout
 from vitreg.models.formats.timm_folder import LAYOUT as TIMM_LAYOUT
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def read_sidecar(path: Path) -> ModelConfig:
