@@ -34,8 +34,8 @@ def test_auto_finds_known_bimodal_split():
     assert t.statistic["ashman_d"] > 2
     assert t.statistic["dip_ratio"] < 0.1
     s = outlier_stats(v, t.threshold)
-    assert s["outliers"] == high.sum()
-    assert s["norm_ratio"] == pytest.approx(10, rel=0.1)
+    assert s.outliers == high.sum()
+    assert s.norm_ratio == pytest.approx(10, rel=0.1)
 
 
 @pytest.mark.parametrize(
@@ -57,18 +57,18 @@ def test_auto_gives_no_outliers_on_unimodal(name: str):
     }[name]()
     t = find_threshold(v)
     assert t.threshold is None, t.statistic
-    assert outlier_stats(v, t.threshold)["outliers"] == 0
+    assert outlier_stats(v, t.threshold).outliers == 0
 
 
 def test_cutoff_and_percentile_exact():
     v = np.arange(1, 101, dtype=float)  # 1..100
     t = find_threshold(v, "cutoff", 150)
     assert t.threshold == 150
-    assert outlier_stats(v, t.threshold)["outliers"] == 0
-    assert outlier_stats(v, find_threshold(v, "cutoff", 90).threshold)["outliers"] == 10
+    assert outlier_stats(v, t.threshold).outliers == 0
+    assert outlier_stats(v, find_threshold(v, "cutoff", 90).threshold).outliers == 10
     p = find_threshold(v, "percentile", 98)
     assert p.threshold == pytest.approx(np.percentile(v, 98))
-    assert outlier_stats(v, p.threshold)["outliers"] == 2
+    assert outlier_stats(v, p.threshold).outliers == 2
 
 
 def test_bad_rule_arguments_are_clear_errors():
@@ -91,9 +91,9 @@ def test_histogram_streaming_equals_one_shot():
     sums = np.bincount(np.clip(np.searchsorted(edges, v, "left") - 1, 0, len(edges) - 2), v, len(edges) - 1)
     s = outlier_stats_from_histogram(streamed, edges, a.threshold, sums)
     exact = outlier_stats(v, a.threshold)
-    assert s["outliers"] == exact["outliers"]
-    assert s["mean_norm_outlier"] == pytest.approx(exact["mean_norm_outlier"])
-    assert s["median_norm_normal"] == pytest.approx(exact["median_norm_normal"], rel=0.02)
+    assert s.outliers == exact.outliers
+    assert s.mean_norm_outlier == pytest.approx(exact.mean_norm_outlier)
+    assert s.median_norm_normal == pytest.approx(exact.median_norm_normal, rel=0.02)
 
 
 def test_cutoff_inserted_as_edge_is_exact_on_bins():
@@ -101,7 +101,7 @@ def test_cutoff_inserted_as_edge_is_exact_on_bins():
     v = rng.lognormal(np.log(150), 0.5, 5000)
     edges = default_edges(extra=150.0)
     s = outlier_stats_from_histogram(histogram(v, edges), edges, 150.0)
-    assert s["outliers"] == int((v > 150).sum())
+    assert s.outliers == int((v > 150).sum())
 
 
 # ------------------------------------------------------------------------------------------------ two runs' outliers
@@ -115,7 +115,7 @@ def test_outlier_mask_is_diagnoses_histogram_procedure():
     stats = outlier_stats_from_histogram(counts, edges, found.threshold)
     assert applied in edges
     assert found.bimodal
-    assert int(mask.sum()) == stats["outliers"]
+    assert int(mask.sum()) == stats.outliers
     assert (mask == (v > applied)).all()
     assert (mask == high).mean() > 0.999  # and they are the high mode
     none, t, _ = outlier_mask(np.random.default_rng(5).lognormal(2, 0.2, 5000))

@@ -16,6 +16,7 @@ from vitreg.eval.features import Features, collect_features, patchify, split_ima
 from vitreg.eval.linear import classification_probe, depth_probe, segmentation_probe
 from vitreg.eval.probes import global_probe, local_probes
 from vitreg.models import create_model
+from vitreg.results.probe import PositionScore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,22 +72,22 @@ def test_local_probes_learn_position_and_pixels():
     f = _constructed()
     thr = float(np.percentile(f.norms, 50))  # between normal and 10x tokens
     r = local_probes(f, thr, epochs=80, mlp=False)
-    assert r["position"]["outlier"]["count"] > 0
-    assert r["position"]["normal"]["count"] > 0
-    assert r["position"]["all"]["count"] == r["position"]["outlier"]["count"] + r["position"]["normal"]["count"]
-    assert r["position"]["normal"]["accuracy"] > 0.9  # position is linearly decodable from these tokens
-    assert r["pixel"]["linear"]["all"]["mse"] < 0.1  # pixels (variance 1) are linear in the tokens
-    assert "mlp" not in r["pixel"]
+    assert r.position["outlier"].count > 0
+    assert r.position["normal"].count > 0
+    assert r.position["all"].count == r.position["outlier"].count + r.position["normal"].count
+    assert r.position["normal"].accuracy > 0.9  # position is linearly decodable from these tokens
+    assert r.pixel["linear"]["all"].mse < 0.1  # pixels (variance 1) are linear in the tokens
+    assert "mlp" not in r.pixel
 
 
 def test_empty_outlier_group_is_reported_not_faked(feats):
     r = local_probes(feats, None, epochs=5, mlp=False)
-    assert r["position"]["outlier"] == {"count": 0, "accuracy": None, "note": "no tokens in this group"}
-    assert r["pixel"]["linear"]["outlier"]["mse"] is None
+    assert r.position["outlier"] == PositionScore(count=0, accuracy=None, note="no tokens in this group")
+    assert r.pixel["linear"]["outlier"].mse is None
     g = global_probe(feats, None, seeds=(0, 1, 2), epochs=5)
-    assert g["images_without_outlier"] == feats.num_images
-    assert "mean" not in g["results"]["outlier"]
-    assert g["results"]["outlier"]["images"] == 0
+    assert g.images_without_outlier == feats.num_images
+    assert g.results["outlier"].mean is None
+    assert g.results["outlier"].images == 0
 
 
 def test_global_probe_counts_images_without_outliers():
@@ -94,13 +95,13 @@ def test_global_probe_counts_images_without_outliers():
     f.norms[:40] = 1.0  # the first 40 images have no outlier
     f.norms[40:, 0, 0] = 100.0
     g = global_probe(f, 50.0, seeds=(0, 1, 2), epochs=60)
-    assert g["images_without_outlier"] == 40
-    assert g["results"]["outlier"]["images"] == 120
+    assert g.images_without_outlier == 40
+    assert g.results["outlier"].images == 120
     for name in ("cls", "normal", "outlier"):
-        r = g["results"][name]
-        assert len(r["per_seed"]) == 3
-        assert r["std"] >= 0
-    assert g["results"]["normal"]["mean"] > 0.9  # the label is in every token
+        r = g.results[name]
+        assert len(r.per_seed) == 3
+        assert r.std >= 0
+    assert g.results["normal"].mean > 0.9  # the label is in every token
 
 
 def test_global_probe_needs_labels(feats):
@@ -111,16 +112,16 @@ def test_global_probe_needs_labels(feats):
 
 def test_linear_and_dense_probes_run_and_beat_nothing_worse_than_trivial(feats):
     c = classification_probe(feats, epochs=20)
-    assert set(c["top1"]) == {"cls", "cls+mean_patch"}
-    assert all(0 <= v <= 1 for v in c["top1"].values())
+    assert set(c.top1) == {"cls", "cls+mean_patch"}
+    assert all(0 <= v <= 1 for v in c.top1.values())
     s = segmentation_probe(feats, epochs=20)
-    assert 0 <= s["miou"] <= 1
-    assert s["classes_present"] >= 2
+    assert 0 <= s.miou <= 1
+    assert s.classes_present >= 2
     # Background is most pixels: even a random-feature probe must get most of them right.
-    assert s["iou_per_class"]["0"] > 0.5
+    assert s.iou_per_class["0"] > 0.5
     d = depth_probe(feats, epochs=20)
-    assert np.isfinite(d["rmse"])
-    assert d["rmse"] > 0
+    assert np.isfinite(d.rmse)
+    assert d.rmse > 0
 
 
 def test_split_images_is_disjoint_and_seeded():

@@ -8,20 +8,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_ttr
 from test_ttr import planted_model
 
 from vitreg.cli import main
-from vitreg.models import create_model, save_model
+from vitreg.models import save_model
 
 
 @pytest.fixture(scope="module")
 def no_cls(tmp_path_factory):
     root = tmp_path_factory.mktemp("no-cls")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(test_ttr, "create_model", lambda *a, **k: create_model(*a, class_token=False, global_pool="map", **k))
-    model = planted_model()
-    mp.undo()
+    model = planted_model(class_token=False, global_pool="map")
     assert model.cls_token is None
     save_model(model, root / "model")
     return root

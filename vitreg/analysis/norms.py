@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vitreg.analysis.outlier_rule import NORM_RULES, check_rule
+from vitreg.results.diagnose import OutlierStats
 
 # Fixed, data-independent histogram edges: every batch, rank and run uses the same bins, so histograms add.
 # 1024 log-spaced bins over 1e-2..1e5 give a 1.6% norm resolution.
@@ -263,7 +264,7 @@ def _dip_ratio(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, wid
     return float(s[v] / low_peak) if low_peak > 0 else 1.0
 
 
-def outlier_stats(norms: np.ndarray, threshold: float | None) -> dict[str, Any]:
+def outlier_stats(norms: np.ndarray, threshold: float | None) -> OutlierStats:
     """Counts and norm summaries of outliers (norm > threshold) vs normals for a sample of patch-token norms."""
     v = np.asarray(norms, dtype=np.float64).ravel()
     out_mask = v > threshold if threshold is not None else np.zeros(v.shape, dtype=bool)
@@ -273,21 +274,21 @@ def outlier_stats(norms: np.ndarray, threshold: float | None) -> dict[str, Any]:
         return float(f(a)) if a.size else None
 
     mean_o, mean_n = _m(outl, np.mean), _m(norm, np.mean)
-    return {
-        "patch_tokens": int(v.size),
-        "outliers": int(outl.size),
-        "outlier_ratio": float(outl.size / v.size) if v.size else 0.0,
-        "mean_norm_outlier": mean_o,
-        "mean_norm_normal": mean_n,
-        "median_norm_outlier": _m(outl, np.median),
-        "median_norm_normal": _m(norm, np.median),
-        "norm_ratio": mean_o / mean_n if mean_o is not None and mean_n else None,
-    }
+    return OutlierStats(
+        patch_tokens=int(v.size),
+        outliers=int(outl.size),
+        outlier_ratio=float(outl.size / v.size) if v.size else 0.0,
+        mean_norm_outlier=mean_o,
+        mean_norm_normal=mean_n,
+        median_norm_outlier=_m(outl, np.median),
+        median_norm_normal=_m(norm, np.median),
+        norm_ratio=mean_o / mean_n if mean_o is not None and mean_n else None,
+    )
 
 
 def outlier_stats_from_histogram(
     counts: np.ndarray, edges: np.ndarray, threshold: float | None, sums: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> OutlierStats:
     """``outlier_stats`` from binned norms. The threshold is applied at the nearest bin edge (``snap_threshold``);
     ``sums`` (E,), the exact sum of norms in each bin, makes the means exact (else geometric bin centres)."""
     counts = np.asarray(counts, dtype=np.float64)
@@ -306,16 +307,16 @@ def outlier_stats_from_histogram(
         return histogram_quantile(c, edges, 0.5) if c.sum() else None
 
     total = n_n + n_o
-    return {
-        "patch_tokens": round(total),
-        "outliers": round(n_o),
-        "outlier_ratio": n_o / total if total else 0.0,
-        "mean_norm_outlier": mean_o,
-        "mean_norm_normal": mean_n,
-        "median_norm_outlier": _median(cut, len(counts)),
-        "median_norm_normal": _median(0, cut),
-        "norm_ratio": mean_o / mean_n if mean_o is not None and mean_n else None,
-    }
+    return OutlierStats(
+        patch_tokens=round(total),
+        outliers=round(n_o),
+        outlier_ratio=n_o / total if total else 0.0,
+        mean_norm_outlier=mean_o,
+        mean_norm_normal=mean_n,
+        median_norm_outlier=_median(cut, len(counts)),
+        median_norm_normal=_median(0, cut),
+        norm_ratio=mean_o / mean_n if mean_o is not None and mean_n else None,
+    )
 
 
 def snap_threshold(threshold: float, edges: np.ndarray) -> tuple[int, float]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from vitreg.models.inspect import TokenLayout
+from vitreg.results.diagnose import SinkLayer
 
 SINK_MASS = 0.3  # a head has a sink when one token gets more than this share of its patch queries' attention
 #: columns of the per-block sums: (image, head) pairs, top mass, heads with a sink, sinks on a patch token,
@@ -39,7 +40,7 @@ def sink_sums(attention: torch.Tensor, layout: TokenLayout, background: torch.Te
     )
 
 
-def sink_summary(sums: np.ndarray) -> list[dict[str, float | int | None]]:
+def sink_summary(sums: np.ndarray) -> list[SinkLayer]:
     """Per block from the (L, len(SINK_COLUMNS)) sums: mean top mass, share of heads with a sink, where the sinks
     are, and the mean mass on [CLS] and on all registers."""
     out = []
@@ -48,14 +49,14 @@ def sink_summary(sums: np.ndarray) -> list[dict[str, float | int | None]]:
         if pairs == 0:
             continue
         out.append(
-            {
-                "layer": layer,
-                "top_mass": top / pairs,
-                "sink_heads": sinks / pairs,
-                "sinks_on_patches": patch / sinks if sinks else None,
-                "sinks_on_background": bg / sinks if sinks else None,
-                "cls_share": cls / pairs,
-                "register_share": reg / pairs,
-            }
+            SinkLayer(
+                layer=layer,
+                top_mass=top / pairs,
+                sink_heads=sinks / pairs,
+                sinks_on_patches=patch / sinks if sinks else None,
+                sinks_on_background=bg / sinks if sinks else None,
+                cls_share=cls / pairs,
+                register_share=reg / pairs,
+            )
         )
     return out

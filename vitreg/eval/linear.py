@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from vitreg.errors import DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
+from vitreg.results.probe import DepthProbe, LinearProbe, SegmentationProbe
 
 
-def classification_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 100) -> dict:
+def classification_probe(
+    feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 100
+) -> LinearProbe:
     """Top-1 on held-out images of linear classifiers on [CLS] and on [CLS] + mean patch."""
     if feats.labels is None:
         raise DataError("the classification probe needs image labels (synthetic scenes or class subfolders)")
@@ -36,7 +39,7 @@ def classification_probe(feats: Features, *, test_fraction: float = 0.5, seed: i
             x[train], labels[train], task="classify", num_classes=num_classes, epochs=epochs, seed=seed
         )
         results[name] = float((predict(probe, std, x[test]).argmax(-1) == labels[test]).mean())
-    return dict(
+    return LinearProbe(
         train_images=len(train),
         test_images=len(test),
         num_classes=num_classes,
@@ -59,7 +62,9 @@ def _upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
 
 
-def segmentation_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60) -> dict:
+def segmentation_probe(
+    feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60
+) -> SegmentationProbe:
     """Linear semantic segmentation from patch tokens, mIoU at pixel resolution on held-out images."""
     if feats.masks is None:
         raise DataError("the segmentation probe needs masks (synthetic scenes provide them)")
@@ -86,7 +91,7 @@ def segmentation_probe(feats: Features, *, test_fraction: float = 0.5, seed: int
         inter = np.logical_and(pred == k, gt == k).sum()
         union = np.logical_or(pred == k, gt == k).sum()
         ious[int(k)] = float(inter / union)
-    return dict(
+    return SegmentationProbe(
         train_images=len(train),
         test_images=len(test),
         num_classes=num_classes,
@@ -98,7 +103,7 @@ def segmentation_probe(feats: Features, *, test_fraction: float = 0.5, seed: int
     )
 
 
-def depth_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60) -> dict:
+def depth_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, epochs: int = 60) -> DepthProbe:
     """Linear depth regression from patch tokens, RMSE at pixel resolution on held-out images."""
     if feats.depth is None:
         raise DataError("the depth probe needs depth maps (synthetic scenes provide them)")
@@ -114,7 +119,7 @@ def depth_probe(feats: Features, *, test_fraction: float = 0.5, seed: int = 0, e
     up = _upsample(pred, gt.shape[1:])[..., 0]
     # Baseline: predicting the training set's mean depth everywhere.
     baseline = float(np.sqrt(((gt - target[train].mean()) ** 2).mean()))
-    return dict(
+    return DepthProbe(
         train_images=len(train),
         test_images=len(test),
         rmse=float(np.sqrt(((up - gt) ** 2).mean())),

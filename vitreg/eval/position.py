@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitreg.results.probe import PositionError, PositionGap, PositionRegression
+
 ALPHAS = tuple(10.0**k for k in range(-2, 6))  # ridge strengths tried, relative to the token count
 BOOTSTRAP = 200  # resamples of the test photos
 
@@ -35,7 +37,7 @@ def _predict(model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x: np
 
 def position_regression(
     x: np.ndarray, train: np.ndarray, test: np.ndarray, groups: dict[str, np.ndarray], seed: int = 0
-) -> dict:
+) -> PositionRegression:
     """``x`` (M, h, w, C) patch tokens of M photos, ``train`` / ``test`` photo indices, ``groups`` name -> (T, h, w)
     masks over the test photos. Returns the chosen alpha, and per group the mean distance (in patches) of the
     predicted position from the true one, its bootstrap standard error and token count; and the outlier - normal
@@ -74,19 +76,18 @@ def position_regression(
         with np.errstate(invalid="ignore", divide="ignore"):
             return s / n  # (B,) nan where a resample has no such token
 
-    result: dict = {"alpha": alpha, "units": "patches (Euclidean distance on the grid)", "groups": {}}
+    groups_out: dict[str, PositionError] = {}
     for g in masks:
         n = int(counts[g].sum())
         if n == 0:
-            result["groups"][g] = {"count": 0, "error": None, "se": None, "note": "no tokens in this group"}
+            groups_out[g] = PositionError(count=0, note="no tokens in this group")
             continue
         b = np.asarray(mean_of(g, boot))
-        result["groups"][g] = {"count": n, "error": mean_of(g), "se": float(np.nanstd(b, ddof=1))}
+        groups_out[g] = PositionError(count=n, error=float(mean_of(g)), se=float(np.nanstd(b, ddof=1)))  # type: ignore[arg-type]
     gap = None
     if "outlier" in masks and "normal" in masks and counts["outlier"].sum() and counts["normal"].sum():
         d = np.asarray(mean_of("outlier", boot)) - np.asarray(mean_of("normal", boot))
         point = float(mean_of("outlier")) - float(mean_of("normal"))  # type: ignore[arg-type]
         photos = int((counts["outlier"] > 0).sum())
-        gap = {"gap": point, "se": float(np.nanstd(d, ddof=1)), "photos_with_outliers": photos}
-    result["gap"] = gap
-    return result
+        gap = PositionGap(gap=point, se=float(np.nanstd(d, ddof=1)), photos_with_outliers=photos)
+    return PositionRegression(alpha=alpha, units="patches (Euclidean distance on the grid)", groups=groups_out, gap=gap)

@@ -22,6 +22,7 @@ from vitreg.errors import ConfigError, DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
 from vitreg.eval.position import position_regression
+from vitreg.results.probe import GlobalProbe, GlobalScore, LocalProbes, PixelScore, PositionScore
 
 GROUPS = ("all", "normal", "outlier")
 
@@ -46,7 +47,7 @@ def local_probes(
     seed: int = 0,
     epochs: int = 60,
     mlp: bool = True,
-) -> dict:
+) -> LocalProbes:
     """Position classification and pixel reconstruction per group (all / normal / outlier) on held-out images."""
     x = _tokens(feats, tokens)  # (M, h, w, C)
     m, h, w, c = x.shape
@@ -58,18 +59,24 @@ def local_probes(
     probe, std = fit_probe(x_tr, pos[train].reshape(-1), task="classify", num_classes=h * w, epochs=epochs, seed=seed)
     correct = predict(probe, std, x_te).argmax(-1) == pos[test].reshape(-1)  # (T*h*w,)
     # Chance level: always answering one position is right 1/(h*w) of the time.
-    position = {g: _group_stat(correct, mask, "accuracy") for g, mask in groups.items()}
+    position = {}
+    for g, m in groups.items():
+        n, mean, note = _group_mean(correct, m)
+        position[g] = PositionScore(count=n, accuracy=mean, note=note)
     # the regression of (row, column): an error in patches that can tell groups apart where top-1 is near chance
     regression = position_regression(x, train, test, _group_masks(feats.norms[test], threshold), seed=seed)
 
     p_tr, p_te = feats.pixels[train].reshape(len(x_tr), -1), feats.pixels[test].reshape(len(x_te), -1)
-    pixel = {}
+    pixel: dict[str, dict[str, PixelScore]] = {}
     heads = {"linear": None, "mlp": 4 * c} if mlp else {"linear": None}
     for name, hidden in heads.items():
         probe, std = fit_probe(x_tr, p_tr, task="regress", hidden=hidden, epochs=epochs, seed=seed)
         err = ((predict(probe, std, x_te) - p_te) ** 2).mean(-1)  # (T*h*w,) per-token MSE
-        pixel[name] = {g: _group_stat(err, mask, "mse") for g, mask in groups.items()}
-    return dict(
+        pixel[name] = {}
+        for g, m in groups.items():
+            n, mean, note = _group_mean(err, m)
+            pixel[name][g] = PixelScore(count=n, mse=mean, note=note)
+    return LocalProbes(
         tokens=tokens,
         train_images=len(train),
         test_images=len(test),
@@ -83,11 +90,12 @@ def local_probes(
     )
 
 
-def _group_stat(values: np.ndarray, mask: np.ndarray, name: str) -> dict:
+def _group_mean(values: np.ndarray, mask: np.ndarray) -> tuple[int, float | None, str | None]:
+    """(tokens in the group, the mean of ``values`` over them, a note when there are none)."""
     n = int(mask.sum())
     if n == 0:
-        return {"count": 0, name: None, "note": "no tokens in this group"}
-    return {"count": n, name: float(values[mask].mean())}
+        return 0, None, "no tokens in this group"
+    return n, float(values[mask].mean()), None
 
 
 def global_probe(
@@ -98,7 +106,7 @@ def global_probe(
     seeds: tuple[int, ...] = (0, 1, 2),
     test_fraction: float = 0.5,
     epochs: int = 100,
-) -> dict:
+) -> GlobalProbe:
     """Image classification from one token per image: [CLS], a random normal patch, a random outlier patch."""
     if feats.labels is None:
         raise DataError("the global-information probe needs image labels (synthetic scenes or class subfolders)")
@@ -141,15 +149,15 @@ def global_probe(
             rows[name].append(acc)
     result = {}
     for name, accs in rows.items():
-        entry: dict = {"images": used.get(name, 0)}
+        score = GlobalScore(images=used.get(name, 0))
         if name == "cls" and cls is None:
-            entry["note"] = "the model has no [CLS] token"
+            score.note = "the model has no [CLS] token"
         elif not accs:
-            entry["note"] = "too few images with such a token (need 4)" if used.get(name) else "no such token"
+            score.note = "too few images with such a token (need 4)" if used.get(name) else "no such token"
         else:
-            entry.update(mean=float(np.mean(accs)), std=float(np.std(accs)), per_seed=accs)
-        result[name] = entry
-    return dict(
+            score.mean, score.std, score.per_seed = float(np.mean(accs)), float(np.std(accs)), accs
+        result[name] = score
+    return GlobalProbe(
         tokens=tokens,
         seeds=list(seeds),
         num_classes=num_classes,

@@ -17,7 +17,6 @@ from vitreg.analysis.outlier_rule import NORM_RULES, OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError, DataError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.results.codec import from_json
 from vitreg.results.diagnose import DiagnoseResult, DiagnoseSummary, ModelResult
 
 if TYPE_CHECKING:
@@ -182,7 +181,7 @@ def _summarize(entry: ModelEntry, cfg: DiagnoseConfig, done: DonePass, dtype: An
     stream.merge_ranks()
     if stream.images == 0:
         raise DataError(f"model {entry.label}: no usable images in {cfg.images.src!r} (every image was bad or none)")
-    result, arrays = summarize(stream, cfg.rule.kind, cfg.rule.value, entry.key, entry.label, entry.spec)
-    result["input_size"] = list(done.input_size)
-    result["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    return from_json(ModelResult, result, f"diagnose {entry.key}"), arrays
+    result, arrays = summarize(stream, cfg.rule, entry.key, entry.label, entry.spec)
+    result.input_size = list(done.input_size)
+    result.precision = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    return result, arrays

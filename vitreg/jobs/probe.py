@@ -11,8 +11,8 @@ from vitreg.analysis.outlier_rule import NORM_RULES, OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError, DataError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.results.codec import from_json
-from vitreg.results.probe import ProbeResult
+from vitreg.results.diagnose import BadImage
+from vitreg.results.probe import DenseProbes, ProbeResult, Threshold
 
 PROBES = ("local", "global", "linear", "dense")
 
@@ -61,60 +61,65 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
     if feats.num_images < 4:
         raise DataError(f"probes need at least 4 usable images, got {feats.num_images}")
     thr = find_threshold(feats.norms, cfg.rule.kind, cfg.rule.value)
-    data: dict[str, Any] = dict(
+    result = ProbeResult(
         model=cfg.model.spec,
         registers=num_registers(model),
         images=cfg.images.src,
         num_images=feats.num_images,
-        bad_images=[dict(path=p, reason=r) for p, r in feats.bad],
+        bad_images=[BadImage(path=p, reason=r) for p, r in feats.bad],
         layer=feats.layer,
-        threshold=thr.to_json(),
+        threshold=Threshold(
+            threshold=thr.threshold,
+            rule=thr.rule,
+            value=thr.value,
+            bimodal=thr.bimodal,
+            statistic=thr.statistic,
+            kind=thr.rule,
+        ),
         outliers=outlier_stats(feats.norms, thr.threshold),
         seed=cfg.runtime.seed,
         config=to_dict(cfg),
         notes=no_cls_notes(model, "probe"),
-        **run_probes(feats, thr.threshold, cfg),
     )
-    result = from_json(ProbeResult, data, "probe")
+    run_probes(result, feats, thr.threshold, cfg)
     write_result(Path(cfg.out), result)
     return result
 
 
-def run_probes(feats: Any, threshold: float | None, cfg: ProbeConfig) -> dict[str, Any]:
-    """Every requested probe the data allows; a probe whose annotations are missing is reported as skipped."""
+def run_probes(result: ProbeResult, feats: Any, threshold: float | None, cfg: ProbeConfig) -> None:
+    """Every requested probe the data allows, into ``result``; a probe whose annotations are missing is reported as
+    skipped."""
     from vitreg.eval.linear import classification_probe, depth_probe, segmentation_probe
     from vitreg.eval.probes import global_probe, local_probes
 
-    out: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
     tf, ep, seed = cfg.test_fraction, cfg.epochs, cfg.runtime.seed
     if "local" in cfg.probes:
-        out["local"] = local_probes(
+        result.local = local_probes(
             feats, threshold, tokens=cfg.tokens, test_fraction=tf, seed=seed, epochs=ep, mlp=cfg.mlp
         )
     no_labels = "the images have no labels"
     if "global" in cfg.probes:
         if feats.labels is not None:
             seeds = tuple(range(seed, seed + cfg.seeds))
-            out["global"] = global_probe(feats, threshold, tokens=cfg.tokens, seeds=seeds, test_fraction=tf, epochs=ep)
+            result.global_probe = global_probe(
+                feats, threshold, tokens=cfg.tokens, seeds=seeds, test_fraction=tf, epochs=ep
+            )
         else:
-            skipped["global"] = no_labels
+            result.skipped["global"] = no_labels
     if "linear" in cfg.probes:
         if feats.labels is not None:
-            out["linear"] = classification_probe(feats, test_fraction=tf, seed=seed, epochs=ep)
+            result.linear = classification_probe(feats, test_fraction=tf, seed=seed, epochs=ep)
         else:
-            skipped["linear"] = no_labels
+            result.skipped["linear"] = no_labels
     if "dense" in cfg.probes:
-        dense = {}
-        for name, present, fit, what in (
-            ("segmentation", feats.masks is not None, segmentation_probe, "masks"),
-            ("depth", feats.depth is not None, depth_probe, "depth maps"),
-        ):
-            if present:
-                dense[name] = fit(feats, test_fraction=tf, seed=seed, epochs=ep)
-            else:
-                skipped[name] = f"the images have no {what}"
-        if dense:
-            out["dense"] = dense
-    out["skipped"] = skipped
-    return out
+        dense = DenseProbes()
+        if feats.masks is not None:
+            dense.segmentation = segmentation_probe(feats, test_fraction=tf, seed=seed, epochs=ep)
+        else:
+            result.skipped["segmentation"] = "the images have no masks"
+        if feats.depth is not None:
+            dense.depth = depth_probe(feats, test_fraction=tf, seed=seed, epochs=ep)
+        else:
+            result.skipped["depth"] = "the images have no depth maps"
+        if dense.segmentation is not None or dense.depth is not None:
+            result.dense = dense

@@ -15,12 +15,13 @@ import torch
 LAYER, UNIT, POS = 1, 7, (2, 5)
 
 
-def planted_model(num_classes: int = 0) -> torch.nn.Module:
-    """A 4-block pico ViT (8x8 patches) with a hand-made register neuron (LAYER, UNIT) firing at grid cell POS."""
+def planted_model(num_classes: int = 0, **options: Any) -> torch.nn.Module:
+    """A 4-block pico ViT (8x8 patches) with a hand-made register neuron (LAYER, UNIT) firing at grid cell POS;
+    ``options``: model options of the preset (e.g. ``class_token=False, global_pool="map"``)."""
     from vitreg.models.presets import create_model
 
     torch.manual_seed(0)
-    m: Any = create_model("vit_pico_patch4_32", registers=0, depth=4, num_classes=num_classes).eval()
+    m: Any = create_model("vit_pico_patch4_32", registers=0, depth=4, num_classes=num_classes, **options).eval()
     with torch.no_grad():
         gw = m.patch_embed.grid_size[1]
         m.patch_embed.proj.weight[0] = 0  # channel 0 carries no image content ...
