@@ -369,8 +369,8 @@ def test_torchrun_two_processes_distil_the_same_registers(run, tmp_path):
 
 
 def test_a_distillation_goes_into_the_zoo_as_its_delta_with_provenance(run, tmp_path):
-    from vitreg.distill.zoo import add_distilled_to_zoo
     from vitreg.models import zoo
+    from vitreg.train.zoo import add_distilled_to_zoo
 
     entry = add_distilled_to_zoo(
         run / "run", "planted-reg2", "vitreg fix --method distill ...", commit="abc", root=tmp_path

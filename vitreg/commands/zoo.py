@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("zoo add needs RUN_DIR, --name NAME and --command 'the command that trained it'")
     target = Path(args.target)
     if (target / "delta.json").is_file():  # registers distilled into a released model: stored as its delta
-        from vitreg.distill.zoo import add_distilled_to_zoo
+        from vitreg.train.zoo import add_distilled_to_zoo
 
         entry = add_distilled_to_zoo(target, args.name, args.train_command, commit=args.commit)
         p = entry.provenance
