@@ -287,6 +287,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_resumes_to_the_same_delta(run, tmp_path):
     killed, whole, marker = tmp_path / "killed", tmp_path / "whole", tmp_path / "parked"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
@@ -312,6 +313,35 @@ def test_sigkill_mid_run_resumes_to_the_same_delta(run, tmp_path):
         if json.loads(line)["kind"] == "train"
     ]
     assert steps == list(range(1, 13))  # the records after the checkpoint were replayed, not duplicated
+
+
+def test_an_interrupted_run_resumes_to_the_same_delta(run, tmp_path, monkeypatch):
+    """In process (the SIGKILL test is in the slow tier): Ctrl-C before update 9 leaves the step-6 checkpoint;
+    `fix --resume` ends where the uninterrupted run ends, bitwise, and keeps one record per step."""
+    from vitreg.distill import loop
+
+    real, calls = loop.Objective.__call__, {"n": 0}
+
+    def failing(self, x, idx):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, x, idx)
+
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    monkeypatch.setattr(loop.Objective, "__call__", failing)
+    assert main([*_argv(run, stopped), "--no-report"]) == 130  # Ctrl-C: "interrupted", the checkpoint kept
+    monkeypatch.undo()
+    assert not (stopped / "delta.json").exists()
+    assert main(["fix", "--resume", str(stopped), "--no-report"]) == 0
+    assert main([*_argv(run, whole), "--no-report"]) == 0
+    assert (stopped / "delta.safetensors").read_bytes() == (whole / "delta.safetensors").read_bytes()
+    steps = [
+        json.loads(line)["step"]
+        for line in (stopped / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
+    assert steps == list(range(1, 13))
 
 
 @pytest.mark.slow

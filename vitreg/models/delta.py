@@ -163,7 +163,11 @@ def apply_delta(model: nn.Module, folder: Path, delta: DeltaFile) -> nn.Module:
                 target.index_add_(0, index.long().to(target.device), value.to(target))
             elif kind not in (REGISTERS_KEY, "index"):
                 raise CheckpointError(f"{path}: unknown tensor {key!r} (expected registers, add.*, rows.*, index.*)")
-    model.vitreg_config = delta.model_config(folder / DELTA_CONFIG)  # type: ignore[assignment]
+    base_cfg = getattr(model, "vitreg_config", None)
+    cfg = delta.model_config(folder / DELTA_CONFIG)
+    if base_cfg is not None:  # the size it was loaded at (its position table resampled there), not the delta's own
+        cfg = dataclasses.replace(cfg, img_size=base_cfg.img_size)
+    model.vitreg_config = cfg  # type: ignore[assignment]
     return model
 
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vitreg.reproduce import items
-from vitreg.reproduce.part import Part
-from vitreg.reproduce.pipeline import LabDirs
+from vitreg.reproduce.part import HEADINGS, Keep, Part
+from vitreg.reproduce.pipeline import LabDirs, build_stages
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.released import ReleasedPlan
 from vitreg.reproduce.table import read_table
 from vitreg.results.flops import FlopsResult
 from vitreg.results.reproduce import Item, ModelSource, ReproduceResults, StageRecord
 from vitreg.results.rundir import read_result
+from vitreg.stages import Stage
 
 TITLE = "vitreg reproduce: Vision Transformers Need Registers on a small ViT"
 TITLE_BOTH = "vitreg reproduce: Vision Transformers Need Registers on a released model and on a small ViT"
@@ -114,3 +116,23 @@ def build_results(
         notes=notes,
         released=dataclasses.asdict(released) if released is not None else {},
     )
+
+
+@dataclass
+class LabPart:
+    """Part III (the only part with ``--no-released``): registers trained into a small ViT from scratch, the
+    artifact lab; its figures need the whole results (every model's row) and are drawn by the report."""
+
+    plan: Plan
+    out: Path
+    key: str = "III"
+    heading: str = HEADINGS["III"]
+
+    def stages(self) -> list[Stage]:
+        return build_stages(self.plan, self.out)
+
+    def items(self) -> list[Item]:
+        return lab_items(self.plan, self.out)
+
+    def figures(self, keep: Keep) -> None:
+        return None  # drawn from results.json's rows of every model (vitreg.reproduce.render.draw_figures)

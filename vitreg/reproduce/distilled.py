@@ -26,17 +26,14 @@ from vitreg.jobs.distill import CompareConfig, DistillConfig
 from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.reproduce.part import HEADINGS, Keep
 from vitreg.reproduce.released import (
     LOST_FEATURES,
     PROBE_SCENES,
     RELEASED_MODEL,
     ReleasedDirs,
     ReleasedModel,
-    ReleasedPart,
     ReleasedPlan,
 )
-from vitreg.results.reproduce import Item
 from vitreg.stages import Stage, job_stage
 
 DISTILLED_MODEL = "zoo:clip-vit-b16-openai-reg4"
@@ -259,39 +256,3 @@ def _size(plan: ReleasedPlan) -> int:
     from vitreg.models.checkpoints import architecture
 
     return int(plan.size or architecture(plan.model).img_size[0])
-
-
-@dataclass
-class DistilledPart:
-    """Part II: the paper's own fix on Part I's model, registers trained into it (post hoc, by self-distillation)."""
-
-    plan: ReleasedPlan
-    out: Path
-    retrain: bool
-    part_one: ReleasedPart
-    key: str = "II"
-    heading: str = HEADINGS["II"]
-
-    def stages(self) -> list[Stage]:
-        return distilled_stages(self.plan, self.out, self.part_one.stages(), self.retrain)
-
-    def items(self) -> list[Item]:
-        from vitreg.reproduce.distilled_items import distilled_items, read_distilled
-        from vitreg.reproduce.released_items import read_released
-
-        one = read_released(self.plan, self.out)
-        return distilled_items(read_distilled(one, self.out, distilled_spec(self.plan, self.out, self.retrain)))
-
-    def figures(self, keep: Keep) -> None:
-        """Outliers per block of the released model, its distilled registers and the test-time register, and the
-        last-block attention of [CLS] and every register (the paper's Fig. 19)."""
-        from vitreg.report.sections.distill import attention_rows, layers_figure
-        from vitreg.report.sections.fix import attention_map_figure
-        from vitreg.results.distill import Comparison
-        from vitreg.results.rundir import has_result, read_result
-
-        compare = DistilledDirs(self.out).compare
-        if not has_result(compare, Comparison):
-            return
-        keep("distilled_layers.png", layers_figure(read_result(compare, Comparison)))
-        keep("distilled_attention.png", attention_map_figure(compare, attention_rows(compare, REGISTERS), "added"))

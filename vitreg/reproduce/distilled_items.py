@@ -10,13 +10,16 @@ from pathlib import Path
 
 from vitreg.reproduce import paper
 from vitreg.reproduce.claims import NOT_TESTED, claim, corloc_gain
-from vitreg.reproduce.distilled import REGISTERS, DistilledDirs
-from vitreg.reproduce.released_items import POSITION_NOTE, Released, _stat
+from vitreg.reproduce.distilled import REGISTERS, DistilledDirs, distilled_spec, distilled_stages
+from vitreg.reproduce.part import HEADINGS, Keep
+from vitreg.reproduce.released import ReleasedPlan
+from vitreg.reproduce.released_items import POSITION_NOTE, Released, ReleasedPart, _stat, read_released
 from vitreg.reproduce.table import corloc_summary, probe_fields
 from vitreg.results.distill import Comparison
 from vitreg.results.probe import ProbeResult
 from vitreg.results.reproduce import Claim, CorlocSummary, Item, OverheadRow, Row
 from vitreg.results.rundir import has_result, read_result
+from vitreg.stages import Stage
 
 PART = "II"
 #: the bars of the fix (the issue that asked for it): outliers at most this share at the last block and at every
@@ -368,3 +371,34 @@ def distilled_items(d: Distilled) -> list[Item]:
         for c in it.claims:
             c.item = it.id
     return found
+
+
+@dataclass
+class DistilledPart:
+    """Part II: the paper's own fix on Part I's model, registers trained into it (post hoc, by self-distillation)."""
+
+    plan: ReleasedPlan
+    out: Path
+    retrain: bool
+    part_one: ReleasedPart
+    key: str = "II"
+    heading: str = HEADINGS["II"]
+
+    def stages(self) -> list[Stage]:
+        return distilled_stages(self.plan, self.out, self.part_one.stages(), self.retrain)
+
+    def items(self) -> list[Item]:
+        one = read_released(self.plan, self.out)
+        return distilled_items(read_distilled(one, self.out, distilled_spec(self.plan, self.out, self.retrain)))
+
+    def figures(self, keep: Keep) -> None:
+        """Outliers per block of the released model, its distilled registers and the test-time register, and the
+        last-block attention of [CLS] and every register (the paper's Fig. 19)."""
+        from vitreg.report.sections.distill import attention_rows, layers_figure
+        from vitreg.report.sections.fix import attention_map_figure
+
+        compare = DistilledDirs(self.out).compare
+        if not has_result(compare, Comparison):
+            return
+        keep("distilled_layers.png", layers_figure(read_result(compare, Comparison)))
+        keep("distilled_attention.png", attention_map_figure(compare, attention_rows(compare, REGISTERS), "added"))

@@ -3,9 +3,11 @@ class beside it), gives the stages it needs, and derives its items (the paper's 
 they support) from the typed results those stages wrote, and draws its figures from them. The main job runs the
 parts' stages together (cached), then collects every part's items under its heading.
 
-Parts: I (:mod:`vitreg.reproduce.released`: a released model with the artifacts, and test-time registers), II
-(:mod:`vitreg.reproduce.distilled`: registers distilled into it), III (:mod:`vitreg.reproduce.pipeline`: registers
-trained into a small ViT from scratch, the artifact lab). A new part is one module with a class of this shape.
+Parts, each a class of this shape beside the items it derives, over a module of its stages and run directories:
+I (``released_items.ReleasedPart`` over :mod:`vitreg.reproduce.released`: a released model with the artifacts, and
+test-time registers), II (``distilled_items.DistilledPart`` over :mod:`vitreg.reproduce.distilled`: registers
+distilled into it), III (``collect.LabPart`` over :mod:`vitreg.reproduce.pipeline`: registers trained into a small ViT
+from scratch, the artifact lab). A new part is a class of this shape and its stages.
 """
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
 from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.reproduce.part import HEADINGS, Keep
 from vitreg.reproduce.plan import Plan
-from vitreg.results.reproduce import Item
 from vitreg.stages import Stage, diagnose_stage, evaluation_scenes, job_stage, train_stage, zoo_stage
 
 LOST_FEATURES: FeatureKind = "v"  # the paper's choice for supervised (DeiT-III) models; keys are used for DINOv2
@@ -114,25 +112,3 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
     flops_cfg = FlopsConfig(models=counted, register_counts=list(REGISTER_SWEEP), out=str(dirs.flops))
     stages.append(job_stage("FLOPs and parameters", "flops", flops_cfg, flops, "flops.json", [first], out))
     return stages
-
-
-@dataclass
-class LabPart:
-    """Part III (the only part with ``--no-released``): registers trained into a small ViT from scratch, the
-    artifact lab; its figures need the whole results (every model's row) and are drawn by the report."""
-
-    plan: Plan
-    out: Path
-    key: str = "III"
-    heading: str = HEADINGS["III"]
-
-    def stages(self) -> list[Stage]:
-        return build_stages(self.plan, self.out)
-
-    def items(self) -> list[Item]:
-        from vitreg.reproduce.collect import lab_items
-
-        return lab_items(self.plan, self.out)
-
-    def figures(self, keep: Keep) -> None:
-        return None  # drawn from results.json's rows of every model (vitreg.reproduce.render.draw_figures)

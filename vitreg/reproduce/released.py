@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vitreg.errors import VitregError
@@ -31,8 +31,6 @@ from vitreg.jobs.flops import REGISTER_SWEEP, FlopsConfig
 from vitreg.jobs.lost import LOST_BATCH_SIZE, FeatureKind, LostConfig
 from vitreg.jobs.probe import ProbeConfig
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.reproduce.part import HEADINGS, Keep
-from vitreg.results.reproduce import Item
 from vitreg.stages import Log, Stage, job_stage
 
 RELEASED_MODEL = "zoo:clip-vit-b16-openai"
@@ -309,38 +307,3 @@ def _model_size(plan: ReleasedPlan) -> int:
 
     cfg = architecture(plan.model)
     return int(cfg.img_size[0])
-
-
-@dataclass
-class ReleasedPart:
-    """Part I: the paper's analyses on a released model with the artifacts, and test-time registers on it."""
-
-    plan: ReleasedPlan
-    out: Path
-    key: str = "I"
-    heading: str = HEADINGS["I"]
-    _stages: list[Stage] | None = field(default=None, repr=False)
-
-    def stages(self) -> list[Stage]:
-        if self._stages is None:  # built once: Part II's stages take the fix stage from these
-            self._stages = released_stages(self.plan, self.out)
-        return self._stages
-
-    def items(self) -> list[Item]:
-        from vitreg.reproduce.released_items import read_released, released_items
-
-        return released_items(read_released(self.plan, self.out))
-
-    def figures(self, keep: Keep) -> None:
-        """The norm histogram and the per-block norms of the released model without and with its test-time register
-        (measured images), and their example maps."""
-        from vitreg.report import plot_maps, plot_norms
-        from vitreg.results.rundir import load_run
-
-        run = load_run(ReleasedDirs(self.out).measured)
-        for m, label in zip(run.models, ("released model", "+1 test-time register"), strict=False):
-            m.label = label
-        keep("released_norm_hist.png", plot_norms.norm_histogram(run, log_x=True))
-        keep("released_layers.png", plot_norms.layer_norms(run))
-        for m in run.models:
-            keep(f"released_maps_{m.key}.png", plot_maps.examples(m))

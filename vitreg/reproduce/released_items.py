@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from vitreg.analysis.artifact_bar import (
 )
 from vitreg.reproduce import paper
 from vitreg.reproduce.claims import NOT_TESTED, claim, compare, corloc_gain, fmt, pct
-from vitreg.reproduce.released import ReleasedDirs, ReleasedPlan
+from vitreg.reproduce.part import HEADINGS, Keep
+from vitreg.reproduce.released import ReleasedDirs, ReleasedPlan, released_stages
 from vitreg.reproduce.table import Table, corloc_summary, diagnosis_fields, probe_fields, row
 from vitreg.results.diagnose import DiagnoseResult, ModelResult
 from vitreg.results.fix import FixResult, NeuronsFile
@@ -27,6 +28,7 @@ from vitreg.results.flops import FlopsResult
 from vitreg.results.probe import ProbeResult
 from vitreg.results.reproduce import Claim, CorlocSummary, Item, ModelRow, OverheadRow, Row, Stat
 from vitreg.results.rundir import has_result, read_result
+from vitreg.stages import Stage
 
 PART = "I"
 COLUMNS = {"0": "released model", "1": "+1 test-time register"}
@@ -585,3 +587,36 @@ def released_items(r: Released) -> list[Item]:
 
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
+
+
+@dataclass
+class ReleasedPart:
+    """Part I: the paper's analyses on a released model with the artifacts, and test-time registers on it."""
+
+    plan: ReleasedPlan
+    out: Path
+    key: str = "I"
+    heading: str = HEADINGS["I"]
+    _stages: list[Stage] | None = field(default=None, repr=False)
+
+    def stages(self) -> list[Stage]:
+        if self._stages is None:  # built once: Part II's stages take the fix stage from these
+            self._stages = released_stages(self.plan, self.out)
+        return self._stages
+
+    def items(self) -> list[Item]:
+        return released_items(read_released(self.plan, self.out))
+
+    def figures(self, keep: Keep) -> None:
+        """The norm histogram and the per-block norms of the released model without and with its test-time register
+        (measured images), and their example maps."""
+        from vitreg.report import plot_maps, plot_norms
+        from vitreg.results.rundir import load_run
+
+        run = load_run(ReleasedDirs(self.out).measured)
+        for m, label in zip(run.models, ("released model", "+1 test-time register"), strict=False):
+            m.label = label
+        keep("released_norm_hist.png", plot_norms.norm_histogram(run, log_x=True))
+        keep("released_layers.png", plot_norms.layer_norms(run))
+        for m in run.models:
+            keep(f"released_maps_{m.key}.png", plot_maps.examples(m))

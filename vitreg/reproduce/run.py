@@ -8,13 +8,13 @@ from pathlib import Path
 
 from vitreg import atomic
 from vitreg.errors import ConfigError
-from vitreg.reproduce.collect import build_results
-from vitreg.reproduce.distilled import DistilledPart
+from vitreg.reproduce.collect import LabPart, build_results
+from vitreg.reproduce.distilled_items import DistilledPart
 from vitreg.reproduce.part import Part
-from vitreg.reproduce.pipeline import LabPart
 from vitreg.reproduce.plan import Plan
 from vitreg.reproduce.pretrained import PairDirs, PairPlan, pair_results, pair_stages
-from vitreg.reproduce.released import ReleasedPart, ReleasedPlan
+from vitreg.reproduce.released import ReleasedPlan
+from vitreg.reproduce.released_items import ReleasedPart
 from vitreg.reproduce.render import draw_figures, write_html, write_markdown
 from vitreg.results.reproduce import ReproduceResults, Timing
 from vitreg.results.rundir import write_result
