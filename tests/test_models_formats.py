@@ -148,3 +148,44 @@ def test_unknown_folders_and_files_name_the_accepted_formats(tmp_path):
     (tmp_path / "other" / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="model_type 'bert' is not one vitreg reads"):
         load_model(tmp_path / "other")
+
+
+def test_a_sharded_folder_loads_and_a_bad_index_is_refused_naming_it(tmp_path):
+    """transformers saves a large model as shards named by model.safetensors.index.json: loaded as one state dict;
+    an index naming a shard outside its folder, or a missing shard, is refused in one line naming the index."""
+    import json
+
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    from vitreg.models import load_model
+
+    theirs = ViTModel(
+        ViTConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            image_size=32,
+            patch_size=8,
+        ),
+        add_pooling_layer=False,
+    ).eval()
+    theirs.save_pretrained(tmp_path / "vit", max_shard_size="50KB")
+    ours = load_model(tmp_path / "vit").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours.forward_features(x) - theirs(pixel_values=x).last_hidden_state).abs().max() <= 1e-4
+    index = tmp_path / "vit" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    shard = data["weight_map"][first]
+    data["weight_map"][first] = "../elsewhere.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="is not a file name beside the index"):
+        load_model(tmp_path / "vit")
+    data["weight_map"][first] = shard
+    index.write_text(json.dumps(data))
+    (tmp_path / "vit" / shard).unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json: 1 of its \d+ shards are missing"):
+        load_model(tmp_path / "vit")

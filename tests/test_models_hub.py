@@ -65,9 +65,16 @@ def test_timm_name_downloads_into_the_hf_cache_then_loads_offline(server, tmp_pa
 def test_hf_repo_id_folder_download(server, tmp_path):
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    theirs = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-        hidden_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=7, num_register_tokens=2
-    )).eval()  # fmt: skip
+    theirs = Dinov2WithRegistersModel(
+        Dinov2WithRegistersConfig(
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=7,
+            num_register_tokens=2,
+        )
+    ).eval()
     theirs.save_pretrained(tmp_path / "src")
     for f in ("config.json", "model.safetensors"):
         server.hub_file("org/dinov2-tiny", f, (tmp_path / "src" / f).read_bytes())
@@ -175,3 +182,32 @@ def test_the_hub_without_a_route_fails_without_retrying(server, monkeypatch, con
     with pytest.raises(WeightsNotFoundError, match=r"model\.safetensors: cannot download"):
         load_model("timm:vit_small_patch14_reg4_dinov2", download=True)
     assert connections == [("127.0.0.1", 9)] * 2
+
+
+def test_a_sharded_hub_repo_fetches_its_index_and_every_shard(server, tmp_path):
+    """Large models are published as shards named by model.safetensors.index.json: the index is fetched, then every
+    shard it names, and the folder loads like a single-file one."""
+    from transformers import ViTConfig, ViTModel
+
+    theirs = ViTModel(
+        ViTConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            image_size=32,
+            patch_size=8,
+        ),
+        add_pooling_layer=False,
+    ).eval()
+    theirs.save_pretrained(tmp_path / "src", max_shard_size="50KB")
+    files = sorted(p.name for p in (tmp_path / "src").iterdir())
+    assert "model.safetensors" not in files
+    assert sum(f.startswith("model-0") for f in files) > 1
+    for f in files:
+        server.hub_file("org/vit-sharded", f, (tmp_path / "src" / f).read_bytes())
+    ours = load_model("hf:org/vit-sharded", download=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours.forward_features(x) - theirs(pixel_values=x).last_hidden_state).abs().max() <= 1e-4
+    assert load_model("hf:org/vit-sharded") is not None  # every shard cached now

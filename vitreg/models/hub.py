@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vitreg.errors import WeightsNotFoundError
 from vitreg.models.filecheck import sha256_file
+from vitreg.models.formats.base import SHARD_INDEX
 
 TIMEOUT_S = 8.0  # per request ($VITREG_HTTP_TIMEOUT): an unreachable host fails within this, under 10 s
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"  # override: $VITREG_DINOV2_URL
@@ -238,14 +239,35 @@ def hf_weights(repo: str, names: tuple[str, ...], download: bool) -> Path:
     """The weights file of Hub repo ``repo``: the first of ``names`` in the HF cache, else (with ``download``) the
     first of them the Hub has."""
     hit = next((p for n in names if (p := cached(Source(n, repo=repo))) is not None), None)
-    if hit is not None:
-        return hit
-    if not download:
-        raise WeightsNotFoundError(f"hf:{repo}: {names[0]} is not in {hf_cache_dir()}; pass --download")
+    if hit is None:
+        if not download:
+            raise WeightsNotFoundError(f"hf:{repo}: {names[0]} is not in {hf_cache_dir()}; pass --download")
+        hit = _first_on_hub(repo, names)
+    if hit.name.endswith(SHARD_INDEX):  # a sharded repo: the shards its index names, cached or fetched
+        _shards(repo, hit, download)
+    return hit
+
+
+def _first_on_hub(repo: str, names: tuple[str, ...]) -> Path:
     for name in names[:-1]:
         with contextlib.suppress(NotOnHub):
             return fetch(Source(name, repo=repo))
     return fetch(Source(names[-1], repo=repo))
+
+
+def _shards(repo: str, index: Path, download: bool) -> None:
+    """Every shard of a Hub repo's weights index, in the HF cache beside it (fetched with ``download``)."""
+    import json
+
+    try:
+        names = sorted({str(v) for v in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise WeightsNotFoundError(f"hf:{repo}: {index.name} is not a shard index ({err})") from None
+    for name in names:
+        if cached(Source(name, repo=repo)) is None:
+            if not download:
+                raise WeightsNotFoundError(f"hf:{repo}: shard {name} is not in {hf_cache_dir()}; pass --download")
+            fetch(Source(name, repo=repo))
 
 
 def available() -> list[tuple[str, Path]]:

@@ -68,6 +68,13 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     fmt = formats.file_format(path)
     if fmt is not None and fmt.read_weights is not None:  # the format's own reader (an ONNX graph's initialisers)
         return fmt.read_weights(path)
+    if path.name.endswith(formats.base.SHARD_INDEX):  # a sharded checkpoint: every shard its index names, merged
+        return _strip_prefixes(_read_shards(path, key))
+    return _strip_prefixes(_read_tensors(path, key))
+
+
+def _read_tensors(path: Path, key: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of one checkpoint file, unwrapped from its training container (prefixes kept)."""
     if path.suffix == ".safetensors":
         from vitreg.models.filecheck import check_safetensors_header
 
@@ -94,8 +101,40 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
         except Exception as err:
             detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"  # torch's messages span lines
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
-    sd = _unwrap(raw, path, key)
-    return _strip_prefixes(sd)
+    return _unwrap(raw, path, key)
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shards a ``*.index.json`` names (its ``weight_map`` values), each checked to be a plain file name beside
+    it: an index is read from wherever the weights came from and must not point elsewhere."""
+    import json
+
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{index}: not a readable shard index ({err})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: a shard index needs a non-empty 'weight_map' of tensor -> shard file")
+    names = sorted({str(v) for v in weight_map.values()})
+    bad = [n for n in names if Path(n).name != n or n.startswith(".")]
+    if bad:
+        raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file name beside the index")
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{index}: {len(missing)} of its {len(names)} shards are missing (e.g. {missing[0]})")
+    return [index.parent / n for n in names]
+
+
+def _read_shards(index: Path, key: str | None) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for shard in shard_files(index):
+        part = _read_tensors(shard, key)
+        clash = sorted(set(part) & set(sd))
+        if clash:
+            raise CheckpointError(f"{index}: tensor {clash[0]!r} is in more than one shard")
+        sd.update(part)
+    return sd
 
 
 def _holds_tensors(value: Any) -> bool:

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, "torch.Tensor"]
 RGB = tuple[float, float, float]
-#: Where transformers and timm save a model's weights on the Hub (safetensors first; a .bin is read weights-only)
-HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+#: Where transformers and timm save a model's weights on the Hub (safetensors first; a .bin is read weights-only);
+#: a large model's weights are sharded, named by an index (``*.index.json``: its ``weight_map`` names every shard)
+HUB_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SHARD_INDEX = ".index.json"
 #: Pickled training containers, read with ``torch.load(weights_only=True)`` (a .ckpt is Lightning's)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 #: Files that hold weights as weights (a format may claim more, e.g. an ONNX graph: its ``suffixes``)
