@@ -88,8 +88,15 @@ def _hf(model: torch.nn.Module, folder: Path, x: torch.Tensor, **inputs: Any) ->
 def _hf_dinov2(tmp: Path) -> Case:
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    cfg = Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
-                                    patch_size=7, num_register_tokens=4, layerscale_value=0.5)  # fmt: skip
+    cfg = Dinov2WithRegistersConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+        num_register_tokens=4,
+        layerscale_value=0.5,
+    )
     x = torch.randn(2, 3, 28, 28)
     out, pre = _hf(_perturb(Dinov2WithRegistersModel(cfg)), tmp / "hf", x)
     return Case(tmp / "hf", x, pre, out.last_hidden_state, registers=4)
@@ -109,8 +116,16 @@ def _clip_vision(kind: str = "CLIPVisionModel") -> torch.nn.Module:
     import transformers
     from transformers import CLIPVisionConfig
 
-    cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, hidden_act="quick_gelu", projection_dim=16)  # fmt: skip
+    cfg = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        hidden_act="quick_gelu",
+        projection_dim=16,
+    )
     return _perturb(getattr(transformers, kind)(cfg))
 
 
@@ -127,8 +142,9 @@ def _hf_clip(tmp: Path) -> Case:
 def _siglip_config(cls_name: str, **extra: Any) -> Any:
     import transformers
 
-    return getattr(transformers, cls_name)(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                           num_attention_heads=2, patch_size=8, **extra)  # fmt: skip
+    return getattr(transformers, cls_name)(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=8, **extra
+    )
 
 
 def _hf_siglip(tmp: Path) -> Case:
@@ -147,8 +163,11 @@ def _hf_siglip2(tmp: Path) -> Case:
     x = torch.randn(2, 3, 32, 32)
     p = 8  # the processor's patches: (B, N, p * p * 3), pixels in (row, column, channel) order
     patches = x.reshape(2, 3, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 3)
-    inputs = dict(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
-                  spatial_shapes=torch.tensor([[4, 4], [4, 4]]))  # fmt: skip
+    inputs = dict(
+        pixel_values=patches,
+        pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+        spatial_shapes=torch.tensor([[4, 4], [4, 4]]),
+    )
     out, pre = _hf(model, tmp / "hf", x, **inputs)
     return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output)
 
@@ -156,8 +175,15 @@ def _hf_siglip2(tmp: Path) -> Case:
 def _hf_vit(tmp: Path) -> Case:
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                    patch_size=8, num_labels=3)  # fmt: skip
+    cfg = ViTConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
     model = _perturb(ViTForImageClassification(cfg))  # as google/vit is published: a classifier around the backbone
     x = torch.randn(2, 3, 32, 32)
     model.save_pretrained(tmp / "hf")
@@ -166,11 +192,39 @@ def _hf_vit(tmp: Path) -> Case:
     return Case(tmp / "hf", x, out.hidden_states[-1], out.last_hidden_state)
 
 
+def _hf_vit_mae(tmp: Path) -> Case:
+    """MAE as published (its pretraining head and decoder around the encoder), against transformers' encoder with no
+    patch masked and none shuffled (mask ratio 0, ``noise`` in patch order): what vitreg runs."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    cfg = ViTMAEConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+    )
+    model = _perturb(ViTMAEForPreTraining(cfg))
+    model.save_pretrained(tmp / "hf")  # with its mask ratio of 0.75, as published
+    model.config.mask_ratio = 0.0
+    x = torch.randn(2, 3, 32, 32)
+    noise = torch.arange(16, dtype=torch.float32).expand(2, 16)  # patches kept in order
+    with torch.no_grad():
+        out = model.vit(pixel_values=x, noise=noise, output_hidden_states=True)
+    return Case(tmp / "hf", x, out.hidden_states[-1], out.last_hidden_state)
+
+
 def _hf_deit(tmp: Path) -> Case:
     from transformers import DeiTConfig, DeiTModel
 
-    cfg = DeiTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                     patch_size=8)  # fmt: skip
+    cfg = DeiTConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     x = torch.randn(2, 3, 32, 32)
     out, pre = _hf(_perturb(DeiTModel(cfg, add_pooling_layer=False)), tmp / "hf", x)
     return Case(tmp / "hf", x, pre, out.last_hidden_state)
@@ -200,8 +254,9 @@ def openclip_timm_tower(tmp: Path) -> Case:
     import open_clip
     from safetensors.torch import save_file
 
-    vision = dict(image_size=160, timm_model_name="test_vit3", timm_model_pretrained=False, timm_pool="map",
-                  timm_proj="none")  # fmt: skip
+    vision = dict(
+        image_size=160, timm_model_name="test_vit3", timm_model_pretrained=False, timm_pool="map", timm_proj="none"
+    )
     text = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
     model = _perturb(open_clip.CLIP(embed_dim=96, vision_cfg=vision, text_cfg=text))
     folder = tmp / "oc-siglip"
@@ -224,8 +279,11 @@ def _timm(tmp: Path) -> Case:
     import timm
     from timm.models._hub import save_for_hf
 
-    model = _perturb(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2,
-                                       embed_dim=64, num_heads=2))  # fmt: skip
+    model = _perturb(
+        timm.create_model(
+            "vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2, embed_dim=64, num_heads=2
+        )
+    )
     save_for_hf(model, tmp / "timm")
     x = torch.randn(2, 3, 56, 56)
     pre, normed = _hooked(model.norm, lambda: model.forward_features(x))
@@ -237,8 +295,9 @@ def _torchvision(tmp: Path) -> Case:
     overridden (the name's sizes themselves are read from torchvision's builder: ``test_models_formats``)."""
     from torchvision.models.vision_transformer import VisionTransformer
 
-    model = _perturb(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
-                                       mlp_dim=96))  # fmt: skip
+    model = _perturb(
+        VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=96)
+    )
     torch.save(model.state_dict(), tmp / "vit_tiny.pth")
     x = torch.randn(2, 3, 32, 32)
     pre, normed = _hooked(model.encoder.ln, lambda: model(x))
@@ -277,8 +336,15 @@ def _onnx_vit(tmp: Path) -> Case:
     """A ViTForImageClassification graph (its tensors under ``vit.``, as google/vit's exports)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                    patch_size=8, num_labels=3)  # fmt: skip
+    cfg = ViTConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
     model = _perturb(ViTForImageClassification(cfg))
     return _onnx_family(tmp, model, model.vit)
 
@@ -286,8 +352,9 @@ def _onnx_vit(tmp: Path) -> Case:
 def _onnx_deit(tmp: Path) -> Case:
     from transformers import DeiTConfig, DeiTModel
 
-    cfg = DeiTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                     patch_size=8)  # fmt: skip
+    cfg = DeiTConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     model = _perturb(DeiTModel(cfg, add_pooling_layer=False))
     return _onnx_family(tmp, model, model)
 
@@ -296,8 +363,9 @@ def _onnx_dinov2(tmp: Path) -> Case:
     """Dinov2Model (its graph resamples the position table to the input: read at the table's own grid)."""
     from transformers import Dinov2Config, Dinov2Model
 
-    cfg = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-                       layerscale_value=0.5)  # fmt: skip
+    cfg = Dinov2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8, layerscale_value=0.5
+    )
     model = _perturb(Dinov2Model(cfg))
     return _onnx_family(tmp, model, model)
 
@@ -306,8 +374,16 @@ def _onnx_dinov3(tmp: Path) -> Case:
     """DINOv3ViTModel (its RoPE computed in the graph, read from the graph's constants; 4 registers)."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8, num_register_tokens=4, layerscale_value=0.5)  # fmt: skip
+    cfg = DINOv3ViTConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        num_register_tokens=4,
+        layerscale_value=0.5,
+    )
     model = _perturb(DINOv3ViTModel(cfg))
     return _onnx_family(tmp, model, model, pooled=True, registers=4)
 
@@ -328,8 +404,14 @@ def _dinov2(tmp: Path) -> Case:
     x = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
     pre, normed = _dinov2_reference(sd, x, with_pre_norm=True)
     arch = dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS, img_size=GRID * PATCH, init_values=1.0)
-    return Case("dinov2_vits14_reg", x, pre, normed, kwargs=dict(weights=tmp / "dinov2_vits14_reg4_pretrain.pth",
-                                                                   **arch), registers=4)  # fmt: skip
+    return Case(
+        "dinov2_vits14_reg",
+        x,
+        pre,
+        normed,
+        kwargs=dict(weights=tmp / "dinov2_vits14_reg4_pretrain.pth", **arch),
+        registers=4,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- vitreg's own
@@ -352,8 +434,9 @@ def _preset(tmp: Path) -> Case:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "w.safetensors"))
     x = torch.randn(2, 3, 32, 32)
     pre, normed = _hooked(model.norm, lambda: model(x))
-    return Case("vit_pico_patch4_32", x, pre, normed, kwargs=dict(weights=tmp / "w.safetensors", registers=1),
-                registers=1)  # fmt: skip
+    return Case(
+        "vit_pico_patch4_32", x, pre, normed, kwargs=dict(weights=tmp / "w.safetensors", registers=1), registers=1
+    )
 
 
 def _delta(tmp: Path) -> Case:
@@ -390,6 +473,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "hf-siglip": _hf_siglip,
     "hf-siglip2": _hf_siglip2,
     "hf-vit": _hf_vit,
+    "hf-vit-mae": _hf_vit_mae,
     "hf-deit": _hf_deit,
     "openclip": _openclip,
     "torchvision": _torchvision,
@@ -469,8 +553,17 @@ if __name__ == "__main__":  # the table of the largest differences, per format
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).parent))
-    cols = ["pre patches", "pre cls", "pre registers", "pre dist", "normed patches", "normed cls", "normed registers",
-            "normed dist", "pooled"]  # fmt: skip
+    cols = [
+        "pre patches",
+        "pre cls",
+        "pre registers",
+        "pre dist",
+        "normed patches",
+        "normed cls",
+        "normed registers",
+        "normed dist",
+        "pooled",
+    ]
     print("| case | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for case_name in sorted(ALL):
