@@ -23,7 +23,8 @@ def print_formats() -> int:
     from vitreg.models import formats
 
     for f in formats.FORMATS:
-        print(f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}\n  e.g. {f.command}")
+        types = f"\n  model types: {', '.join(f.model_types)}" if f.model_types else ""
+        print(f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}{types}\n  e.g. {f.command}")
     return 0
 
 

@@ -106,13 +106,17 @@ def folder_format(folder: Path) -> tuple[Format, dict[str, Any]]:
             return f, data
     if "config.json" in parsed:
         data = parsed["config.json"]
-        types = sorted({t for f in FORMATS for t in f.model_types})
         what = f"model_type {data.get('model_type')!r}" if "model_type" in data else "no model_type nor architecture"
-        raise CheckpointError(
-            f"{folder / 'config.json'}: {what} is not one vitreg reads (model types read: {', '.join(types)}); "
-            f"accepted: {accepted()}"
-        )
-    raise CheckpointError(f"{folder}: not a model folder vitreg reads; accepted: {accepted()}")
+        raise CheckpointError(f"{folder / 'config.json'}: {what} is not one vitreg reads ({LIST_THEM})")
+    raise CheckpointError(f"{folder}: not a model folder vitreg reads (no {' or '.join(_markers())}; {LIST_THEM})")
+
+
+#: where a refusal points for the formats that load (the whole list is too long for a one-line message)
+LIST_THEM = "`vitreg models --formats` lists every format that loads, with the model types it reads"
+
+
+def _markers() -> list[str]:
+    return list(dict.fromkeys(f.config_file for f in FORMATS if f.config_file))
 
 
 def folder_config(folder: Path) -> tuple[Format, Any]:
