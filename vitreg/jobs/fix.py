@@ -7,16 +7,28 @@ sweep and the outlier share per block before and after) and, with ``save_model``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitreg.analysis.outlier_rule import OutlierRule
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
 from vitreg.results.fix import FixLayer, FixResult, HeldOut, NeuronSearch, NeuronsFile, TopKSweep
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    from vitreg.analysis.diagnose import Observer
+    from vitreg.analysis.stream import NormStream
+    from vitreg.analysis.ttr_sweep import OnBatch, SweepMeter
+    from vitreg.data.transforms import ImageTransform
+    from vitreg.jobs.diagnose import DonePass
+    from vitreg.models.inspect import Capture, Resume
 
 NEURONS_FILE = "neurons.json"
 HELD_OUT = "held_out"  # the diagnose run directory of the held-out images, inside a fix run directory
@@ -74,93 +86,20 @@ def fix(cfg: FixConfig) -> FixResult:
     each keeps its diagnosis, so the chosen k's is the fixed model's (``b``). The numbers are those of running each
     step on its own.
     """
-    import numpy as np
-
     from vitreg import atomic
-    from vitreg.analysis.diagnose import diagnose_model, resolve_layer
-    from vitreg.analysis.register_neurons import block_norms, find_register_neurons, image_batches
-    from vitreg.analysis.ttr_sweep import SweepMeter, sweep_top_k
-    from vitreg.data.transforms import ImageTransform
-    from vitreg.device import inference_dtype
-    from vitreg.jobs.diagnose import DonePass
     from vitreg.models.inspect import no_cls_notes
     from vitreg.results.codec import to_json
     from vitreg.results.rundir import write_result
 
     validate_all(cfg)
-    model, device, _ = cfg.model.start(cfg.runtime)
-    dtype = inference_dtype(cfg.runtime.precision, device)  # auto: fp32 (bf16 changed which tokens are outliers)
-    detect = resolve_layer(cfg.detect_layer, len(getattr(model, "blocks")), "--detect-layer")  # noqa: B009
-    out = Path(cfg.out)
-    transform = ImageTransform.from_model(model, mode="resize")
-    ds = cfg.images.open(transform, seed=cfg.runtime.seed)
-    loaded = list(cfg.images.loader(ds))  # decoded once: every pass below runs over these batches
-    batches = image_batches(loaded, cfg.images.batch_size)  # the usable ones as (images, labels), in the same order
-    labels = [y for _, y in batches]
-
-    def diagnosis(m: Any, desc: str, observe: Any, keep: Any = (), resume: Any = None) -> Any:
-        """One diagnose pass as `vitreg diagnose --layer DETECT` runs it, also feeding ``observe``."""
-        return diagnose_model(
-            m,
-            loaded,
-            transform.input_size,
-            transform.denormalize,
-            dtype=dtype,
-            examples=cfg.examples,
-            total=len(ds),
-            desc=desc,
-            layer=detect,
-            observe=observe,
-            keep_inputs=keep,
-            resume=resume,
-        )
-
-    # the original model, once: its diagnosis, the norms of blocks 0..detect and the sweep's "before" point
-    norms: list[np.ndarray] = []
-    before = SweepMeter.of(model, detect, 0)
-
-    def observe_original(i: int, _batch: dict, cap: Any) -> None:
-        norms.append(block_norms(cap, detect + 1))
-        before.add(cap, labels[i])
-
-    done = {"a": DonePass(diagnosis(model, "diagnose a", observe_original), transform.input_size)}
-    search = find_register_neurons(
-        model,
-        batches,
-        detect_layer=detect,
-        top_layer=cfg.top_layer,
-        rule=cfg.rule.kind,
-        value=cfg.rule.value,
-        sparse=cfg.sparse,
-        keep=max(256, cfg.max_top_k),
-        dtype=dtype,
-        norms=np.concatenate(norms),
-    )
-    sweep = None
-    passes: dict[int, Any] = {}  # k -> that fixed model's diagnosis
-
-    def run_pass(fixed: Any, k: int, on_batch: Any, keep: Any, resume: Any) -> None:
-        observe = lambda i, _batch, cap: on_batch(i, cap, labels[i])
-        passes[k] = diagnosis(fixed, f"top-k {k}", observe, keep, resume)
-
-    if search.neurons:
-        assert search.threshold is not None  # neurons are only found above a threshold
-        sweep = sweep_top_k(
-            model,
-            search,
-            batches,
-            registers=cfg.registers,
-            top_k=cfg.top_k,
-            max_k=cfg.max_top_k,
-            clear=cfg.clear,
-            dtype=dtype,
-            before=before.point(float(search.threshold), None),
-            run_pass=run_pass,
-        )
+    run = _FixRun.start(cfg)
+    done = {"a": run.original()}
+    search = run.search()
+    sweep = run.sweep(search)
     top_k = sweep.chosen if sweep is not None else 0
     if top_k:
-        done["b"] = DonePass(passes[top_k], transform.input_size)
-    passes.clear()
+        done["b"] = run.kept_pass(top_k)
+    out = Path(cfg.out)
     neurons = NeuronsFile(
         model=cfg.model.label, spec=cfg.model.spec, registers=cfg.registers, top_k=top_k, search=search
     )
@@ -175,22 +114,152 @@ def fix(cfg: FixConfig) -> FixResult:
         reason=search.reason,
         sweep=sweep,
         layers=layer_shares(out, metrics) if top_k else [],
-        flops_overhead=_flops_overhead(model, cfg.registers) if top_k else None,
+        flops_overhead=_flops_overhead(run.model, cfg.registers) if top_k else None,
         config=to_dict(cfg),
-        detect_layer=detect,
-        notes=no_cls_notes(model, "fix"),
+        detect_layer=run.detect,
+        notes=no_cls_notes(run.model, "fix"),
     )
     if cfg.held_out is not None:  # without neurons to move: the original's diagnosis there alone
         thr = float("inf") if search.threshold is None else float(search.threshold)
-        result.held_out = _held_out(cfg, model, neurons if top_k else None, detect, thr, dtype, out)
+        result.held_out = _held_out(cfg, run.model, neurons if top_k else None, run.detect, thr, run.dtype, out)
     if top_k and cfg.save_model:
         from vitreg.models.checkpoints import save_model
         from vitreg.models.ttr import add_test_time_registers
 
-        fixed = add_test_time_registers(model, neurons.selected, cfg.registers)
+        fixed = add_test_time_registers(run.model, neurons.selected, cfg.registers)
         result.saved_model = str(save_model(fixed, out / "model"))
     write_result(out, result)
     return result
+
+
+@dataclass
+class _FixRun:
+    """One fix's model and decoded images, and the passes over them (each a diagnose pass at the detection block)."""
+
+    cfg: FixConfig
+    model: nn.Module
+    dtype: torch.dtype | None
+    detect: int  # the detection block (0-based)
+    transform: ImageTransform
+    total: int  # images in the source
+    loaded: list[dict[str, Any]]  # the decoded batches every pass runs over
+    labels: list[torch.Tensor | None]  # per usable batch
+    norms: list[np.ndarray] = field(default_factory=list)  # the original's block norms, batch by batch
+    before: SweepMeter | None = None
+    passes: dict[int, NormStream] = field(default_factory=dict)  # k -> that fixed model's diagnosis
+
+    @classmethod
+    def start(cls, cfg: FixConfig) -> _FixRun:
+        from vitreg.analysis.diagnose import resolve_layer
+        from vitreg.analysis.register_neurons import image_batches
+        from vitreg.data.transforms import ImageTransform
+        from vitreg.device import inference_dtype
+
+        model, device, _ = cfg.model.start(cfg.runtime)
+        dtype = inference_dtype(cfg.runtime.precision, device)  # auto: fp32 (bf16 changed which tokens are outliers)
+        detect = resolve_layer(cfg.detect_layer, len(getattr(model, "blocks")), "--detect-layer")  # noqa: B009
+        transform = ImageTransform.from_model(model, mode="resize")
+        ds = cfg.images.open(transform, seed=cfg.runtime.seed)
+        loaded = list(cfg.images.loader(ds))  # decoded once: every pass below runs over these batches
+        labels = [y for _, y in image_batches(loaded, cfg.images.batch_size)]  # the usable ones, in order
+        return cls(cfg, model, dtype, detect, transform, len(ds), loaded, labels)
+
+    def diagnosis(
+        self,
+        model: nn.Module,
+        desc: str,
+        observe: Observer,
+        keep: Sequence[int] = (),
+        resume: Sequence[Resume | None] | None = None,
+    ) -> NormStream:
+        """One diagnose pass as `vitreg diagnose --layer DETECT` runs it, also feeding ``observe``."""
+        from vitreg.analysis.diagnose import diagnose_model
+
+        return diagnose_model(
+            model,
+            self.loaded,
+            self.transform.input_size,
+            self.transform.denormalize,
+            dtype=self.dtype,
+            examples=self.cfg.examples,
+            total=self.total,
+            desc=desc,
+            layer=self.detect,
+            observe=observe,
+            keep_inputs=keep,
+            resume=resume,
+        )
+
+    def original(self) -> DonePass:
+        """The original model, once: its diagnosis, the norms of blocks 0..detect and the sweep's "before" point."""
+        from vitreg.analysis.register_neurons import block_norms
+        from vitreg.analysis.ttr_sweep import SweepMeter
+        from vitreg.jobs.diagnose import DonePass
+
+        before = self.before = SweepMeter.of(self.model, self.detect, 0)
+
+        def observe(i: int, _batch: dict[str, Any], cap: Capture) -> None:
+            self.norms.append(block_norms(cap, self.detect + 1))
+            before.add(cap, self.labels[i])
+
+        return DonePass(self.diagnosis(self.model, "diagnose a", observe), self.transform.input_size)
+
+    def search(self) -> NeuronSearch:
+        import numpy as np
+
+        from vitreg.analysis.register_neurons import find_register_neurons, image_batches
+
+        c = self.cfg
+        return find_register_neurons(
+            self.model,
+            image_batches(self.loaded, c.images.batch_size),
+            detect_layer=self.detect,
+            top_layer=c.top_layer,
+            rule=c.rule.kind,
+            value=c.rule.value,
+            sparse=c.sparse,
+            keep=max(256, c.max_top_k),
+            dtype=self.dtype,
+            norms=np.concatenate(self.norms),
+        )
+
+    def sweep(self, search: NeuronSearch) -> TopKSweep | None:
+        """The top-k sweep (None: no neurons to move); each of its passes keeps its diagnosis."""
+        from vitreg.analysis.register_neurons import image_batches
+        from vitreg.analysis.ttr_sweep import sweep_top_k
+
+        if not search.neurons:
+            return None
+        assert search.threshold is not None  # neurons are only found above a threshold
+        assert self.before is not None  # the original's pass ran first
+        c = self.cfg
+
+        def run_pass(
+            fixed: nn.Module, k: int, on_batch: OnBatch, keep: Sequence[int], resume: Sequence[Resume | None] | None
+        ) -> None:
+            observe: Observer = lambda i, _batch, cap: on_batch(i, cap, self.labels[i])
+            self.passes[k] = self.diagnosis(fixed, f"top-k {k}", observe, keep, resume)
+
+        return sweep_top_k(
+            self.model,
+            search,
+            image_batches(self.loaded, c.images.batch_size),
+            registers=c.registers,
+            top_k=c.top_k,
+            max_k=c.max_top_k,
+            clear=c.clear,
+            dtype=self.dtype,
+            before=self.before.point(float(search.threshold), None),
+            run_pass=run_pass,
+        )
+
+    def kept_pass(self, k: int) -> DonePass:
+        """The chosen k's pass, as the fixed model's diagnosis (the others are dropped)."""
+        from vitreg.jobs.diagnose import DonePass
+
+        done = DonePass(self.passes[k], self.transform.input_size)
+        self.passes.clear()
+        return done
 
 
 def _held_out(
