@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import Markup
 from PIL import Image
 from test_report_browser import CHROMIUM_ARGS, _chromium
 
@@ -153,15 +154,25 @@ def test_browser_runs_no_script_from_data(hostile_run: Path, browser):
     assert seen == {"dialogs": [], "console": [], "errors": [], "requests": [], "blocked": []}
 
 
+def test_a_plain_string_is_text_whatever_it_holds(tmp_path: Path):
+    """The engine escapes what is not markup: a section body given as a string shows its tags as text."""
+    raw = f"<p>{IMG_NAME}</p><script>window.__inline_ran = 1</script>"
+    text = page("hostile", [Section("raw", "Raw", raw)], "footer")  # type: ignore[arg-type]
+    assert "<script>window.__inline_ran" not in text
+    assert "&lt;script&gt;window.__inline_ran = 1&lt;/script&gt;" in text
+
+
 def test_policy_stops_markup_that_escaped_escaping(tmp_path: Path, browser):
-    """Defence in depth: a section that forgot to escape a name still runs none of its script and loads nothing."""
+    """Defence in depth: a section that marked a name as markup by mistake (``Markup``: the template engine then
+    leaves it as is) still runs none of its script and loads nothing. (Text given as a plain string is escaped by
+    the engine: the test below of a plain string shows it.)"""
     raw = (
         f"<p>{IMG_NAME}</p><script>window.__inline_ran = 1</script>"
         "<img src='data:,x' onerror='window.__handler_ran = 1; alert(5)'>"
         "<link rel='stylesheet' href='https://example.invalid/x.css'>"
     )
     path = tmp_path / "page.html"
-    path.write_text(page("hostile", [Section("raw", "Raw", raw)], "footer"))
+    path.write_text(page("hostile", [Section("raw", "Raw", Markup(raw))], "footer"))
     tab, seen = _open(browser.new_page, path)
     tab.wait_for_timeout(300)  # let the broken images fire their error events
     assert tab.evaluate("[window.__inline_ran, window.__handler_ran]") == [None, None]

@@ -7,12 +7,14 @@ exact, the same number ``rundir.outlier_count`` gives in Python.
 
 from __future__ import annotations
 
-import html
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from markupsafe import Markup
 
 from vitreg.results.rundir import DiagnoseRun, outlier_count
 
@@ -65,50 +67,43 @@ def _json_for_script(data: Any) -> str:
     return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def explorer_html(run: DiagnoseRun) -> str:
+def explorer_html(run: DiagnoseRun) -> Markup:
     """The explorer's markup, filled with the initial counts (so the numbers read right even before the script)."""
+    from markupsafe import Markup
+
+    from vitreg.report.templating import render
+
     data = explorer_data(run)
     edges = np.asarray(data["edges"])
     start = data["start"]
     t0 = float(edges[start])
     rows = []
-    first = None
     for m in data["models"]:
         n = outlier_count(edges, np.asarray(m["counts"]), t0)
         ratio = n / m["total"] if m["total"] else 0.0
-        first = first or (n, ratio, m)
-        run_t = "none (no outliers)" if m["threshold"] is None else f"{m['threshold']:.4g}"
-        run_n = "–" if m["run_outliers"] is None else str(m["run_outliers"])
-        k = m["key"]
         rows.append(
-            f'<tr data-key="{k}"><td><span class="swatch" data-key="{k}"></span>{html.escape(m["label"])}</td>'
-            f'<td>{m["total"]}</td><td id="outlier-count-{k}">{n}</td>'
-            f'<td id="outlier-ratio-{k}">{100 * ratio:.2f}%</td><td>{run_t}</td><td>{run_n}</td></tr>'
+            dict(
+                key=m["key"],
+                label=m["label"],
+                total=m["total"],
+                count=n,
+                ratio=f"{100 * ratio:.2f}%",
+                run_threshold="none (no outliers)" if m["threshold"] is None else f"{m['threshold']:.4g}",
+                run_outliers="–" if m["run_outliers"] is None else str(m["run_outliers"]),
+            )
         )
-    if first is None:
+    if not rows:
         raise ValueError("the explorer needs at least one model")  # explorer_data always keeps the first model
-    n0, r0, m0 = first
-    note = ""
-    if data["skipped"]:
-        names = html.escape(", ".join(data["skipped"]))
-        note = f'<p class="note">Not in the explorer (different histogram bins): {names}</p>'
-    return f"""
-<div class="explorer" id="norm-explorer">
-<script type="application/json" id="explorer-data">{_json_for_script(data)}</script>
-<canvas id="norm-canvas" width="760" height="260" aria-label="output-norm histogram with threshold"></canvas>
-<div class="controls">
-  <label for="norm-slider">threshold</label>
-  <input type="range" id="norm-slider" min="0" max="{len(edges) - 1}" step="1" value="{start}">
-  <output id="norm-threshold" data-threshold="{t0!r}">{t0:.4g}</output>
-  <label><input type="checkbox" id="explorer-logx" checked> log x</label>
-  <label><input type="checkbox" id="explorer-logy" checked> log y</label>
-  <button type="button" id="explorer-reset">run's threshold</button>
-</div>
-<p class="readout"><b>{html.escape(m0["label"])}</b>: <span id="outlier-count">{n0}</span> of {m0["total"]} patch tokens
- at or above the threshold (<span id="outlier-ratio">{100 * r0:.2f}%</span>)</p>
-<table class="explorer-table"><thead><tr><th>model</th><th>patch tokens</th><th>outliers here</th><th>ratio here</th>
-<th>run's threshold</th><th>run's outliers</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
-{note}
-<p class="note">The slider moves over the saved histogram's bin edges and counts tokens with norm at or above the
-edge, so a position near the run's threshold can differ from the run's exact count by the tokens inside one bin.</p>
-</div>"""
+    return render(
+        "explorer.html.j2",
+        # the data for the script: JSON, with "<" escaped so no label can end the script element; markup by
+        # construction (the template must not HTML-escape what the script parses as JSON)
+        data_json=Markup(_json_for_script(data)),
+        last_edge=len(edges) - 1,
+        start=start,
+        t0_repr=repr(t0),
+        t0_text=f"{t0:.4g}",
+        first=rows[0],
+        rows=rows,
+        skipped=", ".join(data["skipped"]),
+    )

@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
-import html
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitreg import atomic
 from vitreg._version import __version__
 from vitreg.errors import RunDirError
 from vitreg.report.sections import Section, discover
+
+if TYPE_CHECKING:
+    from markupsafe import Markup
 
 
 def asset(name: str) -> str:
@@ -66,39 +69,32 @@ def content_security_policy(script: str | None) -> str:
     )
 
 
-def page(title: str, sections: Sequence[Section], footer: str, intro: str = "", script: bool = True) -> str:
-    """A whole self-contained page: ``sections`` in order, each with an anchor in the navigation bar."""
-    nav = "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in sections)
-    body = "\n".join(
-        f'<section id="{html.escape(s.id)}"><h2>{html.escape(s.title)}</h2>\n{s.html}\n</section>' for s in sections
-    )
-    # the script goes last so every element it looks up exists; "</" cannot occur in it unescaped
+def page(
+    title: str, sections: Sequence[Section], footer: str | Markup, intro: str | Markup = "", script: bool = True
+) -> str:
+    """A whole self-contained page: ``sections`` in order, each with an anchor in the navigation bar. ``footer`` and
+    ``intro``: text, or markup rendered from a template."""
+    from markupsafe import Markup
+
+    from vitreg.report.templating import render
+
+    # the page's own script and style sheet are markup by construction; "</" cannot occur in the script unescaped,
+    # so no text in it can end the script element
     code = "\n" + asset("explorer.js").replace("</", "<\\/") + "\n"
-    js = f"<script>{code}</script>" if script else ""
-    csp = html.escape(content_security_policy(code if script else None))
-    title = html.escape(title)
-    # the policy comes first in <head>: it governs only what follows it
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-{asset("report.css")}
-</style>
-</head>
-<body>
-<header><h1>{title}</h1>{intro}<nav>{nav}</nav></header>
-<main>
-{body}
-</main>
-<footer><p class="note">{footer}</p></footer>
-{js}
-</body>
-</html>
-"""
+    csp = content_security_policy(code if script else None)
+    return (
+        render(
+            "page.html.j2",
+            title=title,
+            csp=csp,
+            css=Markup(asset("report.css")),
+            intro=intro,
+            sections=sections,
+            footer=footer,
+            script=Markup(code) if script else None,
+        )
+        + "\n"
+    )
 
 
 def build_page(run_dir: Path) -> str:
@@ -107,11 +103,10 @@ def build_page(run_dir: Path) -> str:
     sections = discover(run_dir)
     if not sections:
         raise RunDirError(f"nothing to report in {run_dir}: no metrics.json or other results a section can read")
+    from vitreg.report.templating import render
+
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    footer = (
-        f"Drawn by vitreg {__version__} from the files in {html.escape(run_dir.name)}/ on {stamp}; "
-        "<code>vitreg report DIR</code> re-renders it without a model."
-    )
+    footer = render("footer.html.j2", version=__version__, folder=run_dir.name, stamp=stamp)
     return page(_title(run_dir), sections, footer)
 
 

@@ -3,16 +3,17 @@ the stages' saved files (never from a model), so a second run only re-renders.""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from vitreg import atomic
 from vitreg.report import plot_maps, plot_norms
 from vitreg.report.html import page
 from vitreg.report.sections import Section, img_tag, save_figure, table
+from vitreg.report.templating import render
 from vitreg.reproduce.claims import STATUS_MARK
 from vitreg.reproduce.part import HEADINGS, Part
 from vitreg.reproduce.pipeline import LabDirs
@@ -197,7 +198,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]]) -> Markup:
     return table([dict(zip(header, r, strict=True)) for r in rows], header)
 
 
@@ -317,35 +318,19 @@ def write_markdown(results: ReproduceResults, out: Path) -> Path:
     return atomic.write_text(out / "report.md", "\n".join(lines))
 
 
-def _item_html(item: Item, registers: list[int], out: Path) -> str:
-    parts = [f"<p class='source'>Published: {html.escape(item.source)}.</p>"]
+def _item_html(item: Item, registers: list[int], out: Path) -> Markup:
     header, rows = item_table(item, registers)
-    if rows:
-        parts.append(_html_table(header, rows))
-    if item.note:
-        parts.append(f"<p>{html.escape(item.note)}</p>")
-    if item.claims:
-        marks = "".join(
-            f"<li><b class='{c.status.replace(' ', '-')}'>{STATUS_MARK[c.status]}</b>: "
-            f"{html.escape(c.claim)}. {html.escape(c.evidence)}</li>"
-            for c in item.claims
-        )
-        parts.append(f"<ul>{marks}</ul>")
-    for f in item.figures:
-        png = out / "figures" / f
-        if png.is_file():
-            parts.append(f"<figure>{img_tag(png, alt=f)}</figure>")
-    return "".join(parts)
+    figures = [img_tag(out / "figures" / f, alt=f) for f in item.figures if (out / "figures" / f).is_file()]
+    table_html = _html_table(header, rows) if rows else ""
+    return render("reproduce_item.html.j2", item=item, table=table_html, marks=STATUS_MARK, figures=figures)
 
 
 def write_html(results: ReproduceResults, out: Path) -> Path:
-    intro = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in summary_lines(results)) + "</ul>"
+    intro = render("list.html.j2", lines=summary_lines(results))
     sections = [Section("claims", "Claims", _html_table(CLAIM_HEADER, _claim_rows(results)))]
     for heading, items in _parts(results):
         for i, it in enumerate(items):
             title = f"{heading} · {it.title}" if heading and i == 0 else it.title
             sections.append(Section(it.id, title, _item_html(it, results.registers, out)))
     footer = "Drawn from results.json and the stages' files; `vitreg reproduce` with the same settings re-renders it."
-    return atomic.write_text(
-        out / "report.html", page(results.title, sections, html.escape(footer), intro, script=False)
-    )
+    return atomic.write_text(out / "report.html", page(results.title, sections, footer, intro, script=False))

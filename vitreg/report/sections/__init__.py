@@ -8,7 +8,6 @@ The page builder discovers the modules and orders sections by ``order``.
 from __future__ import annotations
 
 import base64
-import html
 import importlib
 import math
 import pkgutil
@@ -19,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
 from matplotlib.ticker import LogFormatterMathtext, LogFormatterSciNotation
 
 
@@ -26,7 +26,7 @@ from matplotlib.ticker import LogFormatterMathtext, LogFormatterSciNotation
 class Section:
     id: str  # html anchor, unique in the page
     title: str
-    html: str  # body fragment; images embedded as data URIs so the page stays one self-contained file
+    html: Markup  # body fragment rendered from templates; images embedded as data URIs (one self-contained file)
     order: int = 100  # lower first
 
 
@@ -41,32 +41,63 @@ def discover(run_dir: Path) -> list[Section]:
     return sorted(out, key=lambda s: (s.order, s.id))
 
 
-def img_tag(png: Path, alt: str = "", width: str | None = None) -> str:
+def img_tag(png: Path, alt: str = "", width: str | None = None) -> Markup:
     """An <img> with the PNG embedded as a data URI."""
-    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    style = f' style="max-width:{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{style}>'
+    from vitreg.report.templating import render
+
+    return render("img.html.j2", alt=alt, data=base64.b64encode(Path(png).read_bytes()).decode("ascii"), width=width)
+
+
+def figure(png: Path, alt: str = "", caption: str | None = None, width: str | None = None) -> Markup:
+    """An embedded figure and its caption (text) below it."""
+    from vitreg.report.templating import render
+
+    return render("figure.html.j2", img=img_tag(png, alt, width), caption=caption)
+
+
+def paragraph(text: str, cls: str | None = None) -> Markup:
+    """A paragraph of text (escaped)."""
+    from vitreg.report.templating import render
+
+    return render("paragraph.html.j2", text=text, cls=cls)
+
+
+def bold(text: str) -> Markup:
+    """A headline paragraph in bold (text, escaped)."""
+    from vitreg.report.templating import render
+
+    return render("bold.html.j2", text=text)
+
+
+def note(text: str) -> Markup:
+    """A note: a small paragraph of text (escaped)."""
+    return paragraph(text, "note")
 
 
 def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell's text (the template escapes it): "–" for none, yes/no, numbers to ``digits`` digits."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
-    return html.escape(str(v))
+    return str(v)
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, caption: str = "") -> str:
-    """A plain HTML table of ``rows`` (dicts); ``columns`` picks and orders the keys."""
+def table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, caption: str = "", cls: str | None = None
+) -> Markup:
+    """A plain HTML table of ``rows`` (dicts); ``columns`` picks and orders the keys; a row's ``__style__`` key
+    styles its row."""
+    from markupsafe import Markup
+
+    from vitreg.report.templating import render
+
     if not rows:
-        return ""
-    columns = list(columns or rows[0].keys())
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return Markup("")
+    columns = list(columns or [k for k in rows[0] if k != "__style__"])
+    return render("table.html.j2", rows=rows, columns=columns, caption=caption, cls=cls)
 
 
 def stale(figure: Path, source: Path) -> bool:

@@ -6,14 +6,18 @@ Every number comes from the run's metrics.json or arrays_<key>.npz; figures are 
 
 from __future__ import annotations
 
-import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
+from vitreg.report import templating
 from vitreg.report.explorer import explorer_html
 from vitreg.report.figures import draw_figures, read_manifest, safe_key
-from vitreg.report.sections import Section, fmt, img_tag, table
+from vitreg.report.sections import Section, figure, fmt, table
+from vitreg.report.templating import join
 from vitreg.results.rundir import DiagnoseRun, ModelRun, is_diagnose_run, load_run
 
 
@@ -24,11 +28,8 @@ def render(run_dir: Path) -> list[Section]:
     manifest = read_manifest(run_dir) or draw_figures(run_dir)
     figs = {name: Path(run_dir) / "figures" / f for name, f in manifest["figures"].items()}
 
-    def fig(name: str, caption: str | None, alt: str = "") -> str:
-        if name not in figs:
-            return ""
-        text = f'<p class="figure-caption">{html.escape(caption)}</p>' if caption else ""
-        return img_tag(figs[name], alt or name) + text
+    def fig(name: str, caption: str | None, alt: str = "") -> Markup:
+        return figure(figs[name], alt or name, caption) if name in figs else Markup("")
 
     sections = [
         Section("diagnose-summary", "Diagnosis summary", _summary(run), order=10),
@@ -38,14 +39,16 @@ def render(run_dir: Path) -> list[Section]:
         Section("diagnose-where", "Where the outliers sit", _where(run, fig), order=50),
     ]
     # one caption under all models' figures: they differ only by model
-    pictures = "".join(fig(f"examples_{safe_key(m.key)}", None, f"examples {m.label}") for m in run.models)
+    pictures = join(fig(f"examples_{safe_key(m.key)}", None, f"examples {m.label}") for m in run.models)
     if pictures:
-        body = pictures + f'<p class="figure-caption">{html.escape(_EXAMPLES_CAPTION)}</p>'
+        body = join([pictures, templating.render("figure.html.j2", img=Markup(""), caption=_EXAMPLES_CAPTION)])
         sections.append(Section("diagnose-pictures", "Pictures", body, order=60))
-    regs = "".join(fig(f"registers_{safe_key(m.key)}", None, f"registers {m.label}") for m in run.models)
+    regs = join(fig(f"registers_{safe_key(m.key)}", None, f"registers {m.label}") for m in run.models)
     if regs:
-        body = regs + f'<p class="figure-caption">{html.escape(_REGISTERS_CAPTION)}</p>' + _register_table(run)
-        sections.append(Section("diagnose-registers", "[CLS] and registers", body, order=70))
+        caption = templating.render("figure.html.j2", img=Markup(""), caption=_REGISTERS_CAPTION)
+        sections.append(
+            Section("diagnose-registers", "[CLS] and registers", join([regs, caption, _register_table(run)]), order=70)
+        )
     return sections
 
 
@@ -76,7 +79,7 @@ def _statistic(m: ModelRun) -> str | None:
     return f"{stat.get('name', 'statistic')} = {fmt(stat['value'])}"
 
 
-def _statistic_details(run: DiagnoseRun) -> str:
+def _statistic_details(run: DiagnoseRun) -> Markup:
     """Every field of each model's bimodality statistic (the summary cell shows only its headline value)."""
     rows = [
         {"model": m.label} | {k: v for k, v in m.result.rule.statistic.items() if not isinstance(v, dict | list)}
@@ -84,16 +87,15 @@ def _statistic_details(run: DiagnoseRun) -> str:
         if m.result.rule.statistic
     ]
     if not rows:
-        return ""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    return f"<details><summary>bimodality test details</summary>{table(rows, columns)}</details>"
+        return Markup("")
+    return table(rows, list(dict.fromkeys(k for r in rows for k in r)))
 
 
 def _background(m: ModelRun, value: float | None) -> str | None:
     return _pct(value) if m.result.masks.available else "no masks"
 
 
-def _summary(run: DiagnoseRun) -> str:
+def _summary(run: DiagnoseRun) -> Markup:
     rows = []
     for m in run.models:
         r = m.result
@@ -118,11 +120,6 @@ def _summary(run: DiagnoseRun) -> str:
         )
     summary = run.metrics.summary
     headline = summary.verdict if summary is not None and summary.verdict else run.models[0].result.verdict
-    out = f'<p class="verdict">{html.escape(str(headline))}</p>' if headline else ""
-    out += _summary_table(rows)
-    for m in run.models:
-        out += "".join(f'<p class="note">{html.escape(m.label)}: {html.escape(n)}</p>' for n in m.result.notes)
-    out += _statistic_details(run)
     norms = [
         {
             "model": m.label,
@@ -137,18 +134,23 @@ def _summary(run: DiagnoseRun) -> str:
         }
         for m in run.models
     ]
-    out += table(norms, caption=_output_caption(run))
-    for m in run.models:
-        bad = m.result.bad_images
-        if bad:
-            items = "".join(f"<li>{html.escape(b.path)}: {html.escape(b.reason)}</li>" for b in bad[:50])
-            more = f"<li>… and {len(bad) - 50} more</li>" if len(bad) > 50 else ""
-            title = f"{html.escape(m.label)}: {len(bad)} bad images skipped"
-            out += f"<details><summary>{title}</summary><ul>{items}{more}</ul></details>"
-    cfg = json.dumps(run.metrics.config, indent=2, default=str)
-    title = f"resolved config (vitreg {html.escape(run.metrics.vitreg_version or '?')})"
-    out += f"<details><summary>{title}</summary><pre>{html.escape(cfg)}</pre></details>"
-    return out
+    bad = [
+        (m.label, [(b.path, b.reason) for b in m.result.bad_images[:50]], max(0, len(m.result.bad_images) - 50))
+        for m in run.models
+        if m.result.bad_images
+    ]
+    return templating.render(
+        "diagnose_summary.html.j2",
+        headline=headline,
+        columns=[c for c in rows[0] if c != "verdict"],  # the verdict, a sentence, goes on a full-width row below
+        rows=rows,
+        notes=[(m.label, n) for m in run.models for n in m.result.notes],
+        statistic=_statistic_details(run),
+        norms=table(norms, caption=_output_caption(run)),
+        bad_images=bad,
+        version=run.metrics.vitreg_version or "?",
+        config=json.dumps(run.metrics.config, indent=2, default=str),
+    )
 
 
 def _output_caption(run: DiagnoseRun) -> str:
@@ -159,94 +161,82 @@ def _output_caption(run: DiagnoseRun) -> str:
     return f"Norms of the analysed block's output tokens (--layer; {which})"
 
 
-def _summary_table(rows: list[dict[str, Any]]) -> str:
-    """One row of numbers per model with its verdict on a full-width row below (a sentence too long for a cell)."""
-    columns = [c for c in rows[0] if c != "verdict"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = ""
-    for r in rows:
-        body += "<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>"
-        verdict = f"<b>verdict:</b> {fmt(r.get('verdict'))}"
-        body += f'<tr class="verdict-row"><td colspan="{len(columns)}">{verdict}</td></tr>'
-    caption = "<caption>One row per model (all values from metrics.json)</caption>"
-    return f'<table class="summary">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _explorer(run: DiagnoseRun) -> str:
-    return (
-        '<p class="note">Move the threshold over the histogram of output patch-token norms: the outlier count and '
-        "ratio update for every model (counts from the saved histogram).</p>" + explorer_html(run)
+def _explorer(run: DiagnoseRun) -> Markup:
+    note = (
+        "Move the threshold over the histogram of output patch-token norms: the outlier count and ratio update for "
+        "every model (counts from the saved histogram)."
     )
+    return join([templating.render("note.html.j2", text=note), explorer_html(run)])
 
 
-def _norms(run: DiagnoseRun, log_x: bool, fig) -> str:
+def _norms(run: DiagnoseRun, log_x: bool, fig: Callable[..., Markup]) -> Markup:
     primary, other = ("norm_hist_logx", "norm_hist") if log_x else ("norm_hist", "norm_hist_logx")
     caption = (
         "Output patch-token norms (Fig. 3 and 7 of Darcet et al.): dashed line = the run's threshold, "
         "triangles = mean [CLS] and register norms."
     )
-    body = fig(primary, caption)
     alt = fig(other, caption)
-    if alt:
-        body += f"<details><summary>{'linear' if log_x else 'log'} x axis</summary>{alt}</details>"
-    return body
+    more = (
+        templating.render("details.html.j2", summary=f"{'linear' if log_x else 'log'} x axis", body=alt) if alt else ""
+    )
+    return join([fig(primary, caption), more])
 
 
-def _layers(run: DiagnoseRun, fig) -> str:
-    body = fig(
+def _layers(run: DiagnoseRun, fig: Callable[..., Markup]) -> Markup:
+    first = fig(
         "layers",
         "Patch-token norm distribution of every block output (Fig. 4a): colour = share of the layer's tokens; lines = "
         "median, 98th percentile and max; crosses = per-layer threshold; red dashed line = first outlier layer; "
         "bars = outlier ratio per layer.",
     )
-    body += fig("sweep", "Outlier ratio and norm ratio per entry: along training (Fig. 4b) or model size (Fig. 4c).")
-    for m in run.models:
-        body += _layer_table(m)
-    return body
+    sweep = fig("sweep", "Outlier ratio and norm ratio per entry: along training (Fig. 4b) or model size (Fig. 4c).")
+    return join([first, sweep, *(_layer_table(m) for m in run.models)])
 
 
 _STRONGEST = "background:#fff1bf"  # the strongest block's row
 _ANALYSED = "font-weight:bold"  # the analysed block's row (--layer)
 
 
-def _layer_table(m: ModelRun) -> str:
+def _layer_table(m: ModelRun) -> Markup:
     """Every block of one model: the auto rule's test, the outliers under the run's rule and the norm share the auto
     outliers hold, with the analysed block in bold and the strongest block shaded (and both named in the last
     column, for readers without colour)."""
     r = m.result
     if not r.layers:
-        return ""
+        return Markup("")
     rule = r.rule.kind
     columns = ["block", "median", "p98", "max", "bimodal", "Ashman's D", f"outliers ({rule})", f"norm ratio ({rule})"]
     columns += [] if rule == "auto" else ["outliers (auto)"]
     columns += ["outlier norm share", ""]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    rows = ""
+    rows = []
     for d in r.layers:
         cells = [d.layer, d.median, d.p98, d.max, d.bimodal, d.ashman_d, _pct(d.outlier_ratio), d.norm_ratio]
         cells += [] if rule == "auto" else [_pct(d.auto_outlier_ratio)]
-        marks = [t for t, on in (("analysed", d.layer == r.output_layer), ("strongest", d.layer == r.strongest_layer))
-                 if on]  # fmt: skip
+        marks = [
+            t for t, on in (("analysed", d.layer == r.output_layer), ("strongest", d.layer == r.strongest_layer)) if on
+        ]
         cells += [_pct(d.outlier_norm_share), " + ".join(marks) or None]
         style = ";".join(st for st, on in ((_STRONGEST, "strongest" in marks), (_ANALYSED, "analysed" in marks)) if on)
-        attr = f' style="{style}"' if style else ""
-        rows += f"<tr{attr}>" + "".join(f"<td>{fmt(c)}</td>" for c in cells) + "</tr>"
+        rows.append(dict(zip(columns, cells, strict=True)) | ({"__style__": style} if style else {}))
     strongest = "none (no block has an outlier mode)" if r.strongest_layer is None else f"block {r.strongest_layer}"
     caption = (
         f"{m.label}: per block. Analysed block (bold): {r.output_layer} of {r.depth} (--layer; the outlier rule, "
         f"positions, neighbours, background share and pictures use its tokens). Strongest artifact signature "
         f"(shaded): {strongest}."
     )
-    note = ""
-    if r.strongest_definition:
-        note = f'<p class="note">Strongest block: {html.escape(r.strongest_definition)}.</p>'
-    cap = f"<caption>{html.escape(caption)}</caption>"
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
+    note = (
+        templating.render("note.html.j2", text=f"Strongest block: {r.strongest_definition}.")
+        if r.strongest_definition
+        else ""
+    )
+    return join([table(rows, columns, caption=caption), note])
 
 
-def _where(run: DiagnoseRun, fig) -> str:
-    body = fig("positions", "Share of tokens above the threshold at each grid position over the dataset (Fig. 10).")
-    body += fig(
+def _where(run: DiagnoseRun, fig: Callable[..., Markup]) -> Markup:
+    positions = fig(
+        "positions", "Share of tokens above the threshold at each grid position over the dataset (Fig. 10)."
+    )
+    neighbors = fig(
         "neighbors",
         "Cosine similarity of each input patch embedding to its 4 neighbours, outliers vs normal patches, as "
         "densities (Fig. 5a). Artifacts in the paper's sense sit on redundant patches (similarity near 1).",
@@ -262,10 +252,10 @@ def _where(run: DiagnoseRun, fig) -> str:
         }
         for m in run.models
     ]
-    return body + table(rows, caption="Redundancy and background share (from metrics.json)")
+    return join([positions, neighbors, table(rows, caption="Redundancy and background share (from metrics.json)")])
 
 
-def _register_table(run: DiagnoseRun) -> str:
+def _register_table(run: DiagnoseRun) -> Markup:
     rows = [
         {
             "model": m.label,

@@ -5,15 +5,17 @@ From distill.json, metrics.jsonl and the held-out diagnose run directory."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
+from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from vitreg.jobs.distill import HELD_OUT
-from vitreg.report.sections import Section, img_tag, save_figure, stale, table
+from vitreg.report import templating
+from vitreg.report.sections import Section, bold, figure, img_tag, note, save_figure, stale, table
 from vitreg.report.sections.fix import attention_figure
+from vitreg.report.templating import join
 from vitreg.results.distill import Comparison, DistillResult
 from vitreg.results.rundir import arrays_path, has_result, read_result
 
@@ -127,7 +129,7 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
 
 
-def comparison_table(h: Comparison, caption: str) -> str:
+def comparison_table(h: Comparison, caption: str) -> Markup:
     models = [
         ("original", h.original),
         (f"{h.registers} distilled registers", h.distilled),
@@ -149,7 +151,7 @@ def comparison_table(h: Comparison, caption: str) -> str:
     return table(rows, caption=caption)
 
 
-def layers_table(h: Comparison) -> str:
+def layers_table(h: Comparison) -> Markup:
     return table(
         [
             {
@@ -178,15 +180,8 @@ def render(run_dir: Path) -> list[Section]:
         if result.teacher == "ttr"
         else "the original averaged over shifted and flipped views (PH-Reg's denoised final features)"
     )
-    parts = [
-        f"<p><b>{html.escape(result.outcome)}</b></p>",
-        f"<p>The registers were added to the released model <i>post hoc</i>, by self-distillation, not trained with "
-        f"it from scratch as in the paper. Student: {html.escape(result.base)} with {result.registers} new "
-        f"register tokens; trained: {html.escape(result.unlock_description)} ({result.trained_parameters:,} "
-        f"numbers); teacher: {teacher}; {result.steps} steps of {result.batch_size} images on {result.images} images "
-        f"of {html.escape(result.source)}. Stored as a {result.delta_bytes / 1e6:.2f} MB delta to its base.</p>",
-    ]
-    parts += [f'<p class="note">{html.escape(n)}</p>' for n in result.notes]
+    parts = [bold(result.outcome), templating.render("distill_intro.html.j2", r=result, teacher=teacher)]
+    parts += [note(n) for n in result.notes]
     h = result.held_out
     if h is not None:
         parts.append(comparison_table(h, f"Held out: {h.images} images of {h.source} (not used to distil)"))
@@ -194,11 +189,11 @@ def render(run_dir: Path) -> list[Section]:
         parts.append(img_tag(figs["layers"], "held-out outliers per block"))
         parts.append(layers_table(h))
     if "attention" in figs:
-        parts.append(img_tag(figs["attention"], "attention of [CLS] and the registers"))
-        parts.append(
-            '<p class="figure-caption">Mean last-block attention of [CLS] and of each register over the '
-            "held-out images: the original, the distilled registers and one test-time register.</p>"
+        caption = (
+            "Mean last-block attention of [CLS] and of each register over the held-out images: the original, the "
+            "distilled registers and one test-time register."
         )
+        parts.append(figure(figs["attention"], "attention of [CLS] and the registers", caption))
     if "curve" in figs:
         parts.append(img_tag(figs["curve"], "training curve"))
     c = result.cost
@@ -221,4 +216,4 @@ def render(run_dir: Path) -> list[Section]:
                 caption="Cost (this run; a resumed run counts its own part)",
             )
         )
-    return [Section("distill", "Distilled registers", "".join(parts), order=5)]
+    return [Section("distill", "Distilled registers", join(parts), order=5)]

@@ -4,14 +4,14 @@ and the diagnosis arrays of the original (a) and fixed (b) model."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from vitreg.report.sections import Section, img_tag, save_figure, stale, table
+from vitreg.report.sections import Section, bold, figure, img_tag, note, paragraph, save_figure, stale, table
+from vitreg.report.templating import join
 from vitreg.results.fix import FixResult, NeuronsFile
 from vitreg.results.rundir import arrays_path, has_result, read_arrays, read_json, read_result
 
@@ -155,28 +155,31 @@ def render(run_dir: Path) -> list[Section]:
     figs = _figures(run_dir, result)
     thr = "none" if s.threshold is None else f"{s.threshold:.4g}"
     parts = [
-        f"<p><b>{html.escape(result.outcome)}</b></p>",
-        f"<p>{html.escape(result.model)}: outliers are block {s.detect_layer}'s patch tokens above {thr} "
-        f"({html.escape(s.rule)} rule, {s.images} images, {s.images_with_outliers} with outliers); units were scored "
-        f"in blocks 0..{s.top_layer if s.top_layer is not None else '–'} (where the outliers first appear). The "
-        "test-time registers are the last registers of the fixed model (b); neurons.json holds the ranked units.</p>",
+        bold(result.outcome),
+        paragraph(
+            f"{result.model}: outliers are block {s.detect_layer}'s patch tokens above {thr} ({s.rule} rule, "
+            f"{s.images} images, {s.images_with_outliers} with outliers); units were scored in blocks "
+            f"0..{s.top_layer if s.top_layer is not None else '–'} (where the outliers first appear). The test-time "
+            "registers are the last registers of the fixed model (b); neurons.json holds the ranked units."
+        ),
     ]
-    parts += [f'<p class="note">{html.escape(n)}</p>' for n in result.notes]
+    parts += [note(n) for n in result.notes]
     h = result.held_out
     if h is not None and h.after is not None:
         cos = "n/a" if h.after.cls_cosine is None else f"{h.after.cls_cosine:.3f}"
         parts.append(
-            f"<p>Held out ({h.images} images of {html.escape(h.source)}, not used to find the neurons): outliers "
-            f"{100 * h.before.outlier_share:.2f}% -> {100 * h.after.outlier_share:.2f}% of block {s.detect_layer}'s "
-            f"patch tokens (the fit's threshold), final [CLS] cosine to the original {cos}.</p>"
+            paragraph(
+                f"Held out ({h.images} images of {h.source}, not used to find the neurons): outliers "
+                f"{100 * h.before.outlier_share:.2f}% -> {100 * h.after.outlier_share:.2f}% of block "
+                f"{s.detect_layer}'s patch tokens (the fit's threshold), final [CLS] cosine to the original {cos}."
+            )
         )
     if "fix_sweep" in figs:
-        parts.append(img_tag(figs["fix_sweep"], "outlier share as top-k grows"))
-        parts.append(
-            '<p class="figure-caption">Outlier share at the detection block with the first k neurons moved '
-            "(k = 0: the extra token alone), measured against the original model's threshold, and the cosine of "
-            "the final [CLS] to the original's.</p>"
+        caption = (
+            "Outlier share at the detection block with the first k neurons moved (k = 0: the extra token alone), "
+            "measured against the original model's threshold, and the cosine of the final [CLS] to the original's."
         )
+        parts.append(figure(figs["fix_sweep"], "outlier share as top-k grows", caption))
     if "fix_layers" in figs:
         parts.append(img_tag(figs["fix_layers"], "outliers per block before and after"))
         layer_rows = [
@@ -186,11 +189,11 @@ def render(run_dir: Path) -> list[Section]:
         ]  # fmt: skip
         parts.append(table(layer_rows, caption="Patch tokens above the original model's auto threshold, per block"))
     if "fix_attention" in figs:
-        parts.append(img_tag(figs["fix_attention"], "attention before and after"))
-        parts.append(
-            '<p class="figure-caption">Mean last-block attention of [CLS] and of each register over the images: '
-            "the original (top) and with test-time registers (bottom).</p>"
+        caption = (
+            "Mean last-block attention of [CLS] and of each register over the images: the original (top) and with "
+            "test-time registers (bottom)."
         )
+        parts.append(figure(figs["fix_attention"], "attention before and after", caption))
     if result.sweep is not None:
         cols = ["k", "outlier_share", "max_patch_norm", "register_norm", "cls_cosine", "top1", "agreement"]
         sweep_rows = [{c: getattr(p, c) for c in cols} for p in [result.sweep.before, *result.sweep.points]]
@@ -198,4 +201,4 @@ def render(run_dir: Path) -> list[Section]:
         parts.append(table(sweep_rows, cols, caption="The top-k sweep"))
     if s.neurons:
         parts.append(table(_neuron_rows(neurons), caption="Register neurons, ranked by score"))
-    return [Section("fix", "Test-time registers", "".join(parts), order=5)]
+    return [Section("fix", "Test-time registers", join(parts), order=5)]

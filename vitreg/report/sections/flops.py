@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vitreg.report.sections import Section, img_tag, save_figure, stale, table
+from vitreg.report.sections import Section, img_tag, note, save_figure, stale, table
+from vitreg.report.templating import join
 from vitreg.results.flops import FlopsResult
 from vitreg.results.rundir import has_result, read_result, result_path
 
@@ -38,10 +38,7 @@ def render(run_dir: Path) -> list[Section]:
     fig_path = Path(run_dir) / "figures" / "flops.png"
     if stale(fig_path, path):
         draw(run_dir, data)
-    parts = [
-        img_tag(fig_path, "FLOP overhead against registers"),
-        f'<p class="note">Counted: {html.escape(data.counted)}.</p>',
-    ]
+    parts = [img_tag(fig_path, "FLOP overhead against registers"), note(f"Counted: {data.counted}.")]
     for m in data.models:
         rows = [
             {
@@ -56,4 +53,4 @@ def render(run_dir: Path) -> list[Section]:
             for r in m.rows
         ]
         parts.append(table(rows, caption=f"{m.model} (width {m.width}, depth {m.depth})"))
-    return [Section("flops", "FLOPs and parameters of registers", "".join(parts), order=300)]
+    return [Section("flops", "FLOPs and parameters of registers", join(parts), order=300)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vitreg.errors import RunDirError
-from vitreg.report.sections import Section, img_tag, save_figure, stale, table
+from vitreg.report.sections import Section, figure, note, paragraph, save_figure, stale, table
+from vitreg.report.templating import join
 from vitreg.results.lost import LostResult
 from vitreg.results.rundir import LOST_EXAMPLES, has_result, read_npz, read_result
 
@@ -73,24 +73,25 @@ def render(run_dir: Path) -> list[Section]:
         }
         for r in data.results
     ]
-    intro = (
-        f"<p>{html.escape(data.model)} ({data.registers} registers), {data.images} images of "
-        f"{html.escape(data.dataset)}, {html.escape(data.protocol)}; features: "
-        f"{html.escape(s.features)} of block {s.layer}, k = {s.k}, "
-        f"{'L2-normalised' if s.normalize else 'not normalised'}; {len(data.bad_images)} images skipped as "
-        f"bad. CorLoc (%) = images whose box has IoU ≥ 0.5 with a ground-truth box.</p>"
+    intro = paragraph(
+        f"{data.model} ({data.registers} registers), {data.images} images of {data.dataset}, {data.protocol}; "
+        f"features: {s.features} of block {s.layer}, k = {s.k}, {'L2-normalised' if s.normalize else 'not normalised'}"
+        f"; {len(data.bad_images)} images skipped as bad. CorLoc (%) = images whose box has IoU ≥ 0.5 with a "
+        "ground-truth box."
     )
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in data.notes)
-    parts = [intro + notes, table(rows, caption="LOST CorLoc per bias added to the Gram matrix")]
+    parts = [
+        intro,
+        *(note(n) for n in data.notes),
+        table(rows, caption="LOST CorLoc per bias added to the Gram matrix"),
+    ]
     fig_path = Path(run_dir) / "figures" / "lost_examples.png"
     npz = Path(run_dir) / LOST_EXAMPLES
     if npz.is_file() and stale(fig_path, npz):
         draw(run_dir)
     if fig_path.is_file():
-        parts.append(img_tag(fig_path, "LOST examples"))
-        parts.append(
-            '<p class="figure-caption">Top: predicted box (red), ground-truth boxes (green), seed (star); bottom: '
-            "patch degree (positive correlations) and the expanded mask (red contour), "
-            f"bias {data.results[0].bias:g}.</p>"
+        caption = (
+            "Top: predicted box (red), ground-truth boxes (green), seed (star); bottom: patch degree (positive "
+            f"correlations) and the expanded mask (red contour), bias {data.results[0].bias:g}."
         )
-    return [Section("lost", "Object discovery (LOST)", "".join(parts), order=200)]
+        parts.append(figure(fig_path, "LOST examples", caption))
+    return [Section("lost", "Object discovery (LOST)", join(parts), order=200)]
