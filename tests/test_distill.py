@@ -25,6 +25,7 @@ from vitreg.distill.targets import SHARD, TeacherSpec, compute_targets, make_vie
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models import load_model, save_model
 from vitreg.models.ttr import add_test_time_registers
+from vitreg.train.checkpoint import read_train_state
 
 PAIRS = [(LAYER, UNIT)]
 
@@ -333,7 +334,13 @@ def test_an_interrupted_run_resumes_to_the_same_delta(run, tmp_path, monkeypatch
     assert main([*_argv(run, stopped), "--no-report"]) == 130  # Ctrl-C: "interrupted", the checkpoint kept
     monkeypatch.undo()
     assert not (stopped / "delta.json").exists()
+    _, meta = read_train_state(stopped / "train_state.safetensors")
+    before = meta["extra"]["seconds"]  # the updates of the first part, kept with the step-6 checkpoint
+    assert meta["step"] == 6
+    assert before > 0
     assert main(["fix", "--resume", str(stopped), "--no-report"]) == 0
+    cost = json.loads((stopped / "distill.json").read_text())["cost"]
+    assert cost["train_seconds"] > before  # the resumed run's cost counts both parts
     assert main([*_argv(run, whole), "--no-report"]) == 0
     assert (stopped / "delta.safetensors").read_bytes() == (whole / "delta.safetensors").read_bytes()
     steps = [
@@ -351,7 +358,7 @@ def test_distillation_moves_the_planted_artifact_into_a_register(tmp_path, capsy
     registers then carry the high norms is checked on the released CLIP, tests/test_real_clip.py: on this random pico
     model the unit stays off in the registers too.)"""
     save_model(planted_model(), tmp_path / "planted")
-    more = ("--lr", "3e-2", "--register-lr", "0.1", "--no-report")
+    more = ("--unlock", "neurons", "--lr", "3e-2", "--register-lr", "0.1", "--no-report")
     argv = [a if a != "12" else "400" for a in _argv(tmp_path, tmp_path / "run", *more)]
     assert main(argv) == 0
     held = json.loads((tmp_path / "run" / "distill.json").read_text())["held_out"]

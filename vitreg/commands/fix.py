@@ -102,10 +102,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument(
         "--unlock",
-        default="neurons",
+        default="registers",
         metavar="SET",
-        help="weights trained beside the registers: registers, neurons (default: the register neurons' "
-        "input rows), mlp-in, phreg",
+        help="weights trained beside the registers: registers (default: none, the tokens alone), neurons (the "
+        "register neurons' input rows), mlp-in (their blocks' whole fc1), phreg (position and patch embeddings and "
+        "the last block)",
     )
     d.add_argument("--neurons", metavar="NEURONS", help="a `vitreg fix` neurons.json to use instead of a search")
     d.add_argument("--steps", type=int, default=300, help="optimiser updates (default 300)")

@@ -56,7 +56,7 @@ class LoopResult:
     steps: int
     resumed_from: int
     loss: float
-    seconds: float  # inside updates, this process
+    seconds: float  # inside updates, over every part of the run (a resumed run adds to its checkpoint's)
     images_per_s: float
 
 
@@ -134,9 +134,11 @@ def train_student(
         groups.append({"params": rest, "lr": settings.lr, "base_lr": settings.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     trainables = _Trainables(params)
-    start = 0
+    start, earlier = 0, 0.0
     if resume and (out / STATE_NAME).is_file():
-        start = int(load_train_state(out / STATE_NAME, trainables, optimizer, None)["step"])
+        meta = load_train_state(out / STATE_NAME, trainables, optimizer, None)
+        start = int(meta["step"])
+        earlier = float(meta.get("extra", {}).get("seconds", 0.0))  # the updates before the checkpoint
         if start > settings.steps:
             raise ConfigError(f"{out} is at step {start}, beyond --steps {settings.steps}")
     if main:
@@ -196,7 +198,7 @@ def train_student(
             writer.write(record)
             if done % settings.checkpoint_every == 0 or done == settings.steps:
                 if main:
-                    save_train_state(out, trainables, optimizer, None, done)
+                    save_train_state(out, trainables, optimizer, None, done, extra={"seconds": earlier + seconds})
                 dist.barrier()
         if dist.is_active():  # every rank must end with the same trained tensors
             digests = dist.all_gather_objects(_digest(params))
@@ -204,8 +206,8 @@ def train_student(
     finally:
         bar.close()
         writer.close(quiet=True)
-    rate = seen / seconds if seconds else 0.0
-    return LoopResult(settings.steps, start, loss_value, seconds, rate)
+    rate = seen / seconds if seconds else 0.0  # this process's own
+    return LoopResult(settings.steps, start, loss_value, earlier + seconds, rate)
 
 
 def _digest(params: dict[str, nn.Parameter]) -> str:

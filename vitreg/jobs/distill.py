@@ -45,7 +45,9 @@ class DistillConfig:
     runtime: Runtime = field(default_factory=Runtime)
     registers: int = 4
     teacher: str = "ttr"  # ttr: test-time-register model, one pass; tta: PH-Reg's augmented original
-    unlock: str = "neurons"  # which weights train beside the registers (vitreg.distill.student.UNLOCK_SETS)
+    # which weights train beside the registers (vitreg.distill.student.UNLOCK_SETS): none by default, the smallest set
+    # that cleared CLIP ViT-B/16 at every block with the test-time-register teacher (docs/distill.md)
+    unlock: str = "registers"
     neurons: str | None = None  # a `vitreg fix` neurons.json (or its run directory) to use instead of a search
     top_k: int | None = None  # register neurons for the teacher and the neurons set (None: cleared at every block)
     fit_limit: int = 48  # training images the neuron search runs on

@@ -65,7 +65,7 @@ class Comparison:
 class Cost:
     teacher_seconds: float  # computing the targets in this run (0 when every shard came from the cache)
     teacher_forwards: int  # teacher forwards computed (images x views)
-    train_seconds: float  # inside updates
+    train_seconds: float  # inside updates, every part of a resumed run
     images_per_s: float
     device: str
     dtype: str
