@@ -1,13 +1,14 @@
-"""Distillation: a step of vitreg's student (registers + the register neurons' input rows, ``--unlock neurons``) vs a
-plain PyTorch loop over the same frozen/unlocked split (target: at least 0.95x its throughput).
+"""Distillation: a step of vitreg's student vs a plain PyTorch loop over the same frozen/unlocked split (target: at
+least 0.95x its throughput), for the default set (``--unlock registers``: the register tokens alone) or ``--unlock
+neurons`` (the registers and the register neurons' input rows).
 
-The plain loop is what one writes by hand: the base model with the registers appended, ``requires_grad`` on the
-register tokens and on the whole ``fc1`` weight and bias of every block holding a neuron (the gradient of the other
-rows zeroed before the step), block outputs caught by forward hooks, the same loss (normalised MSE + cosine at every
-target block, and the final [CLS]'s cosine), AdamW. Both take the same batch and targets, in turn, in one process
-(the machine is shared and noisy), each timed ``--reps`` times; the ratio of the median step times is printed.
-Random weights: speed does not depend on them. ``precision`` as training resolves it (bf16 autocast only where the
-CPU has native bf16; fp32 otherwise).
+The plain loop is what one writes by hand: the base model with the registers appended, ``requires_grad`` on the register
+tokens (and with ``neurons`` on the whole ``fc1`` weight and bias of every block holding a neuron, the gradient of the
+other rows zeroed before the step), block outputs caught by forward hooks, the same loss (normalised MSE + cosine at
+every target block, and the final [CLS]'s cosine), AdamW. Both take the same batch and targets, in turn, in one process
+(the machine is shared and noisy), each timed ``--reps`` times; the ratio of the median step times is printed. Random
+weights: speed does not depend on them. ``precision`` as training resolves it (bf16 autocast only where the CPU has
+native bf16; fp32 otherwise).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--neurons", type=int, default=16, help="register neurons, spread over blocks 4-6")
     ap.add_argument("--registers", type=int, default=4)
+    ap.add_argument("--unlock", choices=("registers", "neurons"), default="registers", help="the set trained")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="pico model, few repetitions (smoke run)")
@@ -59,12 +61,12 @@ def main() -> None:
     idx = torch.arange(args.batch)
 
     # vitreg's student and objective
-    student = Student(base, args.registers, "neurons", neurons, seed=0)
+    student = Student(base, args.registers, args.unlock, neurons, seed=0)
     objective = Objective(student, targets, "ttr", blocks)
-    groups = [
-        {"params": [p for k, p in student.trainable().items() if k == "model.reg_token"], "lr": 1e-2},
-        {"params": [p for k, p in student.trainable().items() if k != "model.reg_token"], "lr": 1e-3},
-    ]
+    groups = [{"params": [p for k, p in student.trainable().items() if k == "model.reg_token"], "lr": 1e-2}]
+    rest = [p for k, p in student.trainable().items() if k != "model.reg_token"]
+    if rest:
+        groups.append({"params": rest, "lr": 1e-3})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
 
     def vitreg_step() -> None:
@@ -75,7 +77,7 @@ def main() -> None:
         student.mask_gradients()
         opt.step()
 
-    # the plain loop: whole fc1 tensors trainable, the other rows' gradients zeroed
+    # the plain loop: the registers, and with `neurons` whole fc1 tensors trainable, the other rows' gradients zeroed
     plain = copy.deepcopy(base)
     for p in plain.parameters():
         p.requires_grad_(False)
@@ -84,16 +86,13 @@ def main() -> None:
     rows: dict[int, torch.Tensor] = {}
     for layer, unit in neurons:
         rows.setdefault(layer, torch.zeros(hidden, dtype=torch.bool))[unit] = True
-    fc1s = {layer: plain.blocks[layer].mlp.fc1 for layer in rows}
+    fc1s = {layer: plain.blocks[layer].mlp.fc1 for layer in rows} if args.unlock == "neurons" else {}
     for fc1 in fc1s.values():
         fc1.requires_grad_(True)
-    popt = torch.optim.AdamW(
-        [
-            {"params": [plain.reg_token], "lr": 1e-2},
-            {"params": [p for f in fc1s.values() for p in f.parameters()], "lr": 1e-3},
-        ],
-        weight_decay=0.0,
-    )
+    pgroups: list[dict] = [{"params": [plain.reg_token], "lr": 1e-2}]
+    if fc1s:
+        pgroups.append({"params": [p for f in fc1s.values() for p in f.parameters()], "lr": 1e-3})
+    popt = torch.optim.AdamW(pgroups, weight_decay=0.0)
     scale = targets.tokens.float().pow(2).sum(-1).mean(dim=(0, 2))
 
     def plain_step() -> None:
@@ -124,6 +123,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"{cpu_line()}; {threads} threads; {name}, batch {args.batch}, {args.registers} registers, "
+        f"--unlock {args.unlock}, "
         f"{len(neurons)} neurons in blocks {sorted(rows)}, targets at blocks {blocks[0]}-{blocks[-1]}, "
         f"{str(dtype).replace('torch.', '') if dtype else 'fp32'}"
     )
