@@ -9,6 +9,7 @@ import torch
 
 from vitreg.analysis.maps import patch_background, pca_first_component
 from vitreg.analysis.neighbors import as_grid, capture_patch_embed, neighbor_similarity
+from vitreg.analysis.outlier_rule import OutlierRule
 from vitreg.analysis.stream import NormStream
 from vitreg.analysis.summary import summarize
 from vitreg.models import create_model
@@ -89,30 +90,30 @@ def _planted_stream(n_batches: int = 4, b: int = 8) -> tuple[NormStream, int]:
 
 def test_planted_artifacts_are_found_where_planted():
     stream, n = _planted_stream()
-    result, arrays = summarize(stream, "auto", None, "a", "planted", "planted")
-    out = result["output"]
-    assert result["rule"]["bimodal"] is True
-    assert result["rule"]["threshold"] is not None
-    assert out["outliers"] == n
-    assert out["norm_ratio"] == pytest.approx(10, rel=0.1)
-    assert result["first_outlier_layer"] == 1
+    result, arrays = summarize(stream, OutlierRule("auto"), "a", "planted", "planted")
+    out = result.output
+    assert result.rule.bimodal is True
+    assert result.rule.threshold is not None
+    assert out.outliers == n
+    assert out.norm_ratio == pytest.approx(10, rel=0.1)
+    assert result.first_outlier_layer == 1
     # per-position counts sum to the totals, and the outliers sit at the planted position
-    assert arrays["position_totals"].sum() == out["patch_tokens"]
+    assert arrays["position_totals"].sum() == out.patch_tokens
     assert (arrays["position_totals"] == n).all()
-    assert arrays["position_counts"].sum() == out["outliers"]
+    assert arrays["position_counts"].sum() == out.outliers
     assert arrays["position_counts"][0, 0] == n
     assert arrays["neighbor_hist_outlier"].sum() == n
-    assert result["neighbors"]["share_outliers_redundant"] == pytest.approx(1.0)
-    assert result["masks"]["share_outliers_background"] == 1.0
-    assert result["masks"]["share_patches_background"] == pytest.approx(0.5)
-    assert "background artifacts" in result["verdict"]
-    assert "object evidence rather" not in result["verdict"]
+    assert result.neighbors.share_outliers_redundant == pytest.approx(1.0)
+    assert result.masks.share_outliers_background == 1.0
+    assert result.masks.share_patches_background == pytest.approx(0.5)
+    assert "background artifacts" in result.verdict
+    assert "object evidence rather" not in result.verdict
     assert arrays["ex_index"].tolist() == [0, 1, 2]  # the K lowest indices, whatever the arrival order
     assert arrays["ex_outlier"][:, 0, 0].all()
     assert arrays["ex_outlier"].sum() == 3
     assert arrays["register_similarity"].shape == (2, 2)
-    assert out["register_norms_mean"] == pytest.approx([80.0, 80.0])
-    assert out["cls_norm_mean"] == pytest.approx(50.0)
+    assert out.register_norms_mean == pytest.approx([80.0, 80.0])
+    assert out.cls_norm_mean == pytest.approx(50.0)
 
 
 def test_stream_batches_add_up_like_one_batch():
@@ -132,8 +133,8 @@ def test_register_output_similarity_tells_identical_registers_from_distinct_ones
 
     def similarity() -> float:
         stream = diagnose_model(model, batches, (32, 32), lambda t: t, examples=0, progress=False)
-        result, _ = summarize(stream, "auto", None, "a", "pico", "pico")
-        return result["register_analysis"]["output_similarity_mean_offdiag"]
+        result, _ = summarize(stream, OutlierRule("auto"), "a", "pico", "pico")
+        return result.register_analysis.output_similarity_mean_offdiag
 
     assert similarity() == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():

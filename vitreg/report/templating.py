@@ -13,10 +13,19 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell's text (the template escapes it): "–" for none, yes/no, numbers to ``digits`` digits."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
 @cache
 def environment() -> Environment:
-    from vitreg.report.sections import fmt
-
     env = Environment(
         loader=PackageLoader("vitreg.report", "templates"),
         autoescape=True,  # every template: the values are text, whatever their file name

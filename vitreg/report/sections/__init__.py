@@ -21,6 +21,9 @@ from typing import Any
 from markupsafe import Markup
 from matplotlib.ticker import LogFormatterMathtext, LogFormatterSciNotation
 
+from vitreg.report.templating import fmt as fmt  # re-exported: the sections format cells with it
+from vitreg.report.templating import render
+
 
 @dataclass
 class Section:
@@ -43,29 +46,21 @@ def discover(run_dir: Path) -> list[Section]:
 
 def img_tag(png: Path, alt: str = "", width: str | None = None) -> Markup:
     """An <img> with the PNG embedded as a data URI."""
-    from vitreg.report.templating import render
-
     return render("img.html.j2", alt=alt, data=base64.b64encode(Path(png).read_bytes()).decode("ascii"), width=width)
 
 
 def figure(png: Path, alt: str = "", caption: str | None = None, width: str | None = None) -> Markup:
     """An embedded figure and its caption (text) below it."""
-    from vitreg.report.templating import render
-
     return render("figure.html.j2", img=img_tag(png, alt, width), caption=caption)
 
 
 def paragraph(text: str, cls: str | None = None) -> Markup:
     """A paragraph of text (escaped)."""
-    from vitreg.report.templating import render
-
     return render("paragraph.html.j2", text=text, cls=cls)
 
 
 def bold(text: str) -> Markup:
     """A headline paragraph in bold (text, escaped)."""
-    from vitreg.report.templating import render
-
     return render("bold.html.j2", text=text)
 
 
@@ -74,25 +69,12 @@ def note(text: str) -> Markup:
     return paragraph(text, "note")
 
 
-def fmt(v: Any, digits: int = 3) -> str:
-    """A table cell's text (the template escapes it): "–" for none, yes/no, numbers to ``digits`` digits."""
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
-    return str(v)
-
-
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, caption: str = "", cls: str | None = None
 ) -> Markup:
     """A plain HTML table of ``rows`` (dicts); ``columns`` picks and orders the keys; a row's ``__style__`` key
     styles its row."""
     from markupsafe import Markup
-
-    from vitreg.report.templating import render
 
     if not rows:
         return Markup("")
