@@ -31,6 +31,7 @@ import torch
 
 from vitreg.analysis.diagnose import diagnose_model
 from vitreg.analysis.norms import outlier_agreement
+from vitreg.analysis.outlier_rule import OutlierRule
 from vitreg.analysis.register_neurons import block_norms
 from vitreg.analysis.summary import summarize
 from vitreg.data import ImageTransform, make_loader, open_source
@@ -62,7 +63,7 @@ def speed(model: torch.nn.Module, batches: list[dict], transform: ImageTransform
             model, batches, transform.input_size, transform.denormalize, dtype=dtype, progress=False
         )
         stream.merge_ranks()
-        summarize(stream, "auto", None, "a", "a", "a")
+        summarize(stream, OutlierRule("auto"), "a", "a", "a")
 
     plain(), diagnose()  # warm-up
     times: dict[str, list[float]] = {"plain": [], "diagnose": []}

@@ -28,6 +28,7 @@ def child(model_name: str, n: int, batch: int) -> None:
     import torch
 
     from vitreg.analysis.diagnose import diagnose_model
+    from vitreg.analysis.outlier_rule import OutlierRule
     from vitreg.analysis.summary import summarize
     from vitreg.data import ImageTransform, make_loader, open_source
     from vitreg.device import resolve_dtype, set_threads
@@ -49,7 +50,7 @@ def child(model_name: str, n: int, batch: int) -> None:
         dtype=resolve_dtype("auto", torch.device("cpu")),
         progress=False,
     )
-    summarize(stream, "auto", None, "a", model_name, model_name)
+    summarize(stream, OutlierRule("auto"), "a", model_name, model_name)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"images": stream.images, "peak_mib": peak, "setup_mib": base, "s": time.perf_counter() - t0}))
 

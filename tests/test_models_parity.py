@@ -508,9 +508,13 @@ def _parts(t: torch.Tensor, layout: Any) -> dict[str, torch.Tensor]:
 def compare(name: str, tmp: Path) -> dict[str, float]:
     """Run case ``name``: the largest absolute difference per part, pre-norm and after the final norm."""
     key, build = ALL[name]
-    case = build(tmp)
-    ours = load_model(case.spec, **case.kwargs).eval()
     assert next(f for f in FORMATS if f.key == key) is not None
+    return differences(build(tmp))
+
+
+def differences(case: Case) -> dict[str, float]:
+    """vitreg's reading of ``case`` against the library's tokens: the largest absolute difference per part."""
+    ours = load_model(case.spec, **case.kwargs).eval()
     depth = len(ours.blocks)
     layout = token_layout(ours, tuple(case.x.shape[-2:]))
     assert layout.num_registers == case.registers, (layout, case.registers)

@@ -37,6 +37,11 @@ POST_HOC = (
 )
 
 
+def _n(v: float | None) -> str:
+    """A measured number in a claim's evidence: three significant digits ("–" when not measured)."""
+    return "–" if v is None else f"{v:.3g}"
+
+
 @dataclass
 class Distilled:
     """What Part II's stages wrote, with Part I's results beside them."""
@@ -167,7 +172,7 @@ def norms(d: Distilled) -> Item:
                 claim(
                     f"The fix keeps the model's output (final [CLS] cosine >= {MIN_CLS_COSINE})",
                     None if b.cls_cosine is None else b.cls_cosine >= MIN_CLS_COSINE,
-                    f"median cosine {b.cls_cosine}",
+                    f"median cosine {_n(b.cls_cosine)}",
                     why_none="no [CLS] token",
                 ),
                 d,
@@ -201,8 +206,8 @@ def redundant(d: Distilled) -> Item:
                 claim(
                     "With registers, the redundant patches that held the outliers are ordinary tokens",
                     holds,
-                    f"original: outliers' neighbour similarity {r.sim_outlier} vs normal "
-                    f"{r.sim_normal}; distilled: {_pct(b.outlier_share)} outliers",
+                    f"original: outliers' neighbour similarity {_n(r.sim_outlier)} vs normal "
+                    f"{_n(r.sim_normal)}; distilled: {_pct(b.outlier_share)} outliers",
                     why_none="the original had no outliers to compare",
                 ),
                 d,
@@ -246,8 +251,9 @@ def local(d: Distilled) -> Item:
                     "With registers, every patch token holds local information like the normal ones "
                     "(position regression error within 2 s.e. of the original's normal tokens)",
                     holds,
-                    f"distilled, all tokens: {err} ± {se}; original, normal tokens: {r.position_error_normal} ± "
-                    f"{r.position_error_normal_se}; original, outliers: {r.position_error_outlier}",
+                    f"distilled, all tokens: {_n(err)} ± {_n(se)}; original, normal tokens: "
+                    f"{_n(r.position_error_normal)} ± {_n(r.position_error_normal_se)}; "
+                    f"original, outliers: {_n(r.position_error_outlier)}",
                     why_none="the local probes did not run",
                 ),
                 d,

@@ -61,8 +61,8 @@ class Format:
       ``read_file``.
 
     ``layout`` maps its weights onto timm. ``owner`` is the Python distribution that owns the format (its version
-    is what the parity test ran against); ``what``/``command`` are the README's row; ``accepted`` its short name in
-    the "accepted:" list of error messages."""
+    is what the parity test ran against); ``what``/``command``/``resampling`` are the README's row; ``accepted`` its
+    short name in the "accepted:" list of error messages."""
 
     key: str
     owner: str
@@ -87,6 +87,8 @@ class Format:
     read_weights: Callable[[Path], StateDict] | None = None  # a file whose weights are no plain checkpoint (ONNX)
     suffixes: tuple[str, ...] = ()  # the file names it claims end so (a spec with one is a path, not a name)
     layout: Layout | None = None
+    # how the position table is resampled at another --img-size: the owner's way (resampling.py), for the README
+    resampling: str = "bicubic, antialiased (timm)"
 
     def claims_config(self, data: dict[str, Any]) -> bool:
         """Whether this format claims a folder whose ``config_file`` parsed to ``data``."""

@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from vitreg.models.formats.base import Format, Layout, StateDict
+from vitreg.models.formats.resampling import DINOV2, DINOV2_REG
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -50,9 +51,10 @@ def convert(sd: StateDict, no_embed_class: bool = True) -> StateDict:
 def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     from timm.models.vision_transformer import VisionTransformer
 
+    how = DINOV2_REG if "register_tokens" in sd or "reg_token" in sd else DINOV2  # its hub builders' flags
     if isinstance(model, VisionTransformer) and "pos_embed" in sd and "cls_token" in sd:
         sd = convert(sd, bool(getattr(model, "no_embed_class", True)))
-    return timm_filter(sd, model)
+    return timm_filter(sd, model, how)
 
 
 def _claims_name(spec: str) -> bool:
@@ -71,6 +73,7 @@ LAYOUT = Layout(name="DINOv2 original", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="dinov2",
+    resampling=f"{DINOV2.said}; with registers: {DINOV2_REG.said}",
     owner="dinov2",
     what="an original DINOv2 `.pth` (found in torch hub's `checkpoints/`; `--download` fetches it)",
     command="vitreg diagnose --model dinov2_vitl14_reg --weights dinov2_vitl14_reg4_pretrain.pth --out runs/d",

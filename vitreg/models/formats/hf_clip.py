@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from vitreg.errors import CheckpointError
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, ints, mean_std, preprocessor
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
+from vitreg.models.formats.resampling import TRANSFORMERS
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
         "norm.bias": sd["post_layernorm.bias"],
     }
     out |= clip_blocks(sd)
-    return timm_filter(out, model)
+    return timm_filter(out, model, TRANSFORMERS)
 
 
 def clip_config(
@@ -116,6 +117,7 @@ LAYOUT = Layout(name="transformers CLIP", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="hf-clip",
+    resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` CLIP folder (`CLIPVisionModel`, `CLIPVisionModelWithProjection`, or a `CLIPModel`'s "
     "vision tower, as LLaVA uses it: `config.json` + `model.safetensors`), or its Hub repo",

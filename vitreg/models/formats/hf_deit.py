@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict
 from vitreg.models.formats.hf_common import architectures
 from vitreg.models.formats.hf_vit import backbone, is_bert_vit, vit_config, vit_to_timm
+from vitreg.models.formats.resampling import TRANSFORMERS
 
 if TYPE_CHECKING:
     from vitreg.models.presets import ModelConfig
@@ -39,6 +40,7 @@ LAYOUT = Layout(name="transformers DeiT", recognise=recognise, to_timm=vit_to_ti
 
 FORMAT = Format(
     key="hf-deit",
+    resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` DeiT folder (`DeiTModel`, `DeiTForImageClassificationWithTeacher`; the distillation "
     "token is kept as a prefix token of its own)",

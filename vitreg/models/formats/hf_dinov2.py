@@ -28,6 +28,7 @@ from vitreg.models.formats.base import (
     strip_prefix,
 )
 from vitreg.models.formats.hf_common import bert_blocks
+from vitreg.models.formats.resampling import TRANSFORMERS, TRANSFORMERS_DINOV2_REG
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     if "embeddings.register_tokens" in sd:
         out["reg_token"] = sd["embeddings.register_tokens"]
     out |= bert_blocks(sd)
-    return timm_filter(out, model)
+    return timm_filter(out, model, TRANSFORMERS_DINOV2_REG if "reg_token" in out else TRANSFORMERS)
 
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
@@ -101,6 +102,7 @@ LAYOUT = Layout(name="transformers DINOv2", recognise=recognise, to_timm=to_timm
 
 FORMAT = Format(
     key="hf-dinov2",
+    resampling=f"{TRANSFORMERS.said}; with registers: {TRANSFORMERS_DINOV2_REG.said}",
     owner="transformers",
     what="a `transformers` DINOv2 folder (`Dinov2Model`, `Dinov2WithRegistersModel`: `config.json` + "
     "`model.safetensors`), or its Hub repo (found in the HF cache; `--download` fetches it)",

@@ -130,6 +130,7 @@ LAYOUT = Layout(name="transformers DINOv3", recognise=recognise, to_timm=to_timm
 
 FORMAT = Format(
     key="hf-dinov3",
+    resampling="no table: RoPE over the patch grid, at any size as transformers computes it",
     owner="transformers",
     what="a `transformers` DINOv3 folder (`DINOv3ViTModel`: RoPE, 4 registers; read into timm's DINOv3 Eva)",
     command="vitreg diagnose --model hf:facebook/dinov3-vits16-pretrain-lvd1689m --download --out runs/d",

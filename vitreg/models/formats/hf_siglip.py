@@ -29,6 +29,7 @@ from vitreg.models.formats.base import (
     strip_prefix,
 )
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
+from vitreg.models.formats.resampling import TRANSFORMERS
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def tower_to_timm(sd: StateDict, patch_weight: torch.Tensor) -> StateDict:
 
 def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     sd = tower(sd)
-    return timm_filter(tower_to_timm(sd, sd["embeddings.patch_embedding.weight"]), model)
+    return timm_filter(tower_to_timm(sd, sd["embeddings.patch_embedding.weight"]), model, TRANSFORMERS)
 
 
 def siglip_config(
@@ -136,6 +137,7 @@ LAYOUT = Layout(name="transformers SigLIP", recognise=recognise, to_timm=to_timm
 
 FORMAT = Format(
     key="hf-siglip",
+    resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` SigLIP folder (`SiglipVisionModel` or a `SiglipModel`'s vision tower; no [CLS]: the "
     "attention-pooling head is loaded as timm's `attn_pool`)",

@@ -1,11 +1,11 @@
-"""A ``transformers`` SigLIP 2 vision tower (``Siglip2VisionModel``, or a ``Siglip2Model``'s vision half), at its
-fixed resolution.
+"""A ``transformers`` SigLIP 2 vision tower (``Siglip2VisionModel``, or a ``Siglip2Model``'s vision half), on square
+images.
 
 SigLIP 2 ("NaFlex") takes patchified images of any aspect ratio: its patch embedding is a Linear over flattened
 ``(patch, patch, channel)`` pixels, and its position table (a square grid of ``num_patches``) is resized per image
 (bilinear, antialiased). vitreg reads it at the table's own grid, ``sqrt(num_patches) * patch_size`` pixels square,
-where that resize is the identity; at other sizes timm resamples the table bicubically, which is not SigLIP 2's
-resize (say so: the model's ``source`` does).
+where that resize is the identity; at another square size vitreg resizes the table as SigLIP 2 does (bilinear,
+antialiased: ``resampling.TRANSFORMERS_SIGLIP2``), once when the weights are loaded.
 
 - recognised by: ``config.json`` with ``model_type`` ``siglip2_vision_model`` / ``siglip2``; keys as SigLIP's with
   a 2-D ``embeddings.patch_embedding.weight``;
@@ -24,6 +24,7 @@ from vitreg.errors import CheckpointError
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, ints, preprocessor
 from vitreg.models.formats.hf_common import architectures, sizes, vision_config
 from vitreg.models.formats.hf_siglip import _recognise, siglip_config, tower, tower_to_timm
+from vitreg.models.formats.resampling import TRANSFORMERS_SIGLIP2
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     w = sd["embeddings.patch_embedding.weight"]  # (C, p * p * 3), pixels in (row, column, channel) order
     p = math.isqrt(w.shape[1] // 3)
     conv = w.reshape(w.shape[0], p, p, 3).permute(0, 3, 1, 2).contiguous()  # (C, 3, p, p)
-    return timm_filter(tower_to_timm(sd, conv), model)
+    return timm_filter(tower_to_timm(sd, conv), model, TRANSFORMERS_SIGLIP2)
 
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
@@ -55,7 +56,7 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
         raise CheckpointError(f"{where}: num_patches {n} is not a square grid")
     patch = sizes(vision, where, "SigLIP 2 vision")[4]
     kind = architectures(cfg, TYPES[str(cfg["model_type"])])
-    source = f"transformers {kind} at its fixed resolution ({side}x{side} patches)"
+    source = f"transformers {kind} (its position grid: {side}x{side} patches)"
     return siglip_config(vision, where, f"hf:{folder.name}", source, side * patch, preprocessor(folder))
 
 
@@ -63,11 +64,12 @@ LAYOUT = Layout(name="transformers SigLIP 2", recognise=recognise, to_timm=to_ti
 
 FORMAT = Format(
     key="hf-siglip2",
+    resampling=TRANSFORMERS_SIGLIP2.said,
     owner="transformers",
-    what="a `transformers` SigLIP 2 folder (`Siglip2VisionModel`, NaFlex) at its fixed resolution (its position "
-    "grid: `sqrt(num_patches) * patch_size` pixels; at other sizes timm's bicubic resampling, not SigLIP 2's resize)",
+    what="a `transformers` SigLIP 2 folder (`Siglip2VisionModel`, NaFlex), square images (by default at its position "
+    "grid's size: `sqrt(num_patches) * patch_size` pixels)",
     command="vitreg diagnose --model hf:google/siglip2-base-patch16-naflex --download --out runs/d",
-    accepted="a transformers Siglip2VisionModel / Siglip2Model folder (at its fixed resolution)",
+    accepted="a transformers Siglip2VisionModel / Siglip2Model folder",
     recognised_by="config.json model_type siglip2_vision_model / siglip2; a 2-D embeddings.patch_embedding.weight",
     states_architecture="config.json (a Siglip2Model's vision_config): sizes, num_patches, hidden_act, eps",
     order=35,

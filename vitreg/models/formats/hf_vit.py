@@ -27,6 +27,7 @@ from vitreg.models.formats.base import (
     strip_prefix,
 )
 from vitreg.models.formats.hf_common import activation, architectures, bert_blocks, eps, sizes
+from vitreg.models.formats.resampling import TRANSFORMERS
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def vit_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     }
     if "embeddings.distillation_token" in sd:
         out["dist_token"] = sd["embeddings.distillation_token"]
-    return timm_filter(out, model)
+    return timm_filter(out, model, TRANSFORMERS)
 
 
 def vit_config(
@@ -109,6 +110,7 @@ LAYOUT = Layout(name="transformers ViT", recognise=recognise, to_timm=vit_to_tim
 
 FORMAT = Format(
     key="hf-vit",
+    resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` ViT folder (`ViTModel`, `ViTForImageClassification`: google/vit, DINO v1 facebook/dino-*)",
     command="vitreg diagnose --model hf:facebook/dino-vitb16 --download --out runs/d",

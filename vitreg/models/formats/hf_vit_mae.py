@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict
 from vitreg.models.formats.hf_common import architectures
 from vitreg.models.formats.hf_vit import is_bert_vit, vit_config, vit_to_timm
+from vitreg.models.formats.resampling import TRANSFORMERS
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -56,6 +57,7 @@ LAYOUT = Layout(name="transformers ViTMAE", recognise=recognise, to_timm=mae_to_
 
 FORMAT = Format(
     key="hf-vit-mae",
+    resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` ViTMAE folder (`ViTMAEModel`, `ViTMAEForPreTraining`: facebook/vit-mae-*; its encoder "
     "unmasked, mask ratio 0, said in the model's source)",

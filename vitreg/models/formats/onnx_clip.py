@@ -191,6 +191,7 @@ def _read_file(path: Path) -> tuple[ModelConfig, Layout]:
 
 FORMAT = Format(
     key="onnx",
+    resampling="as the transformers class the graph was exported from (DINOv3: RoPE, no table)",
     owner="onnx",
     what="an ONNX export of a `transformers` vision tower: CLIP, ViT, DeiT, DINOv2 (`Dinov2Model`), DINOv3 "
     "(`DINOv3ViTModel`, its in-graph RoPE read from the graph's constants; a static input size) or SigLIP "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import Format, Layout, StateDict, mean_std, strip_prefix
+from vitreg.models.formats.resampling import OPENCLIP
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ LAYOUT = Layout(name="OpenCLIP", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="openclip",
+    resampling=OPENCLIP.said,
     owner="open_clip_torch",
     what="an OpenCLIP folder (`open_clip_config.json` + `open_clip_model.safetensors`; its own ViT or a timm tower "
     "such as SigLIP's), or its Hub repo; an OpenCLIP checkpoint file by architecture (`openclip:ViT-B-16`, "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, mean_std
+from vitreg.models.formats.resampling import TIMM, Resampling, resample_at_forward, resample_positions
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -29,11 +30,16 @@ if TYPE_CHECKING:
 PREFIX = "timm:"
 
 
-def timm_filter(sd: StateDict, model: nn.Module) -> StateDict:
+def timm_filter(sd: StateDict, model: nn.Module, how: Resampling = TIMM) -> StateDict:
     """timm's ``checkpoint_filter_fn`` of ``model``'s class (VisionTransformer or Eva): what timm converts itself,
-    and the position / patch embeddings resampled to the model's grid. timm prints (to stdout) which parameters a
-    DINOv3 original lacks; that is timm's own bookkeeping, not the user's business."""
+    and the position / patch embeddings resampled to the model's grid; the position table the way ``how`` says, the
+    format's owner's (timm's own by default), which ``model`` then also follows for inputs of another grid. timm
+    prints (to stdout) which parameters a DINOv3 original lacks; that is timm's own bookkeeping, not the user's
+    business."""
     from timm.models import eva, vision_transformer
+
+    sd = resample_positions(sd, model, how)  # then timm's filter finds the table at the model's grid
+    resample_at_forward(model, how)  # and inputs of another grid (LOST at full resolution) the same way
 
     with contextlib.redirect_stdout(io.StringIO()):
         if isinstance(model, eva.Eva):
@@ -76,6 +82,7 @@ LAYOUT = Layout(name="timm", recognise=lambda sd: True, to_timm=timm_filter)
 
 FORMAT = Format(
     key="timm",
+    resampling=TIMM.said,
     owner="timm",
     what="any timm ViT by name (weights from the HF cache), or a timm folder (`config.json` naming its "
     "`architecture` + `model.safetensors`); an original DeiT-III `.pth` (`blocks.N.gamma_1`) with its timm name",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import ConfigError
 from vitreg.models.formats.base import Format, Layout, StateDict
+from vitreg.models.formats.resampling import TORCHVISION
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
                 rest = new + rest[len(old) :]
                 break
         out[f"blocks.{m.group(1)}.{rest}"] = v
-    return timm_filter(out, model)
+    return timm_filter(out, model, TORCHVISION)
 
 
 def read_name(spec: str, *, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
@@ -105,6 +106,7 @@ LAYOUT = Layout(name="torchvision ViT", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="torchvision",
+    resampling=TORCHVISION.said,
     owner="torchvision",
     what="a torchvision ViT by name with its weights file (`vit_b_16`, `vit_b_32`, `vit_l_16`, `vit_l_32`, "
     "`vit_h_14`; a state dict read weights-only)",
