@@ -107,6 +107,16 @@ def _hf_clip(tmp: Path) -> Case:
     return Case(tmp / "hf", x, pre, normed, kwargs={"img_size": OTHER})
 
 
+def _vitreg_saved_clip(tmp: Path) -> Case:
+    """A transformers CLIP read by vitreg and saved as a vitreg run directory (as the zoo converts its released CLIP):
+    the run directory keeps the owner's resampling (model.json's ``resampling``)."""
+    from vitreg.models import load_model, save_model
+
+    case = _hf_clip(tmp)
+    save_model(load_model(tmp / "hf"), tmp / "run")
+    return Case(tmp / "run", case.x, case.pre, case.normed, kwargs={"img_size": OTHER})
+
+
 def _onnx_clip(tmp: Path) -> Case:
     """A CLIP graph exported at its own size, read by vitreg at another: as transformers' CLIP resamples."""
     pytest.importorskip("onnx", reason="onnx is not installed")
@@ -290,6 +300,7 @@ CASES: dict[str, tuple[Any, bool, int]] = {
     "hf-dinov2-registers": (_hf_dinov2_registers, True, OWN),
     "hf-dinov3": (_hf_dinov3, True, OWN),
     "onnx-clip": (_onnx_clip, False, OWN),
+    "vitreg-saved-clip": (_vitreg_saved_clip, False, OWN),
     "torchvision": (_torchvision, False, OWN),
     "openclip": (_openclip, True, OWN),
     "timm": (_timm, True, 84),

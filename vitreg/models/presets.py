@@ -59,6 +59,8 @@ class ModelConfig:
     act: str = "gelu"  # "gelu" | "quick_gelu" | "gelu_tanh" (SigLIP)
     dist_token: bool = False  # DeiT's distillation token after [CLS] (timm's VisionTransformerDistilled)
     source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
+    # how the position table is resampled to another grid: its checkpoint's owner's way (models/formats/resampling.py)
+    resampling: str = "timm"
     # Test-time registers (vitreg.models.ttr): extra untrained tokens after the registers, fed by these MLP units
     test_time_registers: int = 0
     register_neurons: list[tuple[int, int]] = field(default_factory=list)  # (block, hidden unit) pairs

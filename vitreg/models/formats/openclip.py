@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import Format, Layout, StateDict, mean_std, strip_prefix
-from vitreg.models.formats.resampling import OPENCLIP
+from vitreg.models.formats.resampling import OPENCLIP, TIMM
 from vitreg.models.formats.timm_folder import timm_filter
 
 if TYPE_CHECKING:
@@ -49,9 +49,10 @@ def recognise(sd: StateDict) -> bool:
 def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     import torch.nn as nn
 
+    how = OPENCLIP  # OpenCLIP's resize_pos_embed (timm's way, antialiased) ...
     if any(k.startswith("visual.trunk.") for k in sd):  # a timm tower: timm's own keys
-        sd = strip_prefix(sd, "visual.trunk.")
-    out = timm_filter(sd, model)  # OpenCLIP's own ViT: timm converts visual.* itself
+        sd, how = strip_prefix(sd, "visual.trunk."), TIMM  # ... or, for a timm tower, timm's own
+    out = timm_filter(sd, model, how)  # OpenCLIP's own ViT: timm converts visual.* itself
     # the projection to the joint embedding (timm makes visual.proj its head) is not part of the image tower
     keep_head = not isinstance(getattr(model, "head", None), nn.Identity)
     return {k: v for k, v in out.items() if keep_head or not k.startswith("head.")}

@@ -34,6 +34,7 @@ class Resampling:
     settings, to the grid's size, or with ``offset``: by the scale factor ``(grid + offset) / table`` (Meta's first
     DINOv2 models, "to avoid floating point error")."""
 
+    key: str  # its name in a model's config (``ModelConfig.resampling``, saved in model.json)
     owner: str  # who does it this way (the README's formats table)
     mode: str = "bicubic"
     antialias: bool = False
@@ -52,20 +53,32 @@ class Resampling:
 
 
 #: timm's ``resample_abs_pos_embed`` (and OpenCLIP's ``resize_pos_embed``, the same): what timm's filter does itself
-TIMM = Resampling("timm", antialias=True)
-OPENCLIP = Resampling("OpenCLIP", antialias=True)
+TIMM = Resampling("timm", "timm", antialias=True)
+OPENCLIP = Resampling("openclip", "OpenCLIP", antialias=True)
 #: transformers' ``interpolate_pos_encoding`` of ViT, DeiT, CLIP, SigLIP, ViT-MAE and DINOv2
-TRANSFORMERS = Resampling("transformers")
+TRANSFORMERS = Resampling("transformers", "transformers")
 #: transformers' ``Dinov2WithRegistersModel``
-TRANSFORMERS_DINOV2_REG = Resampling("transformers, DINOv2 with registers", antialias=True)
+TRANSFORMERS_DINOV2_REG = Resampling("transformers-dinov2-reg", "transformers, DINOv2 with registers", antialias=True)
 #: transformers' SigLIP 2: ``resize_positional_embeddings``
-TRANSFORMERS_SIGLIP2 = Resampling("transformers, SigLIP 2", mode="bilinear", antialias=True)
+TRANSFORMERS_SIGLIP2 = Resampling("transformers-siglip2", "transformers, SigLIP 2", mode="bilinear", antialias=True)
 #: torchvision's ``interpolate_embeddings``
-TORCHVISION = Resampling("torchvision", align_corners=True)
+TORCHVISION = Resampling("torchvision", "torchvision", align_corners=True)
 #: Meta's DINOv2 ``interpolate_pos_encoding``: the first models, and those with registers (``interpolate_antialias``,
 #: ``interpolate_offset`` of its hub builders)
-DINOV2 = Resampling("Meta's DINOv2", offset=0.1)
-DINOV2_REG = Resampling("Meta's DINOv2 with registers", antialias=True)
+DINOV2 = Resampling("dinov2", "Meta's DINOv2", offset=0.1)
+DINOV2_REG = Resampling("dinov2-reg", "Meta's DINOv2 with registers", antialias=True)
+#: every way, by its key
+_ALL = (TIMM, OPENCLIP, TRANSFORMERS, TRANSFORMERS_DINOV2_REG, TRANSFORMERS_SIGLIP2, TORCHVISION, DINOV2, DINOV2_REG)
+RESAMPLINGS = {r.key: r for r in _ALL}
+
+
+def named(key: str) -> Resampling:
+    """The resampling a model's config names (CheckpointError naming the allowed keys for another)."""
+    from vitreg.errors import CheckpointError
+
+    if key not in RESAMPLINGS:
+        raise CheckpointError(f"unknown position-table resampling {key!r}; allowed: {', '.join(RESAMPLINGS)}")
+    return RESAMPLINGS[key]
 
 
 def _prefix(length: int, model: nn.Module) -> int | None:

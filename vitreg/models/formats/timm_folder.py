@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, mean_std
-from vitreg.models.formats.resampling import TIMM, Resampling, resample_at_forward, resample_positions
+from vitreg.models.formats.resampling import TIMM, Resampling, named, resample_at_forward, resample_positions
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -30,14 +30,19 @@ if TYPE_CHECKING:
 PREFIX = "timm:"
 
 
-def timm_filter(sd: StateDict, model: nn.Module, how: Resampling = TIMM) -> StateDict:
+def timm_filter(sd: StateDict, model: nn.Module, how: Resampling | None = None) -> StateDict:
     """timm's ``checkpoint_filter_fn`` of ``model``'s class (VisionTransformer or Eva): what timm converts itself,
     and the position / patch embeddings resampled to the model's grid; the position table the way ``how`` says, the
-    format's owner's (timm's own by default), which ``model`` then also follows for inputs of another grid. timm
-    prints (to stdout) which parameters a DINOv3 original lacks; that is timm's own bookkeeping, not the user's
-    business."""
+    format's owner's (None: the one the model's config names, timm's for a config that names none, as a vitreg run
+    directory's model.json does), which ``model`` then also follows for inputs of another grid and its config
+    records (so that a saved model keeps it). timm prints (to stdout) which parameters a DINOv3 original lacks; that
+    is timm's own bookkeeping, not the user's business."""
     from timm.models import eva, vision_transformer
 
+    cfg = getattr(model, "vitreg_config", None)
+    how = how if how is not None else named(cfg.resampling) if cfg is not None else TIMM
+    if cfg is not None:
+        cfg.resampling = how.key
     sd = resample_positions(sd, model, how)  # then timm's filter finds the table at the model's grid
     resample_at_forward(model, how)  # and inputs of another grid (LOST at full resolution) the same way
 
