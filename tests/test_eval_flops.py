@@ -13,10 +13,10 @@ from vitreg.models.presets import model_config
 
 
 def test_four_registers_on_vit_large_add_under_two_percent():
-    rows = {r["registers"]: r for r in flops_table(model_config("vit_large_patch14_224"), (0, 4))}
-    overhead = rows[4]["flops_overhead"]
+    rows = {r.registers: r for r in flops_table(model_config("vit_large_patch14_224"), (0, 4))}
+    overhead = rows[4].flops_overhead
     assert 0 < overhead < 0.02
-    assert rows[4]["tokens"] == rows[0]["tokens"] + 4 == 261
+    assert rows[4].tokens == rows[0].tokens + 4 == 261
 
 
 @pytest.mark.parametrize("name", ["vit_pico_patch4_32", "vit_large_patch14_224"])
@@ -31,11 +31,11 @@ def test_flops_grow_with_registers_and_attention_is_counted():
     cfg = model_config("vit_pico_patch4_32")
     rows = flops_table(cfg, (0, 1, 2, 4, 8, 16), resolutions=(32, 64))
     for size in (32, 64):
-        f = [r["flops"] for r in rows if r["img_size"] == size]
+        f = [r.flops for r in rows if r.img_size == size]
         assert f == sorted(f)
         assert len(set(f)) == len(f)
     # Relative overhead shrinks with resolution: more patches, same registers.
-    at = {(r["img_size"], r["registers"]): r["flops_overhead"] for r in rows}
+    at = {(r.img_size, r.registers): r.flops_overhead for r in rows}
     assert at[(64, 4)] < at[(32, 4)]
     # Quadratic attention: one more token costs more than the linear layers alone (2 * params-per-token FLOPs).
     one = count(cfg, 1, 32)["flops"] - count(cfg, 0, 32)["flops"]

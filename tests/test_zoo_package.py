@@ -223,7 +223,8 @@ def test_a_copy_of_an_earlier_conversion_is_converted_again(entry_root, index, c
         prov = json.loads((cache / "provenance.json").read_text())
         del prov["conversion"]["format"]  # as an earlier vitreg wrote it
         (cache / "provenance.json").write_text(json.dumps(prov))
-        with pytest.raises(WeightsNotFoundError, match=r"converted by an earlier vitreg .*`vitreg zoo fetch tiny-clip`"):
+        earlier = r"converted by an earlier vitreg .*`vitreg zoo fetch tiny-clip`"
+        with pytest.raises(WeightsNotFoundError, match=earlier):
             load_model("zoo:tiny-clip")
         capsys.readouterr()
         assert main(["zoo", "fetch", "tiny-clip"]) == 0

@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitreg.models.presets import ModelConfig, build_model, count_parameters
+from vitreg.results.flops import FlopsRow
 
 
 def count(cfg: ModelConfig, registers: int, img_size: int | None = None) -> dict:
@@ -48,7 +49,7 @@ def flops_table(
     registers: Sequence[int],
     resolutions: Sequence[int | None] = (None,),
     tick: Callable[[], object] | None = None,
-) -> list[dict]:
+) -> list[FlopsRow]:
     """One row per (resolution, registers) with the overhead relative to the same model with 0 registers;
     ``tick`` is called after each row (a progress bar's update)."""
     rows = []
@@ -59,8 +60,8 @@ def flops_table(
             if tick is not None:
                 tick()
             rows.append(
-                dict(
-                    r,
+                FlopsRow(
+                    **r,
                     flops_overhead=r["flops"] / base["flops"] - 1.0,
                     params_overhead=r["params"] / base["params"] - 1.0,
                     added_params=r["params"] - base["params"],

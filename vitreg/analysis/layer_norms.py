@@ -4,6 +4,7 @@ fixed-edge histograms diagnose uses, so memory does not grow with the images."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,23 @@ import torch
 from vitreg.analysis.norms import default_edges, histogram, histogram_quantile
 from vitreg.errors import DataError
 from vitreg.models.inspect import Inspector
+from vitreg.results.diagnose import BadImage
+from vitreg.results.inspect import InspectLayer
 
 
-def layer_norms(model: torch.nn.Module, loader: Iterable[dict[str, Any]], device: Any, dtype: Any) -> dict[str, Any]:
+@dataclass(kw_only=True)
+class LayerNorms:
+    """What :func:`layer_norms` measured: the fields of an :class:`~vitreg.results.inspect.InspectResult` that come
+    from the images."""
+
+    num_images: int
+    bad_images: list[BadImage]
+    layers: list[InspectLayer]
+    cls_norm: float | None  # mean over images, last block
+    register_norms: list[float]  # mean per register, last block
+
+
+def layer_norms(model: torch.nn.Module, loader: Iterable[dict[str, Any]], device: Any, dtype: Any) -> LayerNorms:
     """Per-layer patch-token norm quantiles (pre-final-norm), plus [CLS] and register norms at the last layer."""
     inspector = Inspector(model, dtype=dtype)
     depth = len(model.blocks)  # type: ignore[arg-type]
@@ -50,17 +65,17 @@ def layer_norms(model: torch.nn.Module, loader: Iterable[dict[str, Any]], device
         med = histogram_quantile(counts[i], edges, 0.5)
         above = counts[i][edges[:-1] >= 3 * med].sum()  # bins wholly above 3x the median
         layers.append(
-            dict(
+            InspectLayer(
                 layer=i,
                 median=med,
                 p98=histogram_quantile(counts[i], edges, 0.98),
-                max=maxima[i],
+                max=float(maxima[i]),
                 share_above_3x_median=float(above / counts[i].sum()),
             )
         )
-    return dict(
+    return LayerNorms(
         num_images=images,
-        bad_images=[dict(path=p, reason=r) for p, r in bad],
+        bad_images=[BadImage(path=p, reason=r) for p, r in bad],
         layers=layers,
         cls_norm=float(np.concatenate(cls_norms).mean()) if cls_norms else None,
         register_norms=np.concatenate(reg_norms).mean(0).tolist() if reg_norms else [],

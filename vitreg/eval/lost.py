@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.ndimage
@@ -33,6 +33,8 @@ from vitreg.eval.features import progress_bar
 from vitreg.models import Inspector, split_tokens
 from vitreg.models.inspect import TokenLayout
 from vitreg.models.presets import patch_size_of
+from vitreg.results.diagnose import BadImage
+from vitreg.results.lost import Corloc, LostSettings
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,19 @@ class _Tally:
         self.outside = dict.fromkeys(self.biases, 0)
 
 
+@dataclass(kw_only=True)
+class LostRun:
+    """One feature kind's LOST over a dataset: the fields of a :class:`~vitreg.results.lost.LostResult` that come
+    from the images, and the first images' arrays (``examples``: saved as NPZ by the job, not in lost.json)."""
+
+    settings: LostSettings
+    results: list[Corloc]
+    images: int
+    bad_images: list[BadImage]
+    per_image: list[dict[str, Any]]
+    examples: dict[str, list]
+
+
 def run_lost(
     model: torch.nn.Module,
     loader,
@@ -187,13 +202,12 @@ def run_lost(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     examples: int = 0,
-) -> dict:
+) -> Any:
     """LOST over every image of ``loader`` (batches with ``image`` and ``boxes``) for each bias in ``biases``.
 
-    Returns a JSON-ready dict: the settings, CorLoc per bias, the per-image boxes and best IoU per bias, the skipped
-    files, and under ``"_examples"`` (popped by callers that save it as NPZ) arrays for the first ``examples`` images.
-    ``kind`` a list of feature kinds: one such dict per kind (``{kind: dict}``), from one forward per image (the keys
-    and values of a layer come from the same capture).
+    Returns a :class:`LostRun`: the settings, CorLoc per bias, the per-image boxes and best IoU per bias, the skipped
+    files, and the arrays of the first ``examples`` images. ``kind`` a list of feature kinds: one run per kind
+    (``{kind: LostRun}``), from one forward per image (the keys and values of a layer come from the same capture).
     """
     kinds = [kind] if isinstance(kind, str) else list(kind)
     inspector = Inspector(model, dtype=dtype)
@@ -219,14 +233,16 @@ def run_lost(
         raise DataError("no usable images: every image was bad or the dataset was empty")
     out = {}
     for kd, t in tallies.items():
-        results = [dict(bias=bb, seed_outside_mask=t.outside[bb], **corloc(t.preds[bb], gts)) for bb in biases]
-        out[kd] = dict(
-            settings=dict(layer=layer % inspector.depth, features=kd, k=k, normalize=normalize, patch_size=list(patch)),
+        results = [Corloc(bias=bb, seed_outside_mask=t.outside[bb], **corloc(t.preds[bb], gts)) for bb in biases]
+        settings = LostSettings(layer=layer % inspector.depth, features=kd, k=k, normalize=normalize,
+                                patch_size=list(patch))  # fmt: skip
+        out[kd] = LostRun(
+            settings=settings,
             results=results,
             images=len(gts),
-            bad_images=[dict(path=p, reason=r) for p, r in bad],
+            bad_images=[BadImage(path=p, reason=r) for p, r in bad],
             per_image=t.per_image,
-            _examples=t.ex,
+            examples=t.ex,
         )
     return out[kinds[0]] if isinstance(kind, str) else out
 

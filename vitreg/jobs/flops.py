@@ -10,8 +10,7 @@ from typing import Any
 from vitreg.config import to_dict, validate_all
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ModelSpec
-from vitreg.results.codec import from_json
-from vitreg.results.flops import FlopsResult
+from vitreg.results.flops import FlopsModel, FlopsResult
 
 #: The register counts of the paper's sweeps (Fig. 8 ablation and Fig. 12 overhead).
 REGISTER_SWEEP: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
@@ -80,7 +79,7 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
     for spec, arch in zip(cfg.models, archs, strict=True):
         rows = flops_table(arch, counts, resolutions, tick=bar.update)
         models.append(
-            dict(
+            FlopsModel(
                 model=spec.label if spec.test_time_registers else spec.spec,
                 width=arch.embed_dim,
                 depth=arch.depth,
@@ -89,6 +88,6 @@ def flops(cfg: FlopsConfig) -> FlopsResult:
             )
         )
     bar.close()
-    result = from_json(FlopsResult, dict(counted=COUNTED, models=models, config=to_dict(cfg)), "flops")
+    result = FlopsResult(counted=COUNTED, models=models, config=to_dict(cfg))
     write_result(Path(cfg.out), result)
     return result

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from vitreg.config import to_dict, validate_all
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.results.codec import from_json
 from vitreg.results.inspect import InspectResult
 
 
@@ -26,8 +25,7 @@ def inspect(cfg: InspectConfig) -> InspectResult:
     validate_all(cfg)
     model, device, dtype = cfg.model.start(cfg.runtime)
     summary = layer_norms(model, cfg.images.batches(model, cfg.runtime.seed), device, dtype)
-    data = dict(model=cfg.model.spec, images=cfg.images.src, config=to_dict(cfg), **summary)
-    result = from_json(InspectResult, data, "inspect")
+    result = InspectResult(model=cfg.model.spec, images=cfg.images.src, config=to_dict(cfg), **vars(summary))
     if cfg.out:
         write_result(Path(cfg.out), result)
     return result

@@ -12,7 +12,6 @@ from vitreg.config import to_dict, validate_all
 from vitreg.data.scenes import SceneConfig, parse_scene_options
 from vitreg.errors import ConfigError
 from vitreg.jobs.specs import ImageSpec, ModelSpec, Runtime
-from vitreg.results.codec import from_json
 from vitreg.results.lost import LostResult
 
 DEFAULT_SYNTHETIC_IMAGES = 64
@@ -121,13 +120,13 @@ def lost(cfg: LostConfig) -> LostResult:
     )
     outs = {cfg.features: cfg.out, **cfg.also}
     results = {}
-    for kind, summary in summaries.items():
+    for kind, run in summaries.items():
         own = dataclasses.replace(cfg, features=kind, also={}, out=outs[kind])  # what that directory's run did
-        results[kind] = _write(own, summary, model, ds, protocol)
+        results[kind] = _write(own, run, model, ds, protocol)
     return results[cfg.features]
 
 
-def _write(cfg: LostConfig, summary: dict, model: Any, ds: Any, protocol: str) -> LostResult:
+def _write(cfg: LostConfig, run: Any, model: Any, ds: Any, protocol: str) -> LostResult:
     """lost.json and the example arrays of one feature kind into ``cfg.out``."""
     import numpy as np
 
@@ -135,17 +134,20 @@ def _write(cfg: LostConfig, summary: dict, model: Any, ds: Any, protocol: str) -
     from vitreg.models.inspect import no_cls_notes, num_registers
     from vitreg.results.rundir import LOST_EXAMPLES, write_result
 
-    ex = summary.pop("_examples")
-    data = dict(
+    ex = run.examples
+    result = LostResult(
         model=cfg.model.spec,
         registers=num_registers(model),
         dataset=str(cfg.images.src),
         protocol=protocol,
         config=to_dict(cfg),
         notes=no_cls_notes(model, "lost"),
-        **summary,
+        settings=run.settings,
+        results=run.results,
+        images=run.images,
+        bad_images=run.bad_images,
+        per_image=run.per_image,
     )
-    result = from_json(LostResult, data, "lost")
     out = Path(cfg.out)
     write_result(out, result)
     if ex["image"]:
