@@ -112,7 +112,7 @@ def _hf_dinov3(tmp: Path) -> Case:
     return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output, registers=4)
 
 
-def _clip_vision(kind: str = "CLIPVisionModel") -> torch.nn.Module:
+def _clip_vision(kind: str = "CLIPVisionModel", size: int = 32) -> torch.nn.Module:
     import transformers
     from transformers import CLIPVisionConfig
 
@@ -121,7 +121,7 @@ def _clip_vision(kind: str = "CLIPVisionModel") -> torch.nn.Module:
         intermediate_size=96,
         num_hidden_layers=2,
         num_attention_heads=4,
-        image_size=32,
+        image_size=size,
         patch_size=8,
         hidden_act="quick_gelu",
         projection_dim=16,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models_parity import TOL, Case, _hooked, _perturb, differences
+from test_models_parity import TOL, Case, _clip_vision, _hooked, _perturb, differences
 
 OWN, OTHER, PATCH = 48, 32, 8  # 6 x 6 -> 4 x 4 patches: the table is downsampled, where antialiasing matters
 
@@ -78,21 +78,6 @@ def _hf_siglip(tmp: Path) -> Case:
     return Case(tmp / "hf", x, out.hidden_states[-1], out.last_hidden_state, kwargs={"img_size": OTHER})
 
 
-def _clip_vision(size: int) -> torch.nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    cfg = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=size,
-        patch_size=PATCH,
-        hidden_act="quick_gelu",
-    )
-    return _perturb(CLIPVisionModel(cfg))
-
-
 def _clip_reference(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         out = model(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True)
@@ -100,7 +85,7 @@ def _clip_reference(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
 
 
 def _hf_clip(tmp: Path) -> Case:
-    model = _clip_vision(OWN)
+    model = _clip_vision(size=OWN)
     model.save_pretrained(tmp / "hf")
     x = _x()
     pre, normed = _clip_reference(model, x)
@@ -122,7 +107,7 @@ def _onnx_clip(tmp: Path) -> Case:
     pytest.importorskip("onnx", reason="onnx is not installed")
     from onnx_support import export
 
-    model = _clip_vision(OWN)
+    model = _clip_vision(size=OWN)
     export(model, tmp / "clip.onnx", size=OWN)
     x = _x()
     pre, normed = _clip_reference(model, x)
