@@ -258,3 +258,22 @@ def test_diagnose_lost_and_probe_on_a_dinov3_architecture(tmp_path: Path):
     p = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert p["registers"] == 4
     assert p["local"]["grid"] == [4, 4]
+
+
+def test_every_result_says_how_the_images_were_prepared(tmp_path: Path):
+    """metrics.json, probe.json and lost.json name the geometry, size, interpolation and the model's own mean/std, and
+    the diagnose report shows it."""
+    from vitreg.models import load_model
+
+    model = ["--model", "vit_pico_patch4_32", "--random-init", "--threads", "1"]
+    assert main(["diagnose", *model, "--limit", "4", "--examples", "0", "--out", str(tmp_path / "d")]) == 0
+    mean = load_model("vit_pico_patch4_32", random_init=True).vitreg_config.mean
+    said = json.loads((tmp_path / "d" / "metrics.json").read_text())["models"][0]["preprocessing"]
+    assert said.startswith("squashed to 32x32 (aspect ratio not kept), bicubic; mean (")
+    assert f"{mean[0]:.3f}" in said
+    assert "images prepared" in (tmp_path / "d" / "report.html").read_text()
+    probe = ["--limit", "8", "--epochs", "1", "--seeds", "1", "--probes", "local", "--out", str(tmp_path / "p")]
+    assert main(["probe", *model, *probe]) == 0
+    assert json.loads((tmp_path / "p" / "probe.json").read_text())["preprocessing"] == said
+    assert main(["lost", *model, "--limit", "2", "--out", str(tmp_path / "l")]) == 0
+    assert json.loads((tmp_path / "l" / "lost.json").read_text())["preprocessing"] == said  # generated scenes: squashed

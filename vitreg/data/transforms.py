@@ -157,6 +157,22 @@ class ImageTransform:
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    def describe(self) -> str:
+        """How an image is prepared, in words, for reports and result files: the geometry, the size, the
+        interpolation and the normalisation (e.g. "squashed to 224x224 (aspect ratio not kept), bicubic; mean
+        (0.481, 0.458, 0.408), std (0.269, 0.261, 0.276)")."""
+        h, w = self.input_size
+        if self.mode == "resize":
+            how = f"squashed to {h}x{w} (aspect ratio not kept)"
+        elif self.mode == "center_crop":
+            how = f"shorter side resized for a centre crop of {h}x{w} (crop_pct {self.crop_pct:g})"
+        else:
+            ph, pw = self.patch_size
+            most = f", longer side at most {self.max_side}" if self.max_side is not None else ""
+            how = f"full resolution{most}, cropped to a multiple of the {ph}x{pw} patch"
+        stats = ", ".join(f"{v:.3f}" for v in self.mean), ", ".join(f"{v:.3f}" for v in self.std)
+        return f"{how}, {self.interpolation}; mean ({stats[0]}), std ({stats[1]})"
+
     def __repr__(self) -> str:
         return (
             f"ImageTransform(input_size={self.input_size}, mode={self.mode!r}, patch_size={self.patch_size}, "

@@ -83,7 +83,7 @@ class DonePass:
     by `vitreg fix`, which runs these models over the same images anyway): the job summarises it as its own."""
 
     stream: NormStream  # unmerged, as :func:`vitreg.analysis.diagnose.diagnose_model` returns it
-    input_size: tuple[int, int]
+    transform: Any  # the ImageTransform the images went through (its size and description go into metrics.json)
 
 
 def diagnose(cfg: DiagnoseConfig, done: dict[str, DonePass] | None = None) -> DiagnoseResult:
@@ -169,7 +169,7 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
         sinks=cfg.sinks,
         layer=layer,
     )
-    result, arrays = _summarize(entry, cfg, DonePass(stream, transform.input_size), dtype)
+    result, arrays = _summarize(entry, cfg, DonePass(stream, transform), dtype)
     result.notes = no_cls_notes(model, "diagnose")
     return result, arrays
 
@@ -182,6 +182,7 @@ def _summarize(entry: ModelEntry, cfg: DiagnoseConfig, done: DonePass, dtype: An
     if stream.images == 0:
         raise DataError(f"model {entry.label}: no usable images in {cfg.images.src!r} (every image was bad or none)")
     result, arrays = summarize(stream, cfg.rule, entry.key, entry.label, entry.spec)
-    result.input_size = list(done.input_size)
+    result.input_size = list(done.transform.input_size)
+    result.preprocessing = done.transform.describe()
     result.precision = str(dtype).replace("torch.", "") if dtype is not None else "float32"
     return result, arrays

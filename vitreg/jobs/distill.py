@@ -451,7 +451,7 @@ def compare_distilled(cfg: CompareConfig) -> Comparison:
             desc=f"compare {key}",
             observe=keep_cls,
         )
-        done[key] = DonePass(stream, transform.input_size)
+        done[key] = DonePass(stream, transform)
     metrics = diagnose(
         DiagnoseConfig(models=entries, images=cfg.images, runtime=runtime, examples=cfg.examples, out=str(out)),
         done=done,

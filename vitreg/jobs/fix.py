@@ -202,7 +202,7 @@ class _FixRun:
             self.norms.append(block_norms(cap, self.detect + 1))
             before.add(cap, self.labels[i])
 
-        return DonePass(self.diagnosis(self.model, "diagnose a", observe), self.transform.input_size)
+        return DonePass(self.diagnosis(self.model, "diagnose a", observe), self.transform)
 
     def search(self) -> NeuronSearch:
         import numpy as np
@@ -257,7 +257,7 @@ class _FixRun:
         """The chosen k's pass, as the fixed model's diagnosis (the others are dropped)."""
         from vitreg.jobs.diagnose import DonePass
 
-        done = DonePass(self.passes[k], self.transform.input_size)
+        done = DonePass(self.passes[k], self.transform)
         self.passes.clear()
         return done
 
@@ -301,7 +301,7 @@ def _held_out(
             layer=detect,
             observe=_feeding(meter, labels),
         )
-        done[key] = DonePass(stream, transform.input_size)
+        done[key] = DonePass(stream, transform)
     before, ref = meters["a"].point(threshold, None)
     spec = to_dict(cfg.model)
     entries = [ModelEntry(key="a", **spec)]

@@ -140,6 +140,7 @@ def _write(cfg: LostConfig, run: Any, model: Any, ds: Any, protocol: str) -> Los
         registers=num_registers(model),
         dataset=str(cfg.images.src),
         protocol=protocol,
+        preprocessing=ds.transform.describe(),
         config=to_dict(cfg),
         notes=no_cls_notes(model, "lost"),
         settings=run.settings,

@@ -66,6 +66,7 @@ def probe(cfg: ProbeConfig) -> ProbeResult:
         registers=num_registers(model),
         images=cfg.images.src,
         num_images=feats.num_images,
+        preprocessing=cfg.images.transform(model).describe(),
         bad_images=[BadImage(path=p, reason=r) for p, r in feats.bad],
         layer=feats.layer,
         threshold=Threshold(

@@ -151,11 +151,15 @@ class ImageSpec:
 
         return Subset(ds, chosen)
 
-    def batches(self, model: torch.nn.Module, seed: int = 0) -> Any:
-        """A loader over the images prepared for ``model`` (its own size, mean and std)."""
+    def transform(self, model: torch.nn.Module) -> Any:
+        """How the images are prepared for ``model``: its own size, mean and std (an ImageTransform)."""
         from vitreg.data.transforms import ImageTransform
 
-        return self.loader(self.open(ImageTransform.from_model(model), seed=seed))
+        return ImageTransform.from_model(model)
+
+    def batches(self, model: torch.nn.Module, seed: int = 0) -> Any:
+        """A loader over the images prepared for ``model`` (:meth:`transform`)."""
+        return self.loader(self.open(self.transform(model), seed=seed))
 
     def loader(self, dataset: Any) -> Any:
         from vitreg.data.loader import make_loader

@@ -163,6 +163,7 @@ class ModelResult:
     sinks: list[SinkLayer] = field(default_factory=list)  # per block, with --sinks
     verdict: str = ""
     input_size: list[int] | None = None  # (H, W) the images were resized to
+    preprocessing: str | None = None  # how the images were prepared (geometry, size, interpolation, mean/std)
     precision: str | None = None
     # the block the output-level statistics above use (rule, output, positions, neighbours, masks, registers,
     # pictures); None in runs written before --layer existed, which used the last block

@@ -43,6 +43,7 @@ class LostResult:
     registers: int
     dataset: str
     protocol: str
+    preprocessing: str | None = None  # how the images were prepared (geometry, size, interpolation, mean/std)
     config: dict[str, Any] = field(default_factory=dict)
     settings: LostSettings
     results: list[Corloc]

@@ -151,6 +151,7 @@ class ProbeResult:
     registers: int
     images: str  # the image source
     num_images: int
+    preprocessing: str | None = None  # how the images were prepared (geometry, size, interpolation, mean/std)
     bad_images: list[BadImage] = field(default_factory=list)
     layer: int  # block whose output tokens were probed
     threshold: Threshold

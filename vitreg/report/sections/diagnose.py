@@ -131,6 +131,7 @@ def _summary(run: DiagnoseRun) -> Markup:
             "median norm outlier": m.result.output.median_norm_outlier,
             "[CLS] norm": m.result.output.cls_norm_mean,
             "register norms": ", ".join(fmt(v) for v in m.result.output.register_norms_mean) or None,
+            "images prepared": m.result.preprocessing,
         }
         for m in run.models
     ]
