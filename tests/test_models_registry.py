@@ -312,3 +312,14 @@ def test_transformers_names_on_disk_and_in_memory_load_alike(tmp_path, kind):
     again = load_weights(build_model(config_of(ours)), in_memory, "in memory")  # into fresh random weights
     for k, v in ours.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_models_formats_lists_every_format_with_its_resampling(capsys):
+    from vitreg.cli import main
+
+    assert main(["models", "--formats"]) == 0
+    out = capsys.readouterr().out
+    for f in registry.FORMATS:
+        assert f"{f.key}: {f.accepted}" in out
+        assert f"its position table: {f.resampling}" in out
+    assert out.count("its position table:") == len(registry.FORMATS)

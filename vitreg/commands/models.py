@@ -24,7 +24,10 @@ def print_formats() -> int:
 
     for f in formats.FORMATS:
         types = f"\n  model types: {', '.join(f.model_types)}" if f.model_types else ""
-        print(f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}{types}\n  e.g. {f.command}")
+        print(
+            f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}{types}\n"
+            f"  at another --img-size, its position table: {f.resampling}\n  e.g. {f.command}"
+        )
     return 0
 
 
