@@ -269,11 +269,14 @@ def test_every_result_says_how_the_images_were_prepared(tmp_path: Path):
     assert main(["diagnose", *model, "--limit", "4", "--examples", "0", "--out", str(tmp_path / "d")]) == 0
     mean = load_model("vit_pico_patch4_32", random_init=True).vitreg_config.mean
     said = json.loads((tmp_path / "d" / "metrics.json").read_text())["models"][0]["preprocessing"]
-    assert said.startswith("squashed to 32x32 (aspect ratio not kept), bicubic; mean (")
+    # a vitreg model's own processor squashes: said, with whose way it is
+    assert said.startswith("as its processor does it (vitreg): squashed to 32x32 (aspect ratio not kept), bicubic")
     assert f"{mean[0]:.3f}" in said
     assert "images prepared" in (tmp_path / "d" / "report.html").read_text()
     probe = ["--limit", "8", "--epochs", "1", "--seeds", "1", "--probes", "local", "--out", str(tmp_path / "p")]
     assert main(["probe", *model, *probe]) == 0
     assert json.loads((tmp_path / "p" / "probe.json").read_text())["preprocessing"] == said
     assert main(["lost", *model, "--limit", "2", "--out", str(tmp_path / "l")]) == 0
-    assert json.loads((tmp_path / "l" / "lost.json").read_text())["preprocessing"] == said  # generated scenes: squashed
+    lost = json.loads((tmp_path / "l" / "lost.json").read_text())["preprocessing"]
+    assert lost.startswith("scenes drawn at the input size: squashed to 32x32")
+    assert lost.endswith(said.split("): ", 1)[1])  # the same geometry, interpolation, mean and std

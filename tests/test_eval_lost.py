@@ -225,4 +225,5 @@ def test_lost_command_on_a_voc_root_with_mixed_sizes(tmp_path):
                  "--features", "v", "--out", str(out)]) == 0  # fmt: skip
     data = json.loads((out / "lost.json").read_text())
     assert data["images"] == 3
-    assert sorted(tuple(r["size"]) for r in data["per_image"]) == [(64, 96), (96, 64), (96, 64)]
+    # LOST's protocol: full resolution padded (not cropped) to a multiple of the 16 px patch: 100 x 70 -> 112 x 80
+    assert sorted(tuple(r["size"]) for r in data["per_image"]) == [(80, 112), (112, 80), (112, 80)]

@@ -10,7 +10,8 @@ graph of CLIP outputs ``last_hidden_state`` and the pooled [CLS] only (the graph
 the ONNX graphs of the other transformers families (``onnx-vit``, ``onnx-deit``, ``onnx-dinov2``, ``onnx-dinov3``,
 ``onnx-siglip``, cases of the one ``onnx`` format) are compared with the transformers model they were exported from.
 Formats vitreg owns (its run directory, its presets) are compared with the model they were saved from. SigLIP's
-attention-pooling head is compared too (the model's output against ``pooler_output``).
+attention-pooling head is compared too (the model's output against ``pooler_output``), and so is the projected [CLS]
+of an OpenCLIP tower's ONNX graph (``onnx-openclip``: its ``proj`` is the model's head) against OpenCLIP's forward.
 
 Adding a format: one module in ``vitreg/models/formats/`` and one case here (``CASES[key]``);
 ``test_every_format_has_a_case`` holds the two together. ``python tests/test_models_parity.py`` prints the table of
@@ -230,6 +231,50 @@ def _hf_deit(tmp: Path) -> Case:
     return Case(tmp / "hf", x, pre, out.last_hidden_state)
 
 
+def _beit_config(kind: str = "BeitConfig", **flags: Any) -> Any:
+    import transformers
+
+    sizes = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+    return getattr(transformers, kind)(**sizes, image_size=flags.pop("image_size", 32), **flags)
+
+
+def _hf_beit(tmp: Path) -> Case:
+    """BEiT as microsoft/beit-* fine-tuned models are published: a classifier around the backbone, a relative position
+    bias table per block, LayerScale, mean pooling (no final norm on the tokens; the pooler's norm on their mean)."""
+    from transformers import BeitForImageClassification
+
+    cfg = _beit_config(use_relative_position_bias=True, layer_scale_init_value=0.1, use_mean_pooling=True, num_labels=3)
+    model = _perturb(BeitForImageClassification(cfg))
+    model.save_pretrained(tmp / "hf")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.beit(pixel_values=x, output_hidden_states=True)
+    return Case(tmp / "hf", x, out.hidden_states[-1], out.last_hidden_state, pooled=out.pooler_output)
+
+
+def _hf_beit_cls(tmp: Path) -> Case:
+    """BEiT with absolute positions only, no LayerScale, [CLS] pooling (a final norm on every token)."""
+    from transformers import BeitModel
+
+    cfg = _beit_config(use_absolute_position_embeddings=True, layer_scale_init_value=0.0, use_mean_pooling=False)
+    x = torch.randn(2, 3, 32, 32)
+    out, pre = _hf(_perturb(BeitModel(cfg)), tmp / "hf", x)
+    return Case(tmp / "hf", x, pre, out.last_hidden_state, pooled=out.pooler_output)
+
+
+def _hf_data2vec_vision(tmp: Path) -> Case:
+    """data2vec-vision as ``Data2VecVisionModel`` saves it by default: no pooler; a shared relative position bias and
+    absolute positions both."""
+    from transformers import Data2VecVisionModel
+
+    flags = dict(use_shared_relative_position_bias=True, use_absolute_position_embeddings=True)
+    cfg = _beit_config("Data2VecVisionConfig", **flags, layer_scale_init_value=0.1, use_mean_pooling=True)
+    x = torch.randn(2, 3, 32, 32)
+    out, pre = _hf(_perturb(Data2VecVisionModel(cfg)), tmp / "hf", x)
+    assert out.pooler_output is None  # saved without its pooler: the tokens are compared
+    return Case(tmp / "hf", x, pre, out.last_hidden_state)
+
+
 # ------------------------------------------------------------------------------------------- other libraries
 def _openclip(tmp: Path) -> Case:
     """OpenCLIP's own ViT (QuickGELU, as OpenAI's weights), saved as OpenCLIP's checkpoints hold it."""
@@ -395,6 +440,23 @@ def _onnx_siglip(tmp: Path) -> Case:
     return _onnx_family(tmp, model, model, pooled=True)
 
 
+def _onnx_openclip(tmp: Path) -> Case:
+    """OpenCLIP's image tower (exact GELU, as its LAION models) exported to ONNX with OpenCLIP's module names; the
+    reference is OpenCLIP's own forward: ln_post's input and output, and the projected [CLS] (the graph's output)."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    import open_clip
+
+    vision = dict(image_size=32, layers=2, width=64, head_width=16, patch_size=8)
+    text = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+    visual = _perturb(open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)).visual
+    export(visual, tmp / "visual.onnx")
+    x = torch.randn(2, 3, 32, 32)
+    pre, normed = _hooked(visual.ln_post, lambda: visual(x))
+    with torch.no_grad():
+        pooled = visual(x)
+    return Case(tmp / "visual.onnx", x, pre, normed, pooled=pooled)
+
+
 def _dinov2(tmp: Path) -> Case:
     """Meta's original layout (its repository is no package): the forward written out from its definition."""
     from test_models_checkpoints import DEPTH, DIM, GRID, HEADS, PATCH, _dinov2_reference, _dinov2_state_dict
@@ -475,9 +537,12 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "hf-vit": _hf_vit,
     "hf-vit-mae": _hf_vit_mae,
     "hf-deit": _hf_deit,
+    "hf-beit": _hf_beit,
+    "hf-data2vec-vision": _hf_data2vec_vision,
     "openclip": _openclip,
     "torchvision": _torchvision,
     "onnx": _onnx_clip,
+    "onnx-openclip": _onnx_openclip,
     "timm": _timm,
 }
 #: More than one case for a format: the extra ones (the format's key, the case)
@@ -488,6 +553,7 @@ EXTRA: dict[str, tuple[str, Callable[[Path], Case]]] = {
     "onnx-dinov2": ("onnx", _onnx_dinov2),
     "onnx-dinov3": ("onnx", _onnx_dinov3),
     "onnx-siglip": ("onnx", _onnx_siglip),
+    "hf-beit-cls": ("hf-beit", _hf_beit_cls),
 }
 ALL = {**{k: (k, c) for k, c in CASES.items()}, **EXTRA}
 

@@ -209,6 +209,30 @@ def _openclip(tmp: Path) -> Case:
     return Case(folder, x, pre, normed, kwargs={"img_size": OTHER})
 
 
+def _onnx_openclip(tmp: Path) -> Case:
+    """OpenCLIP's image tower exported to ONNX at its own size, read by vitreg at another: as OpenCLIP's own
+    ``resize_pos_embed`` resamples the table (the reference: OpenCLIP's tower built at the other size with it)."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    import open_clip
+    from onnx_support import export
+    from open_clip.model import resize_pos_embed
+
+    def build(size: int) -> torch.nn.Module:
+        vision = dict(image_size=size, layers=2, width=64, head_width=32, patch_size=PATCH)
+        text = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+        return open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+
+    model = _perturb(build(OWN))
+    export(model.visual, tmp / "visual.onnx", size=OWN)
+    small = build(OTHER).eval()
+    sd = dict(model.state_dict())
+    resize_pos_embed(sd, small)  # OpenCLIP's own resampling, as its checkpoint loader does
+    small.load_state_dict(sd)
+    x = _x()
+    pre, normed = _hooked(small.visual.ln_post, lambda: small.visual(x))
+    return Case(tmp / "visual.onnx", x, pre, normed, kwargs={"img_size": OTHER})
+
+
 def _timm(tmp: Path) -> Case:
     import timm
     from timm.models._hub import save_for_hf
@@ -288,6 +312,7 @@ CASES: dict[str, tuple[Any, bool, int]] = {
     "vitreg-saved-clip": (_vitreg_saved_clip, False, OWN),
     "torchvision": (_torchvision, False, OWN),
     "openclip": (_openclip, True, OWN),
+    "onnx-openclip": (_onnx_openclip, True, OWN),
     "timm": (_timm, True, 84),
     "dinov2": (lambda tmp: _dinov2(tmp, 0), False, 56),
     "dinov2-registers": (lambda tmp: _dinov2(tmp, 4), True, 56),
@@ -330,3 +355,67 @@ def test_inputs_of_another_size_as_the_owner_resamples(tmp_path, monkeypatch, na
     case = build(tmp_path)
     case.kwargs = {**case.kwargs, "img_size": own}
     _check(name, case, like_timm, monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------- BEiT, data2vec-vision
+def _hf_beit_sized(kind: str, folder: Path, **flags: Any) -> Case:
+    """A transformers BEiT-style model at 6 x 6 patches run at 4 x 4: its position table resampled by
+    ``interpolate_pos_encoding`` (bicubic), its relative position bias tables by ``BeitRelativePositionBias``
+    (bilinear, at every forward)."""
+    import transformers
+
+    config_cls = getattr(transformers, kind.replace("Model", "Config"))
+    sizes = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2)
+    model = _perturb(getattr(transformers, kind)(config_cls(**sizes, image_size=OWN, patch_size=PATCH, **flags)))
+    with torch.no_grad():  # biases of a trained BEiT's size (a few units), not the perturbation's 0.05
+        for name, p in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.mul_(40)
+    x = _x()
+    out = _hf_run(model, folder, x, pixel_values=x, interpolate_pos_encoding=True)
+    return Case(folder, x, out.hidden_states[-1], out.last_hidden_state, kwargs={"img_size": OTHER})
+
+
+#: case -> build; each resamples tables (relative position biases; the data2vec one an absolute table too) as
+#: transformers does, which timm's Beit filter does not
+BEIT_CASES: dict[str, Any] = {
+    "hf-beit": lambda tmp: _hf_beit_sized("BeitModel", tmp / "hf", use_relative_position_bias=True),
+    "hf-data2vec-vision": lambda tmp: _hf_beit_sized(
+        "Data2VecVisionModel",
+        tmp / "hf",
+        use_shared_relative_position_bias=True,
+        use_absolute_position_embeddings=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEIT_CASES))
+def test_beit_other_size_as_transformers_resamples(tmp_path, monkeypatch, name):
+    """Loaded at the other size: the position table and the relative position bias tables resampled once, as
+    transformers does them; timm's Beit filter (its own resize of the tables) would be measurably off."""
+    pytest.importorskip("transformers", reason="the transformers test extra is not installed")
+    import vitreg.models.formats.timm_folder as timm_folder
+
+    torch.manual_seed(0)
+    case = BEIT_CASES[name](tmp_path)
+    diffs = differences(case)
+    bad = {k: v for k, v in diffs.items() if not (v <= TOL and math.isfinite(v))}
+    assert diffs
+    assert not bad, f"{name}: {bad}"
+    monkeypatch.setattr(timm_folder, "resample_positions", lambda sd, model, how: sd)
+    monkeypatch.setattr(timm_folder, "resample_rel_pos", lambda sd, model, how: (sd, {}))
+    timm_way = differences(case)
+    assert max(timm_way.values()) > 100 * TOL, f"{name}: timm's way is as close ({timm_way})"
+
+
+def test_beit_inputs_of_another_size_are_refused(tmp_path):
+    """timm's Beit has no dynamic image size: an input of another grid than the model's is refused in one line
+    (naming --img-size, which resamples the tables when the weights are loaded), not an assertion inside timm."""
+    pytest.importorskip("transformers", reason="the transformers test extra is not installed")
+    from vitreg.errors import ConfigError
+    from vitreg.models import Inspector, load_model
+
+    case = BEIT_CASES["hf-beit"](tmp_path)
+    model = load_model(case.spec).eval()  # its own size, 48 px
+    with pytest.raises(ConfigError, match=r"own size only \(48x48\), got 32x32.*--img-size"):
+        Inspector(model).run(case.x)

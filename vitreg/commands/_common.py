@@ -131,6 +131,31 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    add_resize_arg(g, "model", RESIZE_HELP)
+
+
+RESIZE_HELP = (
+    "how a photo becomes the model's input at its size: model (default: as the model's own processor does it, "
+    "e.g. CLIP's shorter side and centre crop; vitreg's own models are squashed), squash (aspect ratio not kept), "
+    "crop (shorter side, centre crop), keep-aspect (the whole photo, padded with the mean colour); every result says "
+    "which was used"
+)
+
+
+def resize_choice(value: str) -> str:
+    """``--resize MODE`` (argparse type): a mode, or a one-line hint for a number (LOST's earlier ``--resize S``)."""
+    from vitreg.models.processor import RESIZES
+
+    if value.isdigit():
+        modes = ", ".join(RESIZES)
+        raise argparse.ArgumentTypeError(f"takes a mode ({modes}), not a size (S x S: --resize squash --img-size S)")
+    if value not in RESIZES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(RESIZES)}")
+    return value
+
+
+def add_resize_arg(group: argparse._ArgumentGroup, default: str, help: str) -> None:
+    group.add_argument("--resize", type=resize_choice, default=default, metavar="MODE", help=help)
 
 
 def image_spec(args: argparse.Namespace) -> ImageSpec:
@@ -141,6 +166,7 @@ def image_spec(args: argparse.Namespace) -> ImageSpec:
         batch_size=args.batch_size,
         strict=args.strict,
         workers=args.workers,
+        resize=args.resize,
     )
 
 

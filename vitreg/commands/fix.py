@@ -127,7 +127,7 @@ def distill_config(args: argparse.Namespace) -> DistillConfig:
     images.batch_size = 16  # decoding only: --batch-size is the training batch
     held = None
     if args.held_out:
-        held = ImageSpec(src=args.held_out, subset=args.held_out_subset, batch_size=16)
+        held = ImageSpec(src=args.held_out, subset=args.held_out_subset, batch_size=16, resize=args.resize)
     return DistillConfig(
         model=common.model_spec(args),
         images=images,
@@ -172,7 +172,9 @@ def config(args: argparse.Namespace) -> FixConfig:
         clear=args.clear,
         examples=args.examples,
         save_model=args.save_model,
-        held_out=ImageSpec(src=args.held_out, subset=args.held_out_subset, batch_size=args.batch_size)
+        held_out=ImageSpec(
+            src=args.held_out, subset=args.held_out_subset, batch_size=args.batch_size, resize=args.resize
+        )
         if args.held_out
         else None,
         out=str(args.out),

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitreg.commands._common import add_model_args, add_runtime_args, list_arg, model_spec, run_job, runtime
+from vitreg.commands._common import (
+    add_model_args,
+    add_resize_arg,
+    add_runtime_args,
+    list_arg,
+    model_spec,
+    run_job,
+    runtime,
+)
 from vitreg.jobs.lost import LOST_BATCH_SIZE, LostConfig
 from vitreg.jobs.specs import ImageSpec
 from vitreg.results.lost import LostResult
@@ -25,12 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--image-root", type=Path, help="image folder, when not in the standard place beside the annotations"
     )
     g.add_argument("--limit", type=int, metavar="N", help="use at most N images (synthetic: default 64)")
+    add_resize_arg(
+        g,
+        "keep-aspect",
+        "keep-aspect (default: LOST's protocol, the photo at full resolution padded with the mean colour to a "
+        "multiple of the patch size), or squash / crop / model (the model's own processor) at the model's input size; "
+        "--resize squash --size 224 is the reproducibility study's setting",
+    )
     g.add_argument(
-        "--resize",
+        "--size",
         type=int,
         metavar="S",
-        help="resize every image to S x S (the reproducibility study's 224 setting) instead of LOST's protocol: "
-        "full resolution cropped to a multiple of the patch size",
+        help="squash / crop / model: S x S instead of the model's input size; keep-aspect: the longer side at most S",
     )
     g.add_argument(
         "--batch-size", type=int, default=LOST_BATCH_SIZE, help="images per forward (same-size images are batched)"
@@ -73,6 +87,7 @@ def config(args: argparse.Namespace) -> LostConfig:
         ),
         image_root=str(args.image_root) if args.image_root else None,
         resize=args.resize,
+        size=args.size,
         layer=args.layer,
         features=args.features,
         k=args.k,

@@ -26,7 +26,8 @@ def print_formats() -> int:
         types = f"\n  model types: {', '.join(f.model_types)}" if f.model_types else ""
         print(
             f"{f.key}: {f.accepted}\n  recognised by: {f.recognised_by}{types}\n"
-            f"  at another --img-size, its position table: {f.resampling}\n  e.g. {f.command}"
+            f"  at another --img-size, its position table: {f.resampling}\n"
+            f"  photos prepared (--resize model): {f.preprocessing}\n  e.g. {f.command}"
         )
     return 0
 

@@ -145,14 +145,13 @@ def _diagnose_entry(entry: ModelEntry, cfg: DiagnoseConfig, device: Any, dtype: 
 
     from vitreg import distributed as dist
     from vitreg.analysis.diagnose import diagnose_model, resolve_layer
-    from vitreg.data.transforms import ImageTransform
     from vitreg.models.inspect import no_cls_notes
 
     torch.manual_seed(cfg.runtime.seed)  # random-init models are the same whatever their place in the list
     model = entry.load(device)
     layer = resolve_layer(cfg.layer, len(getattr(model, "blocks")))  # noqa: B009 - ConfigError naming --layer
     # a fixed input size gives a fixed patch grid, so per-position counts add over images
-    transform = ImageTransform.from_model(model, mode="resize")
+    transform = cfg.images.transform(model)
     ds = cfg.images.open(transform, seed=cfg.runtime.seed)
     shard = _shard(ds, dist.get_rank(), dist.get_world_size())
     stream = diagnose_model(

@@ -151,7 +151,6 @@ def _decode(spec: ImageSpec, transform: Any, seed: int, what: str) -> _Images:
 
 def _run(cfg: DistillConfig, out: Path, resume: bool) -> DistillResult:
     from vitreg import distributed as dist
-    from vitreg.data.transforms import ImageTransform
     from vitreg.device import cpu_description, resolve_device, resolve_dtype, set_threads
     from vitreg.distill.loop import LoopSettings, Objective, train_student
     from vitreg.distill.measure import HeldOutMeter
@@ -164,9 +163,12 @@ def _run(cfg: DistillConfig, out: Path, resume: bool) -> DistillResult:
     dist.init_distributed(device)
     dtype = resolve_dtype(cfg.runtime.precision, device)  # training: bf16 where the hardware has it, else fp32
     base = cfg.model.load(device)
+    from vitreg.models.registers import refuse_beit
+
+    refuse_beit(base, "vitreg fix --method distill (registers)")  # before any work: a Beit takes no register
     for p in base.parameters():
         p.requires_grad_(False)
-    transform = ImageTransform.from_model(base, mode="resize")
+    transform = cfg.images.transform(base)  # the held-out images too: prepared the same way
     train = _decode(cfg.images, transform, cfg.runtime.seed, "--images")
     held = None
     if cfg.held_out is not None:  # the images measured while training; the final figures take them all
@@ -407,7 +409,6 @@ def compare_distilled(cfg: CompareConfig) -> Comparison:
     import torch
 
     from vitreg.analysis.diagnose import diagnose_model
-    from vitreg.data.transforms import ImageTransform
     from vitreg.jobs.diagnose import DiagnoseConfig, DonePass, ModelEntry, diagnose
     from vitreg.jobs.fix import layer_shares
     from vitreg.models.inspect import num_registers
@@ -428,7 +429,7 @@ def compare_distilled(cfg: CompareConfig) -> Comparison:
     runtime = dataclasses.replace(cfg.runtime, precision="auto")  # measured as every inference job: fp32
     device, dtype = runtime.start()
     models = {e.key: e.load(device) for e in entries}
-    transform = ImageTransform.from_model(models["a"], mode="resize")
+    transform = cfg.images.transform(models["a"])
     ds = cfg.images.open(transform, seed=cfg.runtime.seed)
     loaded = list(cfg.images.loader(ds))  # decoded once: every model's pass runs over these batches
     cls: dict[str, list[torch.Tensor]] = {k: [] for k in models}

@@ -152,13 +152,14 @@ class _FixRun:
     def start(cls, cfg: FixConfig) -> _FixRun:
         from vitreg.analysis.diagnose import resolve_layer
         from vitreg.analysis.register_neurons import image_batches
-        from vitreg.data.transforms import ImageTransform
         from vitreg.device import inference_dtype
+        from vitreg.models.registers import refuse_beit
 
         model, device, _ = cfg.model.start(cfg.runtime)
+        refuse_beit(model, "vitreg fix (test-time registers)")  # before any pass: a Beit takes no extra token
         dtype = inference_dtype(cfg.runtime.precision, device)  # auto: fp32 (bf16 changed which tokens are outliers)
         detect = resolve_layer(cfg.detect_layer, len(getattr(model, "blocks")), "--detect-layer")  # noqa: B009
-        transform = ImageTransform.from_model(model, mode="resize")
+        transform = cfg.images.transform(model)
         ds = cfg.images.open(transform, seed=cfg.runtime.seed)
         loaded = list(cfg.images.loader(ds))  # decoded once: every pass below runs over these batches
         labels = [y for _, y in image_batches(loaded, cfg.images.batch_size)]  # the usable ones, in order
@@ -271,12 +272,11 @@ def _held_out(
     from vitreg.analysis.diagnose import diagnose_model
     from vitreg.analysis.register_neurons import image_batches
     from vitreg.analysis.ttr_sweep import SweepMeter, _fixed
-    from vitreg.data.transforms import ImageTransform
     from vitreg.errors import DataError
     from vitreg.jobs.diagnose import DiagnoseConfig, DonePass, ModelEntry, diagnose
 
     assert cfg.held_out is not None
-    transform = ImageTransform.from_model(model, mode="resize")
+    transform = cfg.images.transform(model)  # prepared as the fit's images are
     ds = cfg.held_out.open(transform, seed=cfg.runtime.seed)
     loaded = list(cfg.held_out.loader(ds))
     labels = [y for _, y in image_batches(loaded, cfg.held_out.batch_size)]

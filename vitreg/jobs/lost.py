@@ -30,7 +30,10 @@ class LostConfig:
     # their base options, default seeded by runtime.seed); limit: at most N images (synthetic: 64 by default)
     images: ImageSpec = field(default_factory=lambda: ImageSpec(batch_size=LOST_BATCH_SIZE))
     image_root: str | None = None  # image folder when not in the standard place beside the annotations
-    resize: int | None = None  # S x S (the reproducibility study's 224) instead of the patch-multiple crop
+    # keep-aspect: LOST's own protocol (full resolution, padded to a multiple of the patch; ``size``: the longer side
+    # at most S); squash / crop / model: at the model's input size or S x S (the reproducibility study's 224, squash)
+    resize: str = "keep-aspect"
+    size: int | None = None
     # LOST
     layer: int = -1  # block whose features are used
     features: FeatureKind = "k"  # paper: k for DINOv2, v for DeiT-III and CLIP
@@ -46,6 +49,9 @@ class LostConfig:
     def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
         """Configs saved before LostConfig took an ImageSpec held its images flat (``dataset``, ``scenes``, ``limit``,
         ``batch_size``, ``workers``, ``strict``): read as ``images: {src, ...}`` (vitreg.config calls this)."""
+        if isinstance(data.get("resize"), int) or (data.get("resize", "") is None and "size" not in data):
+            # before --resize took a mode: an int was S x S squashed, none LOST's protocol at full resolution
+            data = {**data, "resize": "squash" if data["resize"] else "keep-aspect", "size": data["resize"]}
         if "images" in data or not any(k in data for k in _FLAT_IMAGE_KEYS):
             return data
         out = {k: v for k, v in data.items() if k not in _FLAT_IMAGE_KEYS}
@@ -60,8 +66,12 @@ class LostConfig:
             raise ConfigError("--bias needs at least one number")
         if self.images.subset is not None:
             raise ConfigError("LOST runs over its dataset's images up to --limit; images.subset is not supported")
-        if self.resize is not None and self.resize < 1:
-            raise ConfigError(f"--resize must be >= 1, got {self.resize}")
+        from vitreg.models.processor import RESIZES
+
+        if self.resize not in RESIZES:
+            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"--size must be >= 1, got {self.size}")
         bad = [k for k in self.also if k not in ("k", "q", "v", "tokens") or k == self.features]
         if bad:
             raise ConfigError(f"also: {bad[0]!r} is not another feature kind (k, q, v, tokens; not {self.features!r})")
@@ -76,7 +86,8 @@ def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
     images = cfg.images
     keyword, _, options = str(images.src).partition(":")
     if keyword == "synthetic":
-        t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
+        t = ImageTransform.for_model(model, "squash", img_size=cfg.size)
+        t.owner = "scenes drawn at the input size"  # a square at the model's size: no geometry changes it
         # scene options (e.g. the training task's) apply first; the size always follows the model
         scenes = parse_scene_options(options, images.scenes or SceneConfig(seed=cfg.runtime.seed))
         scenes = dataclasses.replace(scenes, img_size=t.input_size)
@@ -85,12 +96,15 @@ def build_dataset(cfg: LostConfig, model: Any) -> tuple[Any, str]:
     records = read_box_dataset(images.src, cfg.image_root)
     if images.limit is not None:
         records = records[: images.limit]
-    if cfg.resize:
-        t = ImageTransform.from_model(model, mode="resize", img_size=cfg.resize)
-        protocol = f"resized to {cfg.resize}x{cfg.resize}"
+    if cfg.resize != "keep-aspect":
+        t = ImageTransform.for_model(model, cfg.resize, img_size=cfg.size)
+        h, w = t.input_size
+        protocol = f"resized to {h}x{w}" if cfg.resize == "squash" else f"{cfg.resize} at {h}x{w}"
     else:
-        t = ImageTransform.from_model(model, mode="patch_crop")
-        protocol = "full resolution, cropped to a multiple of the patch size"
+        t = ImageTransform.from_model(model, mode="patch_pad", max_side=cfg.size, interpolation="bicubic")
+        t.owner = "LOST's protocol"
+        most = f", longer side at most {cfg.size}" if cfg.size else ""
+        protocol = f"full resolution{most}, padded to a multiple of the patch size (LOST's)"
         # Same-size images next to each other so that they share a forward and one (B, N, N) product.
         records = sorted(records, key=lambda r: t.output_size(r.size) if r.size else (0, 0))
     return BoxDataset(records, t), protocol

@@ -124,8 +124,14 @@ class ImageSpec:
     batch_size: int = 32
     strict: bool = False  # stop at the first bad image instead of skipping it
     workers: int = 0
+    # how a photo becomes the model's input: "model" (its own processor), "squash", "crop", "keep-aspect"
+    resize: str = "model"
 
     def validate(self) -> None:
+        from vitreg.models.processor import RESIZES
+
+        if self.resize not in RESIZES:
+            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -152,10 +158,11 @@ class ImageSpec:
         return Subset(ds, chosen)
 
     def transform(self, model: torch.nn.Module) -> Any:
-        """How the images are prepared for ``model``: its own size, mean and std (an ImageTransform)."""
+        """How the images are prepared for ``model``: at its own size, mean and std, by its own processor or the
+        geometry ``resize`` names (an ImageTransform: its ``describe()`` goes into every result)."""
         from vitreg.data.transforms import ImageTransform
 
-        return ImageTransform.from_model(model)
+        return ImageTransform.for_model(model, self.resize)
 
     def batches(self, model: torch.nn.Module, seed: int = 0) -> Any:
         """A loader over the images prepared for ``model`` (:meth:`transform`)."""

@@ -165,8 +165,10 @@ def apply_delta(model: nn.Module, folder: Path, delta: DeltaFile) -> nn.Module:
                 raise CheckpointError(f"{path}: unknown tensor {key!r} (expected registers, add.*, rows.*, index.*)")
     base_cfg = getattr(model, "vitreg_config", None)
     cfg = delta.model_config(folder / DELTA_CONFIG)
-    if base_cfg is not None:  # the size it was loaded at (its position table resampled there, its owner's way)
-        cfg = dataclasses.replace(cfg, img_size=base_cfg.img_size, resampling=base_cfg.resampling)
+    if base_cfg is not None:  # the size it was loaded at (its position table resampled there), its owner's ways
+        cfg = dataclasses.replace(
+            cfg, img_size=base_cfg.img_size, resampling=base_cfg.resampling, processor=base_cfg.processor
+        )
     model.vitreg_config = cfg  # type: ignore[assignment]
     return model
 

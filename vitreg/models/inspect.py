@@ -1,7 +1,7 @@
 """Inspector: one forward pass that captures what the analyses need, with fused attention left on.
 
-Works on timm's ``VisionTransformer`` (DINOv2, CLIP, DeiT-III, vitreg's own) and ``Eva`` (DINOv3, with RoPE and
-storage tokens, which count as registers):
+Works on timm's ``VisionTransformer`` (DINOv2, CLIP, DeiT-III, vitreg's own), ``Eva`` (DINOv3, with RoPE and
+storage tokens, which count as registers) and ``Beit`` (BEiT, data2vec-vision: relative position biases):
 
 - block outputs (the residual stream after each block, *before* the final norm: what the paper's norms use), or
   only their per-token norms (``norm_layers``: a (B, N) vector per block instead of (B, N, C) tokens),
@@ -10,7 +10,9 @@ storage tokens, which count as registers):
   call them right after the projection), v from the projection itself; keys are as projected, before any RoPE,
 - attention probabilities of chosen layers for chosen query tokens ([CLS] and each register by default),
   recomputed as softmax(q k^T * scale) from the captured q/k, with RoPE applied to the patch tokens as the block
-  itself does (timm's ``apply_rot_embed_cat``, the block's own rope), so SDPA stays on everywhere else.
+  itself does (timm's ``apply_rot_embed_cat``, the block's own rope), so SDPA stays on everywhere else; for a Beit,
+  q/k/v are recomputed from the attention's input (its Attention calls no q_norm) and the logits get the block's
+  relative position bias and the shared one the model passes in, as timm's Beit Attention adds them.
 
 A pass can also keep chosen blocks' *inputs* (``keep_inputs``) and a later pass over the same images can start at
 such a block (:class:`Resume`): the blocks before it are skipped, which gives the same numbers when the model's
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
+from timm.models.beit import Attention as BeitAttention
 
 from vitreg.device import autocast
 from vitreg.errors import ConfigError
@@ -299,6 +302,7 @@ class Inspector:
         model = self.model
         device = next(model.parameters()).device
         images = images.to(device)
+        _check_input_size(model, tuple(images.shape[-2:]))
         layout = token_layout(model, tuple(images.shape[-2:]))
         tok_layers = _resolve_layers(layers, self.depth)
         norm_only = [i for i in _resolve_layers(norm_layers, self.depth) if i not in tok_layers]
@@ -390,6 +394,18 @@ class Inspector:
         return hook
 
 
+def _check_input_size(model: nn.Module, hw: tuple[int, ...]) -> None:
+    """ConfigError for an input a fixed-size model cannot read (timm's Beit: its position tables are built for one
+    grid, and it has no ``dynamic_img_size``), before timm's own assertion would end the pass with a traceback."""
+    pe: Any = getattr(model, "patch_embed", None)
+    own = tuple(int(s) for s in getattr(pe, "img_size", None) or ())
+    if getattr(pe, "strict_img_size", False) and own and tuple(int(s) for s in hw) != own:
+        raise ConfigError(
+            f"{type(model).__name__} reads images of its own size only ({own[0]}x{own[1]}), got {hw[0]}x{hw[1]}: "
+            f"load the model at that size (--img-size), which resamples its position tables"
+        )
+
+
 def _substitute(tokens: torch.Tensor):
     """Pre-hook of the block a resumed pass starts at: its input is the one kept by the earlier pass."""
 
@@ -434,11 +450,19 @@ class _AttentionHooks:
     EvaAttention call on the projected q and k; v from the projection output (``qkv`` fused, ``v_proj`` split), or,
     for an Eva whose fused projection adds a separate q/v bias (timm then calls ``F.linear`` on ``qkv.weight``
     directly), from the attention's input and that weight. RoPE is the ``rope`` argument the block passes in.
+
+    timm's Beit Attention calls no q_norm / k_norm: its q, k, v are recomputed from its input (its fused ``qkv``
+    weight and ``q_bias`` / zero ``k_bias`` / ``v_bias``), and its relative position bias (the block's own table, and
+    the ``shared_rel_pos_bias`` argument the model passes in) is added to the logits as it adds them.
     """
 
     def __init__(self, attn: Any, layer: int):
         self.attn, self.layer = attn, layer
         self.got: dict[str, Any] = {}
+        self.beit = isinstance(attn, BeitAttention)
+        if self.beit:
+            self.handles = [attn.register_forward_pre_hook(self._inputs, with_kwargs=True)]
+            return
         self.handles = [
             attn.register_forward_pre_hook(self._inputs, with_kwargs=True),
             attn.q_norm.register_forward_hook(self._keep("q")),
@@ -455,6 +479,8 @@ class _AttentionHooks:
     def _inputs(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.got["x"] = args[0] if args else kwargs.get("x")
         self.got["rope"] = kwargs.get("rope")
+        shared = args[1] if len(args) > 1 else kwargs.get("shared_rel_pos_bias")  # Beit: (heads, N, N) or None
+        self.got["shared"] = shared.detach() if shared is not None else None
 
     def _keep(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -473,8 +499,21 @@ class _AttentionHooks:
         v = F.linear(got["x"], a.qkv.weight[-c:], a.v_bias)  # (B, N, C): the v third of the fused projection
         return v.reshape(b, n, -1, hd).transpose(1, 2)
 
+    def _beit_qkv(self) -> QKV:
+        """q, k, v of a Beit attention from its input, as its forward projects them (float32)."""
+        a = self.attn
+        if self.got.get("x") is None:
+            raise CaptureError(f"capture failed: the attention hook of block {self.layer} did not fire")
+        x = self.got["x"].float()  # (B, N, C): the attention's input (after norm1)
+        bias = None if a.q_bias is None else torch.cat((a.q_bias, a.k_bias, a.v_bias)).float()  # k's is zeros
+        qkv = F.linear(x, a.qkv.weight.float(), bias)  # (B, N, 3 * heads * hd)
+        q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return QKV(q=q, k=k, v=v)  # each (B, heads, N, hd)
+
     def qkv(self, v: bool = True) -> QKV:
         """q, k and (when ``v``; attention alone does not need it) v as float32."""
+        if self.beit:
+            return self._beit_qkv()
         if "q" not in self.got or "k" not in self.got:
             raise CaptureError(f"capture failed: the q/k hooks of block {self.layer} did not fire")
         q, k = self.got["q"].float(), self.got["k"].float()
@@ -493,4 +532,16 @@ class _AttentionHooks:
         if k.shape[1] != q.shape[1]:  # grouped-query attention: each k/v head serves several q heads
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         logits = (q[:, :, queries] * self.attn.scale) @ k.transpose(-2, -1)  # (B, heads, Q, N)
+        bias = self._beit_bias() if self.beit else None
+        if bias is not None:
+            logits = logits + bias[:, :, queries]
         return logits.softmax(dim=-1)
+
+    def _beit_bias(self) -> torch.Tensor | None:
+        """(1, heads, N, N) the relative position bias a Beit attention adds to its logits: its own table's plus the
+        shared one (None when it has neither: a BEiT with absolute positions only)."""
+        a, shared = self.attn, self.got.get("shared")
+        parts = [shared.float().reshape(-1, *shared.shape[-3:])] if shared is not None else []  # (1, heads, N, N)
+        if a.relative_position_bias_table is not None:
+            parts.append(a._get_rel_pos_bias().float())  # (1, heads, N, N)
+        return sum(parts[1:], parts[0]) if parts else None

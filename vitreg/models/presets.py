@@ -23,6 +23,8 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from vitreg.errors import CheckpointError, ConfigError
+from vitreg.models.processor import Processor, timm_processor
+from vitreg.models.registers import BEIT_NO_REGISTERS
 
 MAX_REGISTERS = 16
 TIMM_PREFIX = "timm:"
@@ -61,6 +63,8 @@ class ModelConfig:
     source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
     # how the position table is resampled to another grid: its checkpoint's owner's way (models/formats/resampling.py)
     resampling: str = "timm"
+    # how its owner's processor resizes and crops a photo (models/processor.py): the default of --resize model
+    processor: Processor = field(default_factory=Processor)
     # Test-time registers (vitreg.models.ttr): extra untrained tokens after the registers, fed by these MLP units
     test_time_registers: int = 0
     register_neurons: list[tuple[int, int]] = field(default_factory=list)  # (block, hidden unit) pairs
@@ -85,6 +89,7 @@ class ModelConfig:
         return from_dict(cls, d)
 
     def validate(self) -> None:
+        self.processor.validate()
         if self.mlp not in ("mlp", "swiglu") or self.act not in ACTIVATIONS:
             raise ConfigError(
                 f"unknown mlp {self.mlp!r} or act {self.act!r}; allowed: mlp, swiglu; {', '.join(ACTIVATIONS)}"
@@ -198,12 +203,18 @@ def _is_eva(timm_name: str) -> bool:
     return timm.models.model_entrypoint(timm_name).__module__.endswith(".eva")
 
 
+def _is_beit(timm_name: str) -> bool:
+    """timm's Beit (BEiT, BEiT v2, data2vec-vision): relative position biases, a fixed input size, no registers."""
+    return timm.models.model_entrypoint(timm_name).__module__.endswith(".beit")
+
+
 def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
     timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
         raise ConfigError(f"timm has no model named {timm_name!r} (timm {timm.__version__})")
     # Build once on the meta device to read the architecture without allocating weights.
     import torch
+    from timm.models.beit import Beit
     from timm.models.eva import Eva
 
     extra = {k: v for k, v in overrides.items() if v is not None}
@@ -218,8 +229,12 @@ def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dic
             f"timm:{timm_name} is a VisionTransformerSAM: its blocks work on (B, H, W, C) windows with relative "
             "position biases and it has no prefix tokens, which the Inspector does not capture (not supported)"
         )
-    if not isinstance(probe, VisionTransformer | Eva):
-        raise ConfigError(f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer or Eva (DINOv3)")
+    if not isinstance(probe, VisionTransformer | Eva | Beit):
+        raise ConfigError(
+            f"{timm_name!r} is a {type(probe).__name__}, not a timm VisionTransformer, Eva (DINOv3) or Beit (BEiT)"
+        )
+    if isinstance(probe, Beit) and registers:
+        raise ConfigError(f"timm:{timm_name}: {BEIT_NO_REGISTERS}")
     pcfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
     distilled = getattr(probe, "dist_token", None) is not None  # DeiT's distillation token is no register
     own_regs = probe.num_prefix_tokens - (probe.cls_token is not None) - distilled
@@ -241,13 +256,16 @@ def _timm_config(name: str, registers: int | None, img_size: Any, overrides: dic
         mean=tuple(pcfg.get("mean", IMAGENET_DEFAULT_MEAN)),
         std=tuple(pcfg.get("std", IMAGENET_DEFAULT_STD)),
         timm_kwargs=extra,
+        processor=timm_processor(pcfg, f"timm's pretrained_cfg of {timm_name}"),
     )
 
 
 def build_model(cfg: ModelConfig) -> VisionTransformer:
     """Instantiate ``cfg`` with random weights (timm's own initialisation)."""
     model: Any
-    if cfg.is_timm:
+    if cfg.is_timm and _is_beit(cfg.spec[len(TIMM_PREFIX) :]):
+        model = _build_beit(cfg)
+    elif cfg.is_timm:
         name = cfg.spec[len(TIMM_PREFIX) :]
         # timm's Eva (DINOv3, EVA) names its register ("storage") tokens num_reg_tokens
         regs: dict[str, Any] = {"num_reg_tokens" if _is_eva(name) else "reg_tokens": cfg.registers}
@@ -296,6 +314,27 @@ def build_model(cfg: ModelConfig) -> VisionTransformer:
 
         attach(model, cfg.register_neurons, cfg.test_time_registers)
     return typing.cast(VisionTransformer, model)
+
+
+def _build_beit(cfg: ModelConfig) -> nn.Module:
+    """timm's Beit for ``cfg``: its sizes and position flags in ``timm_kwargs`` (a transformers BEiT folder states them
+    all; a ``timm:beit_*`` name takes timm's), the final norm's eps from ``norm_eps`` (transformers writes 1e-12,
+    timm's own is 1e-6). Beit has no ``dynamic_img_size``: it reads images of its own size only (the Inspector says
+    so), and no register tokens."""
+    from timm.layers import LayerNorm
+
+    if cfg.registers:
+        raise ConfigError(f"{cfg.spec} with {cfg.registers} registers: {BEIT_NO_REGISTERS}")
+    kwargs = {
+        "global_pool": cfg.global_pool,
+        "norm_layer": functools.partial(LayerNorm, eps=cfg.norm_eps),
+        **cfg.timm_kwargs,
+    }
+    name = cfg.spec[len(TIMM_PREFIX) :]
+    try:
+        return timm.create_model(name, pretrained=False, img_size=cfg.img_size, num_classes=cfg.num_classes, **kwargs)
+    except TypeError as err:  # a model.json edited by hand: a key timm's Beit does not take
+        raise ConfigError(f"{cfg.spec}: timm's Beit does not take {sorted(cfg.timm_kwargs)}: {err}") from None
 
 
 def config_of(model: nn.Module) -> ModelConfig:

@@ -16,9 +16,25 @@ import torch.nn as nn
 
 from vitreg.errors import ConfigError
 
+#: Why timm's Beit takes no extra prefix token (registers, test-time registers): one line for the refusals
+BEIT_NO_REGISTERS = (
+    "timm's Beit (BEiT, data2vec-vision) takes no register tokens: its relative position bias covers [CLS] and "
+    "the patches only"
+)
+
+
+def refuse_beit(model: nn.Module, what: str) -> None:
+    """ConfigError (one line, starting with ``what``) for timm's Beit (BEiT, data2vec-vision): its relative position
+    bias is a (1 + H*W)^2 table with no row for another token. The jobs that add tokens call it before any work."""
+    from timm.models.beit import Beit
+
+    if isinstance(model, Beit):
+        raise ConfigError(f"{what}: {BEIT_NO_REGISTERS}")
+
 
 def check_extendable(model: nn.Module, what: str) -> None:
     """ConfigError (one line, starting with ``what``) when ``model`` cannot take extra prefix tokens."""
+    refuse_beit(model, what)
     vit: Any = model
     if not hasattr(vit, "blocks") or not hasattr(vit, "num_prefix_tokens") or not hasattr(vit, "reg_token"):
         raise ConfigError(f"{what} need a timm VisionTransformer or Eva, got {type(model).__name__}")

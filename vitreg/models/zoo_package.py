@@ -38,6 +38,7 @@ CONVERTED = ("model.safetensors", "model.json", "provenance.json")
 CONVERSIONS = {
     1: "the model folder and its provenance",
     2: "model.json names the owner's resampling of the position table (transformers' for an ONNX export of CLIP)",
+    3: "model.json states how the package prepares a photo for its model (provenance preprocess.processor)",
 }
 CONVERSION = max(CONVERSIONS)
 
@@ -199,13 +200,19 @@ def _convert(member: Path, staged: Path, provenance: dict[str, Any], name: str) 
 
     from vitreg import atomic
     from vitreg._version import __version__
+    from vitreg.config import from_dict
     from vitreg.models.modelfile import load_model_file, save_model
     from vitreg.models.presets import config_of
+    from vitreg.models.processor import Processor
 
     # a file that states its model: no name to resolve, so not the resolver (which fetches zoo entries through here)
     model = load_model_file(member)
     cfg = config_of(model)
     cfg.spec = f"zoo:{name}"
+    own = (provenance.get("preprocess") or {}).get("processor")
+    if isinstance(own, dict):  # the package's own resize and crop (its code, not a preprocessor_config.json)
+        cfg.processor = from_dict(Processor, own, "preprocess.processor")
+        cfg.processor.validate()
     save_model(model, staged)
     weights = staged / "model.safetensors"
     record = {

@@ -99,7 +99,8 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
             lost_cfg = LostConfig(
                 model=ModelSpec(spec=str(m.directory)),
                 images=images,
-                resize=resize,
+                resize="squash",  # S x S (the synthetic scenes are drawn at the model's size)
+                size=resize,
                 features=LOST_FEATURES,
                 runtime=Runtime(threads=plan.threads, seed=plan.scene_seed),
                 out=str(dirs.lost(name, seed, n)),

@@ -184,10 +184,12 @@ def readme_table() -> str:
     """The README's table of formats (``python -m vitreg.models.formats`` prints it; a test holds the README to
     it). The versions are the owning libraries' installed here, which the parity test ran against."""
     rows = [
-        "| what you have | command | recognised by | position table at another `--img-size` | tested against |",
-        "|---|---|---|---|---|",
+        "| what you have | command | recognised by | position table at another `--img-size` | photos prepared "
+        "(`--resize model`) | tested against |",
+        "|---|---|---|---|---|---|",
     ]
     for f in FORMATS:
         version = owner_version(f.owner) if f.owner != "vitreg" else "vitreg's own (round trip)"
-        rows.append(f"| {f.what} | `{f.command}` | {f.recognised_by} | {f.resampling} | {version} |")
+        cells = (f.what, f"`{f.command}`", f.recognised_by, f.resampling, f.preprocessing, version)
+        rows.append(f"| {' | '.join(cells)} |")
     return "\n".join(rows)

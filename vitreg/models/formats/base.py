@@ -89,6 +89,8 @@ class Format:
     layout: Layout | None = None
     # how the position table is resampled at another --img-size: the owner's way (resampling.py), for the README
     resampling: str = "bicubic, antialiased (timm)"
+    # how a photo is resized and cropped by default (--resize model): its owner's processor (models/processor.py)
+    preprocessing: str = "vitreg's squash"
 
     def claims_config(self, data: dict[str, Any]) -> bool:
         """Whether this format claims a folder whose ``config_file`` parsed to ``data``."""
@@ -136,6 +138,21 @@ def mean_std(pre: dict[str, Any], default: tuple[RGB, RGB]) -> tuple[RGB, RGB]:
         except (TypeError, ValueError):
             pass
     return default
+
+
+def with_processor(cfg: ModelConfig, pre: dict[str, Any], name: str, where: Path | str = "") -> ModelConfig:
+    """``cfg`` prepared as transformers' ``name`` image processor does it (models/processor.py), reading ``pre`` (a
+    ``preprocessor_config.json``, {} when absent: the class's defaults). The crop a preprocessor_config.json states
+    is the model's input size (a DINOv2 folder's table is 518 px, its processor crops 224), when it is a whole number
+    of patches."""
+    from vitreg.models.processor import hf_processor
+
+    proc, crop = hf_processor(pre, name)
+    cfg.processor = proc
+    if crop is not None and crop % cfg.patch_size == 0 and (crop, crop) != tuple(cfg.img_size):
+        cfg.img_size = (crop, crop)
+        cfg.source += f"; input {crop} px, its processor's crop ({where or 'preprocessor_config.json'})"
+    return cfg
 
 
 def ints(cfg: dict[str, Any], where: Path | str, what: str, *keys: str) -> list[int]:

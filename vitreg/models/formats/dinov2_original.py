@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vitreg.models.formats.base import Format, Layout, StateDict
 from vitreg.models.formats.resampling import DINOV2, DINOV2_REG
 from vitreg.models.formats.timm_folder import timm_filter
+from vitreg.models.processor import Processor
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -57,6 +58,10 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
     return timm_filter(sd, model, how)
 
 
+EVAL_RESIZE, EVAL_CROP = 256, 224
+EVAL_OWNER = "DINOv2's make_classification_eval_transform (Resize 256, CenterCrop 224)"
+
+
 def _claims_name(spec: str) -> bool:
     from vitreg.models.presets import DINOV2_ALIASES
 
@@ -64,15 +69,21 @@ def _claims_name(spec: str) -> bool:
 
 
 def read_name(spec: str, *, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
+    """A DINOv2 hub name: timm's model of it, run as DINOv2's own evaluation prepares a photo
+    (``make_classification_eval_transform``: the shorter side to 256, bicubic, the centre 224 cropped): at 224 px, the
+    paper's setting, unless ``img_size`` says otherwise (the table, 518 px, is resampled DINOv2's way)."""
     from vitreg.models.presets import model_config
 
-    return model_config(spec, registers=registers, img_size=img_size, **overrides)
+    cfg = model_config(spec, registers=registers, img_size=img_size or EVAL_CROP, **overrides)
+    cfg.processor = Processor("shorter", EVAL_CROP / EVAL_RESIZE, "bicubic", "int", "round", EVAL_OWNER)
+    return cfg
 
 
 LAYOUT = Layout(name="DINOv2 original", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="dinov2",
+    preprocessing="DINOv2's eval transform: shorter side to 256, the centre 224 (bicubic); runs at 224",
     resampling=f"{DINOV2.said}; with registers: {DINOV2_REG.said}",
     owner="dinov2",
     what="an original DINOv2 `.pth` (found in torch hub's `checkpoints/`; `--download` fetches it)",

@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError
-from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, ints, mean_std, preprocessor
+from vitreg.models.formats.base import (
+    HUB_WEIGHTS,
+    Format,
+    Layout,
+    StateDict,
+    ints,
+    mean_std,
+    preprocessor,
+    with_processor,
+)
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
 from vitreg.models.formats.resampling import TRANSFORMERS
 from vitreg.models.formats.timm_folder import timm_filter
@@ -85,7 +94,7 @@ def clip_config(
     if size % patch:
         raise CheckpointError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
     mean, std = mean_std(preprocess or {}, (CLIP_MEAN, CLIP_STD))
-    return ModelConfig(
+    cfg = ModelConfig(
         spec=spec,
         img_size=(size, size),
         patch_size=patch,
@@ -102,6 +111,7 @@ def clip_config(
         std=std,
         source=source,
     )
+    return with_processor(cfg, preprocess or {}, "CLIPImageProcessor")
 
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
@@ -117,6 +127,7 @@ LAYOUT = Layout(name="transformers CLIP", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="hf-clip",
+    preprocessing="its `preprocessor_config.json` (`CLIPImageProcessor`: shorter side, centre crop, bicubic)",
     resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` CLIP folder (`CLIPVisionModel`, `CLIPVisionModelWithProjection`, or a `CLIPModel`'s "

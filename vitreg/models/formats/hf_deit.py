@@ -33,13 +33,14 @@ def recognise(sd: StateDict) -> bool:
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
     source = f"transformers {architectures(cfg, 'DeiTModel')} (its distillation token kept as a prefix token)"
-    return vit_config(cfg, folder, "DeiT", source, IMAGENET, dist_token=True)
+    return vit_config(cfg, folder, "DeiT", source, IMAGENET, "DeiTImageProcessor", dist_token=True)
 
 
 LAYOUT = Layout(name="transformers DeiT", recognise=recognise, to_timm=vit_to_timm)
 
 FORMAT = Format(
     key="hf-deit",
+    preprocessing="its `preprocessor_config.json` (`DeiTImageProcessor`: squashed to 256, the centre 224)",
     resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` DeiT folder (`DeiTModel`, `DeiTForImageClassificationWithTeacher`; the distillation "

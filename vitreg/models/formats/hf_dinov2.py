@@ -26,6 +26,7 @@ from vitreg.models.formats.base import (
     number,
     preprocessor,
     strip_prefix,
+    with_processor,
 )
 from vitreg.models.formats.hf_common import bert_blocks
 from vitreg.models.formats.resampling import TRANSFORMERS, TRANSFORMERS_DINOV2_REG
@@ -78,8 +79,9 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
     hidden = int(dim * number(cfg, where, "mlp_ratio", 4))
     if swiglu:  # transformers' Dinov2SwiGLUFFN: 2/3 of the width, rounded up to a multiple of 8, packed as two halves
         hidden = 2 * ((int(hidden * 2 / 3) + 7) // 8 * 8)
-    mean, std = mean_std(preprocessor(folder), IMAGENET)
-    return ModelConfig(
+    pre = preprocessor(folder)
+    mean, std = mean_std(pre, IMAGENET)
+    out = ModelConfig(
         spec=f"hf:{folder.name}",
         registers=int(number(cfg, where, "num_register_tokens", 0)),
         img_size=(size, size),
@@ -96,12 +98,15 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
         std=std,
         source=f"transformers {TYPES[str(cfg['model_type'])]}",
     )
+    return with_processor(out, pre, "BitImageProcessor")  # facebook/dinov2-*: 518 px table, 224 px crop
 
 
 LAYOUT = Layout(name="transformers DINOv2", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="hf-dinov2",
+    preprocessing="its `preprocessor_config.json` (`BitImageProcessor`: shorter side to 256, the centre 224); "
+    "runs at the crop",
     resampling=f"{TRANSFORMERS.said}; with registers: {TRANSFORMERS_DINOV2_REG.said}",
     owner="transformers",
     what="a `transformers` DINOv2 folder (`Dinov2Model`, `Dinov2WithRegistersModel`: `config.json` + "

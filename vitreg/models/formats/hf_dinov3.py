@@ -27,6 +27,7 @@ from vitreg.models.formats.base import (
     mlp_ratio,
     number,
     preprocessor,
+    with_processor,
 )
 from vitreg.models.formats.hf_common import architectures, sizes
 from vitreg.models.formats.timm_folder import timm_filter
@@ -121,15 +122,17 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
         out = model_config(name, registers=registers, img_size=size, **kwargs)
     except ConfigError as err:
         raise CheckpointError(f"{where}: {err}") from None
-    out.mean, out.std = mean_std(preprocessor(folder), IMAGENET)
+    pre = preprocessor(folder)
+    out.mean, out.std = mean_std(pre, IMAGENET)
     out.source = f"transformers {architectures(cfg, 'DINOv3ViTModel')}"
-    return out
+    return with_processor(out, pre, "DINOv3ViTImageProcessor")
 
 
 LAYOUT = Layout(name="transformers DINOv3", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="hf-dinov3",
+    preprocessing="its `preprocessor_config.json` (`DINOv3ViTImageProcessor`: squashed, bilinear)",
     resampling="no table: RoPE over the patch grid, at any size as transformers computes it",
     owner="transformers",
     what="a `transformers` DINOv3 folder (`DINOv3ViTModel`: RoPE, 4 registers; read into timm's DINOv3 Eva)",

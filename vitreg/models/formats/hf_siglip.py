@@ -27,6 +27,7 @@ from vitreg.models.formats.base import (
     mean_std,
     preprocessor,
     strip_prefix,
+    with_processor,
 )
 from vitreg.models.formats.hf_common import activation, architectures, clip_blocks, eps, sizes, vision_config
 from vitreg.models.formats.resampling import TRANSFORMERS
@@ -97,7 +98,13 @@ def to_timm(sd: StateDict, model: nn.Module) -> StateDict:
 
 
 def siglip_config(
-    vision: dict[str, Any], where: Path | str, spec: str, source: str, size: int, pre: dict[str, Any]
+    vision: dict[str, Any],
+    where: Path | str,
+    spec: str,
+    source: str,
+    size: int,
+    pre: dict[str, Any],
+    processor: str = "SiglipImageProcessor",
 ) -> ModelConfig:
     from vitreg.models.presets import ModelConfig
 
@@ -105,7 +112,7 @@ def siglip_config(
     if size % patch:
         raise CheckpointError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
     mean, std = mean_std(pre, SIGLIP_MEAN_STD)
-    return ModelConfig(
+    out = ModelConfig(
         spec=spec,
         img_size=(size, size),
         patch_size=patch,
@@ -123,6 +130,7 @@ def siglip_config(
         std=std,
         source=source,
     )
+    return with_processor(out, pre, processor)
 
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
@@ -137,6 +145,7 @@ LAYOUT = Layout(name="transformers SigLIP", recognise=recognise, to_timm=to_timm
 
 FORMAT = Format(
     key="hf-siglip",
+    preprocessing="its `preprocessor_config.json` (`SiglipImageProcessor`: squashed, bicubic)",
     resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` SigLIP folder (`SiglipVisionModel` or a `SiglipModel`'s vision tower; no [CLS]: the "

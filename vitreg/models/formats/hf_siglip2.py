@@ -57,13 +57,16 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
     patch = sizes(vision, where, "SigLIP 2 vision")[4]
     kind = architectures(cfg, TYPES[str(cfg["model_type"])])
     source = f"transformers {kind} (its position grid: {side}x{side} patches)"
-    return siglip_config(vision, where, f"hf:{folder.name}", source, side * patch, preprocessor(folder))
+    return siglip_config(
+        vision, where, f"hf:{folder.name}", source, side * patch, preprocessor(folder), "Siglip2ImageProcessor"
+    )
 
 
 LAYOUT = Layout(name="transformers SigLIP 2", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="hf-siglip2",
+    preprocessing="vitreg's squash (its processor's patch budget is not a size)",
     resampling=TRANSFORMERS_SIGLIP2.said,
     owner="transformers",
     what="a `transformers` SigLIP 2 folder (`Siglip2VisionModel`, NaFlex), square images (by default at its position "

@@ -25,6 +25,7 @@ from vitreg.models.formats.base import (
     mean_std,
     preprocessor,
     strip_prefix,
+    with_processor,
 )
 from vitreg.models.formats.hf_common import activation, architectures, bert_blocks, eps, sizes
 from vitreg.models.formats.resampling import TRANSFORMERS
@@ -70,8 +71,10 @@ def vit_to_timm(sd: StateDict, model: nn.Module) -> StateDict:
 
 
 def vit_config(
-    cfg: dict[str, Any], folder: Path, what: str, source: str, default_mean_std: Any, **extra: Any
+    cfg: dict[str, Any], folder: Path, what: str, source: str, default_mean_std: Any, processor: str, **extra: Any
 ) -> ModelConfig:
+    """A transformers ViT-style config.json (ViT, DeiT, ViTMAE) -> the timm ViT it is, prepared as its ``processor``
+    class does (its preprocessor_config.json, else the class's defaults)."""
     from vitreg.models.presets import ModelConfig
 
     where = folder / "config.json"
@@ -81,8 +84,9 @@ def vit_config(
         raise CheckpointError(f"{where}: image_size {size} is not a multiple of patch_size {patch}")
     if int(cfg.get("num_channels", 3)) != 3:
         raise CheckpointError(f"{where}: num_channels {cfg.get('num_channels')} (vitreg reads RGB models)")
-    mean, std = mean_std(preprocessor(folder), default_mean_std)
-    return ModelConfig(
+    pre = preprocessor(folder)
+    mean, std = mean_std(pre, default_mean_std)
+    out = ModelConfig(
         spec=f"hf:{folder.name}",
         img_size=(size, size),
         patch_size=patch,
@@ -100,16 +104,19 @@ def vit_config(
         source=source,
         **extra,
     )
+    return with_processor(out, pre, processor)
 
 
 def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
-    return vit_config(cfg, folder, "ViT", f"transformers {architectures(cfg, 'ViTModel')}", VIT_MEAN_STD)
+    source = f"transformers {architectures(cfg, 'ViTModel')}"
+    return vit_config(cfg, folder, "ViT", source, VIT_MEAN_STD, "ViTImageProcessor")
 
 
 LAYOUT = Layout(name="transformers ViT", recognise=recognise, to_timm=vit_to_timm)
 
 FORMAT = Format(
     key="hf-vit",
+    preprocessing="its `preprocessor_config.json` (`ViTImageProcessor`: squashed, bilinear)",
     resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` ViT folder (`ViTModel`, `ViTForImageClassification`: google/vit, DINO v1 facebook/dino-*)",

@@ -50,13 +50,14 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
         f"transformers {architectures(cfg, 'ViTMAEModel')}: the encoder, unmasked (mask ratio 0; pretrained with "
         f"{ratio!r})"
     )
-    return vit_config(cfg, folder, "ViTMAE", source, IMAGENET_MEAN_STD)
+    return vit_config(cfg, folder, "ViTMAE", source, IMAGENET_MEAN_STD, "ViTImageProcessor")
 
 
 LAYOUT = Layout(name="transformers ViTMAE", recognise=recognise, to_timm=mae_to_timm)
 
 FORMAT = Format(
     key="hf-vit-mae",
+    preprocessing="its `preprocessor_config.json` (`ViTImageProcessor`: squashed, bilinear)",
     resampling=TRANSFORMERS.said,
     owner="transformers",
     what="a `transformers` ViTMAE folder (`ViTMAEModel`, `ViTMAEForPreTraining`: facebook/vit-mae-*; its encoder "

@@ -191,6 +191,7 @@ def _read_file(path: Path) -> tuple[ModelConfig, Layout]:
 
 FORMAT = Format(
     key="onnx",
+    preprocessing="a `preprocessor_config.json` beside the file, else the family's image processor's defaults",
     resampling="as the transformers class the graph was exported from (DINOv3: RoPE, no table)",
     owner="onnx",
     what="an ONNX export of a `transformers` vision tower: CLIP, ViT, DeiT, DINOv2 (`Dinov2Model`), DINOv3 "

@@ -251,8 +251,12 @@ def linear_weight(g: Graph, prefix: str) -> tuple[np.ndarray, bool]:
     nodes = g.scope(prefix, ("MatMul", "MatMulInteger", "Gemm"))
     if len(nodes) != 1:
         raise g.fail(f"expected one MatMul under {prefix}, found {len(nodes)}; accepted: {g.accepted}")
-    node = nodes[0]
-    what = prefix.strip("/")
+    return node_weight(g, nodes[0], prefix.strip("/"))
+
+
+def node_weight(g: Graph, node: Any, what: str) -> tuple[np.ndarray, bool]:
+    """The (out, in) weight of one ``MatMul`` / ``MatMulInteger`` / ``Gemm`` node (its constant second input), and
+    whether it was int8; ``what`` names it in errors."""
     b = g.value(node.input[1])
     if b is None:
         raise g.fail(f"{what}: its weight is not a constant of the graph")

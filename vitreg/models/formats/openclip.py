@@ -22,6 +22,7 @@ from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import Format, Layout, StateDict, mean_std, strip_prefix
 from vitreg.models.formats.resampling import OPENCLIP, TIMM
 from vitreg.models.formats.timm_folder import timm_filter
+from vitreg.models.processor import Processor, from_pil_resample
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -97,6 +98,7 @@ def tower_config(name: str, vision: dict[str, Any], quick_gelu: bool, source: st
         mean=OPENAI[0],  # OpenAI's CLIP statistics, which OpenCLIP keeps
         std=OPENAI[1],
         source=source,
+        processor=processor({}),
     )
 
 
@@ -127,7 +129,20 @@ def read_config(data: dict[str, Any], folder: Path) -> ModelConfig:
     pre = pre if isinstance(pre, dict) else {}
     default = mean_std({"image_mean": vision.get("image_mean"), "image_std": vision.get("image_std")}, OPENAI)
     cfg.mean, cfg.std = mean_std({"image_mean": pre.get("mean"), "image_std": pre.get("std")}, default)
+    cfg.processor = processor(pre)
     return cfg
+
+
+def processor(pre: dict[str, Any]) -> Processor:
+    """OpenCLIP's eval transform (``open_clip.image_transform``) for a ``preprocess_cfg``: ``resize_mode``
+    "shortest" (its default: torchvision's Resize of the shorter side, then CenterCrop) or "squash"; "longest" (a
+    resize that keeps the whole image, then a pad) is not followed: vitreg's squash, and the owner text says so."""
+    mode = pre.get("resize_mode") or "shortest"
+    interpolation = from_pil_resample(pre.get("interpolation"), "bicubic")
+    if mode == "shortest":
+        return Processor("shorter", 1.0, interpolation, "int", "round", "OpenCLIP (resize_mode shortest)")
+    owner = "OpenCLIP (resize_mode squash)" if mode == "squash" else f"vitreg's squash (OpenCLIP's {mode!r} not read)"
+    return Processor("squash", 1.0, interpolation, "int", "round", owner)
 
 
 def read_name(spec: str, *, registers: int | None, img_size: Any, overrides: dict[str, Any]) -> ModelConfig:
@@ -147,6 +162,7 @@ LAYOUT = Layout(name="OpenCLIP", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="openclip",
+    preprocessing="its `preprocess_cfg` (OpenCLIP's `resize_mode` shortest: shorter side, centre crop, bicubic)",
     resampling=OPENCLIP.said,
     owner="open_clip_torch",
     what="an OpenCLIP folder (`open_clip_config.json` + `open_clip_model.safetensors`; its own ViT or a timm tower "

@@ -159,3 +159,44 @@ def _owner_pos_embed(self: Any, x: torch.Tensor) -> torch.Tensor:
     else:
         x = torch.cat([*to_cat, x], dim=1) + pos_embed
     return self.pos_drop(x)
+
+
+#: How transformers' BEiT and data2vec-vision resample a relative position bias table to another grid, at every
+#: forward (``BeitRelativePositionBias``): the (2M-1) x (2M-1) offsets bilinearly, without antialias, the three rows
+#: of [CLS] kept. timm's Beit filter does it its own way (``resize_rel_pos_bias_table``).
+REL_POS_SAID = "relative position bias tables bilinear, no antialias (transformers)"
+
+
+def resample_rel_pos_table(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A BEiT relative position bias table ((2M-1)^2 + 3, heads) for an M x M grid -> ((2gh-1)(2gw-1) + 3, heads)
+    for ``grid`` (gh, gw), as transformers' ``BeitRelativePositionBias.forward`` does (computed in fp32)."""
+    import torch
+    import torch.nn.functional as F
+
+    side = math.isqrt(int(table.shape[0]) - 3)  # 2M - 1
+    heads = table.shape[-1]
+    offsets = table[:-3].float().reshape(1, side, side, heads).permute(0, 3, 1, 2)  # (1, heads, 2M-1, 2M-1)
+    new = (2 * grid[0] - 1, 2 * grid[1] - 1)
+    out = F.interpolate(offsets, size=new, mode="bilinear", align_corners=False)
+    out = out.permute(0, 2, 3, 1).reshape(new[0] * new[1], heads).to(table.dtype)  # ((2gh-1)(2gw-1), heads)
+    return torch.cat([out, table[-3:]])  # [CLS]->patch, patch->[CLS], [CLS]->[CLS] rows unchanged
+
+
+def resample_rel_pos(sd: StateDict, model: nn.Module, how: Resampling) -> tuple[StateDict, StateDict]:
+    """``sd`` split into (the rest, its relative position bias tables resampled the owner's way to ``model``'s grid)
+    for a timm Beit whose owner is not timm (its filter then never sees the tables); ({}: timm's own way) the
+    tables stay in ``sd`` for timm's filter."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if how == TIMM or grid is None:
+        return sd, {}
+    gh, gw = int(grid[0]), int(grid[1])
+    tables, rest = {}, {}
+    for k, v in sd.items():
+        if not k.endswith("relative_position_bias_table"):
+            rest[k] = v
+        elif v.ndim == 2 and math.isqrt(int(v.shape[0]) - 3) ** 2 == int(v.shape[0]) - 3:
+            same = int(v.shape[0]) == (2 * gh - 1) * (2 * gw - 1) + 3 and gh == gw
+            tables[k] = v if same else resample_rel_pos_table(v, (gh, gw))
+        else:  # not a square table: left to timm's filter, which says what does not fit
+            rest[k] = v
+    return rest, tables

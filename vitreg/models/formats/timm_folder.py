@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models.formats.base import HUB_WEIGHTS, Format, Layout, StateDict, mean_std
-from vitreg.models.formats.resampling import TIMM, Resampling, named, resample_at_forward, resample_positions
+from vitreg.models.formats.resampling import (
+    TIMM,
+    Resampling,
+    named,
+    resample_at_forward,
+    resample_positions,
+    resample_rel_pos,
+)
+from vitreg.models.processor import timm_processor
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -31,13 +39,13 @@ PREFIX = "timm:"
 
 
 def timm_filter(sd: StateDict, model: nn.Module, how: Resampling | None = None) -> StateDict:
-    """timm's ``checkpoint_filter_fn`` of ``model``'s class (VisionTransformer or Eva): what timm converts itself,
+    """timm's ``checkpoint_filter_fn`` of ``model``'s class (VisionTransformer, Eva or Beit): what timm converts itself,
     and the position / patch embeddings resampled to the model's grid; the position table the way ``how`` says, the
     format's owner's (None: the one the model's config names, timm's for a config that names none, as a vitreg run
     directory's model.json does), which ``model`` then also follows for inputs of another grid and its config
     records (so that a saved model keeps it). timm prints (to stdout) which parameters a DINOv3 original lacks; that
     is timm's own bookkeeping, not the user's business."""
-    from timm.models import eva, vision_transformer
+    from timm.models import beit, eva, vision_transformer
 
     cfg = getattr(model, "vitreg_config", None)
     how = how if how is not None else named(cfg.resampling) if cfg is not None else TIMM
@@ -47,6 +55,9 @@ def timm_filter(sd: StateDict, model: nn.Module, how: Resampling | None = None) 
     resample_at_forward(model, how)  # and inputs of another grid (LOST at full resolution) the same way
 
     with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(model, beit.Beit):  # its relative position bias tables too: the owner's way, else timm's
+            sd, tables = resample_rel_pos(sd, model, how)
+            return {**beit.checkpoint_filter_fn(sd, model), **tables}
         if isinstance(model, eva.Eva):
             return eva.checkpoint_filter_fn(sd, model)
         return vision_transformer.checkpoint_filter_fn(sd, model, adapt_layer_scale=True)  # type: ignore[arg-type]
@@ -75,6 +86,7 @@ def read_config(cfg: dict[str, Any], folder: Path) -> ModelConfig:
     if isinstance(pcfg, dict):  # the folder's own preprocessing, whatever the bare name's default says
         own = {"image_mean": pcfg.get("mean"), "image_std": pcfg.get("std")}
         out.mean, out.std = mean_std(own, (out.mean, out.std))
+        out.processor = timm_processor(pcfg, "timm's pretrained_cfg in the folder's config.json")
     out.source = "timm"
     return out
 
@@ -87,6 +99,7 @@ LAYOUT = Layout(name="timm", recognise=lambda sd: True, to_timm=timm_filter)
 
 FORMAT = Format(
     key="timm",
+    preprocessing="its `pretrained_cfg` (timm's eval transform: `crop_pct`, `crop_mode`, interpolation)",
     resampling=TIMM.said,
     owner="timm",
     what="any timm ViT by name (weights from the HF cache), or a timm folder (`config.json` naming its "

@@ -20,6 +20,7 @@ from vitreg.errors import ConfigError
 from vitreg.models.formats.base import Format, Layout, StateDict
 from vitreg.models.formats.resampling import TORCHVISION
 from vitreg.models.formats.timm_folder import timm_filter
+from vitreg.models.processor import Processor, from_pil_resample
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -99,13 +100,24 @@ def read_name(spec: str, *, registers: int | None, img_size: Any, overrides: dic
         mean=tuple(float(x) for x in transforms.mean),  # type: ignore[arg-type]
         std=tuple(float(x) for x in transforms.std),  # type: ignore[arg-type]
         source=f"torchvision {name}",
+        processor=processor(transforms, name),
     )
+
+
+def processor(transforms: Any, name: str) -> Processor:
+    """torchvision's ``ImageClassification`` of the default weights (``weights.transforms()``): Resize of the shorter
+    side to ``resize_size``, CenterCrop of ``crop_size``, its interpolation (ViT-B/16 V1: 256, 224, bilinear)."""
+    resize, crop = int(transforms.resize_size[0]), int(transforms.crop_size[0])
+    how = str(getattr(transforms.interpolation, "value", transforms.interpolation))
+    owner = f"torchvision {name} DEFAULT weights' transforms"
+    return Processor("shorter", crop / resize, from_pil_resample(how, "bilinear"), "int", "round", owner)
 
 
 LAYOUT = Layout(name="torchvision ViT", recognise=recognise, to_timm=to_timm)
 
 FORMAT = Format(
     key="torchvision",
+    preprocessing="the DEFAULT weights' `transforms()` (ViT-B/16: shorter side to 256, the centre 224, bilinear)",
     resampling=TORCHVISION.said,
     owner="torchvision",
     what="a torchvision ViT by name with its weights file (`vit_b_16`, `vit_b_32`, `vit_l_16`, `vit_l_32`, "

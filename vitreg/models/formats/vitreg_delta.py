@@ -31,6 +31,7 @@ def _read_config(_cfg: dict[str, Any], folder: Path) -> ModelConfig:
 
 FORMAT = Format(
     key="delta",
+    preprocessing="its base model's",
     resampling="as its base's format",
     owner="vitreg",
     what="a vitreg delta (`delta.json` + `delta.safetensors`: registers distilled into a released model by "

@@ -46,6 +46,7 @@ def _read_file(path: Path) -> tuple[ModelConfig, Layout]:
 
 FORMAT = Format(
     key="vitreg",
+    preprocessing="its `model.json` (vitreg's squash for the models vitreg trains)",
     owner="vitreg",
     what="a vitreg run directory (`model.json` + `model.safetensors`), or a weights file with its `.json` sidecar",
     command="vitreg diagnose --model runs/train/reg4 --out runs/d",

@@ -31,6 +31,7 @@ def read_name(spec: str, *, registers: int | None, img_size: Any, overrides: dic
 
 FORMAT = Format(
     key="preset",
+    preprocessing="vitreg's squash (`timm:` names: timm's eval transform of the name)",
     owner="vitreg",
     what="a weights file of a preset (with `--model` naming it)",
     command="vitreg probe --model vit_small_patch16_224 --registers 4 --weights w.safetensors",
