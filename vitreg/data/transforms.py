@@ -194,7 +194,9 @@ class ImageTransform:
         if resize not in RESIZES:
             raise ValueError(f"unknown resize {resize!r}; expected one of {', '.join(RESIZES)}")
         base = cls.from_model(model, mode="resize", img_size=img_size, interpolation="bicubic")
-        common = dict(input_size=base.input_size, mean=base.mean, std=base.std, patch_size=base.patch_size)
+        common: dict[str, Any] = dict(
+            input_size=base.input_size, mean=base.mean, std=base.std, patch_size=base.patch_size
+        )
         if resize == "squash":
             return cls(**common, mode="resize", owner="--resize squash")
         if resize == "crop":

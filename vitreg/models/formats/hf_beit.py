@@ -153,7 +153,7 @@ def beit_config(cfg: dict[str, Any], folder: Path, what: str, default_class: str
         "use_rel_pos_bias": _flag(cfg, where, "use_relative_position_bias", False),
         "use_shared_rel_pos_bias": _flag(cfg, where, "use_shared_relative_position_bias", False),
     }
-    shape = dict(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
+    shape: dict[str, Any] = dict(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
     pre = preprocessor(folder)
     mean, std = mean_std(pre, BEIT_MEAN_STD)
     kind = architectures(cfg, default_class)

@@ -210,9 +210,9 @@ def _embeddings(g: Graph, width: int) -> tuple[np.ndarray, np.ndarray]:
         if sum(t is not None for t in tables) == 1:
             k = 0 if tables[0] is not None else 1
             found = tables[k], g.producer.get(summed.input[1 - k])
-    if found is None or found[1] is None or found[1].op_type != "Concat" or found[0] is None:
+    pos, cat = found if found is not None else (None, None)
+    if pos is None or cat is None or cat.op_type != "Concat":
         raise g.fail("ln_pre's input is not [CLS] and the patches plus a constant position embedding")
-    pos, cat = found
     cls = _constant(g, cat.input[0]) if len(cat.input) == 2 else None
     if cls is None or cls.size != width or g.attr(cat, "axis") not in (1, -2):
         raise g.fail("the token sequence is not a constant [CLS] followed by the patches")
