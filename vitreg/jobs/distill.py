@@ -229,6 +229,7 @@ def _run(cfg: DistillConfig, out: Path, resume: bool) -> DistillResult:
             source=train.source,
             steps=cfg.steps,
             batch_size=cfg.batch_size,
+            preprocessing=transform.describe(),
         )
     from vitreg.distill.save import save_student
     from vitreg.distill.student import UNLOCK_SETS
@@ -250,6 +251,7 @@ def _run(cfg: DistillConfig, out: Path, resume: bool) -> DistillResult:
         source=train.source,
         steps=cfg.steps,
         batch_size=cfg.batch_size,
+        preprocessing=transform.describe(),
         delta_bytes=delta_bytes,
         flops_overhead=_flops_overhead(base, cfg.registers),
         cost=Cost(

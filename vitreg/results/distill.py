@@ -99,3 +99,4 @@ class DistillResult:
     outcome: str = ""
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    preprocessing: str = ""  # how the images were prepared (ImageTransform.describe; "" in files written before)

@@ -185,6 +185,7 @@ def add_distilled_to_zoo(
         "steps": result.steps,
         "images": result.images,
         "images_source": result.source,
+        "preprocessing": result.preprocessing,
         "device": c.device if c else None,
         "precision": c.dtype if c else None,
         "cpu": c.cpu if c else None,
