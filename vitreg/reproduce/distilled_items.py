@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitreg.errors import VitregError
 from vitreg.reproduce import paper
 from vitreg.reproduce.claims import NOT_TESTED, claim, corloc_gain
 from vitreg.reproduce.distilled import REGISTERS, DistilledDirs, distilled_spec, distilled_stages
@@ -28,13 +29,30 @@ MAX_OUTLIERS = 0.005
 MIN_CLS_COSINE = 0.95
 MIN_LOST_GAIN = 0.10
 MAX_FLOPS = 0.02  # the paper's Fig. 12: under 2% for 4 registers
+
+
 #: why "no outlier mode" and not "not bimodal": the auto rule's test can separate a handful of tokens (fewer than it
 #: ever calls a mode of outliers) from the rest; the rule then finds no outlier mode, and the report shows both
-POST_HOC = (
-    "The registers were added to the released model post hoc, by self-distillation (`vitreg fix --method distill`: "
-    "the model with one test-time register as teacher, the registers and the register neurons' input rows trained), "
-    "not trained with the model from scratch as in the paper."
-)
+def post_hoc(spec: str) -> str:
+    """How the registers came into the model, from its delta's provenance (the set of weights trained, the teacher):
+    said on every Part II item."""
+    from vitreg.distill.student import UNLOCK_SETS
+    from vitreg.models import zoo
+    from vitreg.models.delta import read_delta
+
+    trained = "see its provenance"
+    try:
+        folder = zoo.get(spec).directory if spec.startswith(zoo.ZOO_PREFIX) else Path(spec)
+        how = read_delta(folder).provenance
+        teachers = {"ttr": "the model with one test-time register", "tta": "the original, denoised by augmentation"}
+        unlocked = UNLOCK_SETS.get(str(how.get("unlock")), str(how.get("unlock")))
+        trained = f"trained: {unlocked}; teacher: {teachers.get(str(how.get('teacher')), how.get('teacher'))}"
+    except VitregError:
+        pass  # a model that is no delta (or unreadable): the claim's text stays general
+    return (
+        f"The registers were added to the released model post hoc, by self-distillation (`vitreg fix --method "
+        f"distill`: {trained}), not trained with the model from scratch as in the paper."
+    )
 
 
 def _n(v: float | None) -> str:
@@ -48,6 +66,7 @@ class Distilled:
 
     part_one: Released
     model: str  # how claims name the distilled model
+    spec: str  # the distilled model's spec (its delta's provenance says how it was made)
     comparison: Comparison
     local_probe: ProbeResult | None
     global_probe: ProbeResult | None
@@ -60,6 +79,7 @@ def read_distilled(part_one: Released, out: Path, spec: str) -> Distilled:
     return Distilled(
         part_one=part_one,
         model=f"{part_one.model} + {REGISTERS} distilled registers ({spec})",
+        spec=spec,
         comparison=read_result(dirs.compare, Comparison),
         local_probe=_probe(dirs.probe("local")),
         global_probe=_probe(dirs.probe("global")),
@@ -133,7 +153,7 @@ def norms(d: Distilled) -> Item:
             _three("patch norm, last block (median)", a.patch_norm, b.patch_norm, t.patch_norm if t else None),
         ],
         figures=["distilled_layers.png", "distilled_attention.png"],
-        note=POST_HOC,
+        note=post_hoc(d.spec),
         claims=[
             _on(
                 claim(

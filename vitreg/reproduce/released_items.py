@@ -161,7 +161,8 @@ def norms(r: Released) -> Item:
             ),
         ],
         figures=["released_norm_hist.png"],
-        note=f"{r.model}: {a.images} measured images, {fa.images} fit images; the paper's figures are DINOv2 ViT-g's.",
+        note=f"{r.model}: {a.images} measured images, {fa.images} fit images; the paper's figures are DINOv2 ViT-g's. "
+        f"Images prepared: {a.preprocessing or 'not recorded'}.",
         claims=[
             _on(
                 claim(
