@@ -80,8 +80,44 @@ def test_local_probes_learn_position_and_pixels():
     assert "mlp" not in r.pixel
 
 
+def test_pixel_gap_has_a_standard_error_by_photo():
+    """paired_gap: outlier - normal of a per-token error with a bootstrap s.e. over photos: a planted gap of 1 stands
+    far above 2 s.e., equal groups stay within them, and a photo-level effect widens the s.e. (tokens of one photo
+    are not independent)."""
+    from vitreg.eval.position import paired_gap, photo_resamples
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 0.1, (12, 30))  # (T photos, N tokens)
+    outlier = np.zeros((12, 30), bool)
+    outlier[:, :3] = True
+    boot = photo_resamples(12, seed=0)
+    planted = paired_gap(values + outlier * 1.0, outlier, ~outlier, boot)
+    assert planted is not None
+    assert planted.gap == pytest.approx(1.0, abs=0.05)
+    assert planted.gap > 10 * planted.se
+    assert planted.photos_with_outliers == 12
+    same = paired_gap(values, outlier, ~outlier, boot)
+    assert same is not None
+    assert abs(same.gap) < 3 * same.se
+    photo_effect = values + outlier * rng.normal(0, 1, (12, 1))  # each photo's outliers shifted together
+    wide = paired_gap(photo_effect, outlier, ~outlier, boot)
+    assert wide is not None
+    assert wide.se > 5 * same.se
+    assert paired_gap(values, np.zeros_like(outlier), ~outlier, boot) is None
+
+
+def test_local_probes_give_the_pixel_gap():
+    f = _constructed()
+    r = local_probes(f, float(np.percentile(f.norms, 50)), epochs=40, mlp=False)
+    gap = r.pixel_gap["linear"]
+    mse = r.pixel["linear"]
+    assert gap.gap == pytest.approx(mse["outlier"].mse - mse["normal"].mse, abs=1e-9)
+    assert gap.se > 0
+
+
 def test_empty_outlier_group_is_reported_not_faked(feats):
     r = local_probes(feats, None, epochs=5, mlp=False)
+    assert r.pixel_gap == {}
     assert r.position["outlier"] == PositionScore(count=0, accuracy=None, note="no tokens in this group")
     assert r.pixel["linear"]["outlier"].mse is None
     g = global_probe(feats, None, seeds=(0, 1, 2), epochs=5)

@@ -35,6 +35,26 @@ def _predict(model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], x: np
     return ((x - mu) / sd) @ w + ym
 
 
+def photo_resamples(photos: int, seed: int = 0) -> np.ndarray:
+    """(BOOTSTRAP, photos) indices of test photos, each resample drawn whole (tokens of one photo are correlated)."""
+    return np.random.default_rng(seed).integers(0, photos, size=(BOOTSTRAP, photos))
+
+
+def paired_gap(values: np.ndarray, outlier: np.ndarray, normal: np.ndarray, boot: np.ndarray) -> PositionGap | None:
+    """The outlier - normal difference of a per-token measure (``values`` (T, N) over T test photos, ``outlier`` /
+    ``normal`` (T, N) masks) with its paired bootstrap standard error: each of ``boot``'s (B, T) resamples takes both
+    groups from the same photos. None when either group is empty."""
+    if not outlier.sum() or not normal.sum():
+        return None
+    sums = {"o": (values * outlier).sum(1), "n": (values * normal).sum(1)}  # (T,) per photo
+    counts = {"o": outlier.sum(1), "n": normal.sum(1)}
+    with np.errstate(invalid="ignore", divide="ignore"):  # nan where a resample has no such token
+        d = sums["o"][boot].sum(-1) / counts["o"][boot].sum(-1) - sums["n"][boot].sum(-1) / counts["n"][boot].sum(-1)
+    point = float(sums["o"].sum() / counts["o"].sum() - sums["n"].sum() / counts["n"].sum())
+    photos = int((counts["o"] > 0).sum())
+    return PositionGap(gap=point, se=float(np.nanstd(d, ddof=1)), photos_with_outliers=photos)
+
+
 def position_regression(
     x: np.ndarray, train: np.ndarray, test: np.ndarray, groups: dict[str, np.ndarray], seed: int = 0
 ) -> PositionRegression:
@@ -84,10 +104,5 @@ def position_regression(
             continue
         b = np.asarray(mean_of(g, boot))
         groups_out[g] = PositionError(count=n, error=float(mean_of(g)), se=float(np.nanstd(b, ddof=1)))  # type: ignore[arg-type]
-    gap = None
-    if "outlier" in masks and "normal" in masks and counts["outlier"].sum() and counts["normal"].sum():
-        d = np.asarray(mean_of("outlier", boot)) - np.asarray(mean_of("normal", boot))
-        point = float(mean_of("outlier")) - float(mean_of("normal"))  # type: ignore[arg-type]
-        photos = int((counts["outlier"] > 0).sum())
-        gap = PositionGap(gap=point, se=float(np.nanstd(d, ddof=1)), photos_with_outliers=photos)
+    gap = paired_gap(err, masks["outlier"], masks["normal"], boot) if "outlier" in masks and "normal" in masks else None
     return PositionRegression(alpha=alpha, units="patches (Euclidean distance on the grid)", groups=groups_out, gap=gap)

@@ -21,8 +21,8 @@ import numpy as np
 from vitreg.errors import ConfigError, DataError
 from vitreg.eval.features import Features, split_images
 from vitreg.eval.fit import fit_probe, predict
-from vitreg.eval.position import position_regression
-from vitreg.results.probe import GlobalProbe, GlobalScore, LocalProbes, PixelScore, PositionScore
+from vitreg.eval.position import paired_gap, photo_resamples, position_regression
+from vitreg.results.probe import GlobalProbe, GlobalScore, LocalProbes, PixelScore, PositionGap, PositionScore
 
 GROUPS = ("all", "normal", "outlier")
 
@@ -68,6 +68,9 @@ def local_probes(
 
     p_tr, p_te = feats.pixels[train].reshape(len(x_tr), -1), feats.pixels[test].reshape(len(x_te), -1)
     pixel: dict[str, dict[str, PixelScore]] = {}
+    pixel_gap: dict[str, PositionGap] = {}
+    boot = photo_resamples(len(test), seed)  # the same resampled photos for every head
+    by_photo = {g: mk.reshape(len(test), h * w) for g, mk in groups.items()}  # (T, h*w) masks
     heads = {"linear": None, "mlp": 4 * c} if mlp else {"linear": None}
     for name, hidden in heads.items():
         probe, std = fit_probe(x_tr, p_tr, task="regress", hidden=hidden, epochs=epochs, seed=seed)
@@ -76,6 +79,9 @@ def local_probes(
         for g, m in groups.items():
             n, mean, note = _group_mean(err, m)
             pixel[name][g] = PixelScore(count=n, mse=mean, note=note)
+        gap = paired_gap(err.reshape(len(test), h * w), by_photo["outlier"], by_photo["normal"], boot)
+        if gap is not None:
+            pixel_gap[name] = gap
     return LocalProbes(
         tokens=tokens,
         train_images=len(train),
@@ -87,6 +93,7 @@ def local_probes(
         position=position,
         position_regression=regression,
         pixel=pixel,
+        pixel_gap=pixel_gap,
     )
 
 

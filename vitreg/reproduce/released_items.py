@@ -251,13 +251,6 @@ def local(r: Released) -> Item:
             operator.gt,
             "input 4-neighbour cosine similarity",
         ),
-        (
-            "Outliers reconstruct their pixels worse (higher pixel-probe error)",
-            base.pixel_linear_outlier,
-            base.pixel_linear_normal,
-            operator.gt,
-            "linear pixel probe MSE",
-        ),
     )
     probe_note = (
         f"the local probes on the same {r.local_probe.num_images} photos (half fit the probes, half test them; the "
@@ -305,6 +298,7 @@ def local(r: Released) -> Item:
             row("position regression error: outlier - normal", None, None, {0: t[0]}, lambda m: m.position_error_gap),
             row("linear pixel probe MSE: normal", None, None, {0: t[0]}, lambda m: m.pixel_linear_normal),
             row("linear pixel probe MSE: outlier", None, None, {0: t[0]}, lambda m: m.pixel_linear_outlier),
+            row("linear pixel probe MSE: outlier - normal", None, None, {0: t[0]}, lambda m: m.pixel_linear_gap),
             row("MLP pixel probe MSE: normal", None, None, {0: t[0]}, lambda m: m.pixel_mlp_normal),
             row("MLP pixel probe MSE: outlier", None, None, {0: t[0]}, lambda m: m.pixel_mlp_outlier),
         ],
@@ -321,7 +315,7 @@ def local(r: Released) -> Item:
             )
             for text, x, y, op, what in checks
         ]
-        + [_on(position_claim(base), r)],
+        + [_on(pixel_claim(base), r), _on(position_claim(base), r)],
     )
 
 
@@ -332,6 +326,23 @@ POSITION_NOTE = (
     "percent for every token, too close to chance to tell outliers from normal tokens; the regression's error (in "
     "patches) is not, and its standard error is a bootstrap over photos (tokens of one photo are correlated)."
 )
+
+
+def pixel_claim(m: ModelRow) -> Claim:
+    """Outliers reconstruct their pixels worse: the linear pixel probe's error on them exceeds the normal tokens' by
+    more than twice the gap's standard error (paired bootstrap over photos), as the position claim is marked."""
+    gap, se = m.pixel_linear_gap, m.pixel_linear_gap_se
+    holds = None if gap is None or se is None else gap > 2 * se
+    evidence = (
+        f"linear pixel probe MSE: outliers {_num(m.pixel_linear_outlier)} vs normal {_num(m.pixel_linear_normal)}; "
+        f"gap {_num(gap)} ± {_num(se)} (needs > 2 s.e.)"
+    )
+    return claim(
+        "Outliers reconstruct their pixels worse (higher pixel-probe error, > 2 s.e.)",
+        holds,
+        evidence,
+        why_none="no outliers, or the probe did not run",
+    )
 
 
 def position_claim(m: ModelRow) -> Claim:

@@ -70,6 +70,9 @@ def probe_fields(p: ProbeResult) -> dict[str, Any]:
             )
         for head, groups in loc.pixel.items():
             out |= {f"pixel_{head}_normal": groups["normal"].mse, f"pixel_{head}_outlier": groups["outlier"].mse}
+            gap = loc.pixel_gap.get(head)
+            if gap is not None:
+                out |= {f"pixel_{head}_gap": gap.gap, f"pixel_{head}_gap_se": gap.se}
     if glob is not None:
         out |= {f"global_{k}": v.mean for k, v in glob.results.items()} | {"global_chance": glob.chance_accuracy}
     if lin is not None:

@@ -51,8 +51,8 @@ class PositionError:
 
 @dataclass(kw_only=True)
 class PositionGap:
-    """Outlier minus normal position error, with its paired bootstrap standard error (> 2 s.e.: the outliers hold
-    measurably less position)."""
+    """Outlier minus normal of a per-token error (the position regression's, a pixel probe's), with its paired
+    bootstrap standard error over the test photos (> 2 s.e.: the outliers measurably do worse)."""
 
     gap: float
     se: float
@@ -81,6 +81,7 @@ class LocalProbes:
     position: dict[str, PositionScore]  # group (all / normal / outlier) -> score
     pixel: dict[str, dict[str, PixelScore]]  # head (linear / mlp) -> group -> score
     position_regression: PositionRegression | None = None  # runs written before it existed: None
+    pixel_gap: dict[str, PositionGap] = field(default_factory=dict)  # head -> outlier - normal MSE ({}: no outliers)
 
 
 @dataclass(kw_only=True)

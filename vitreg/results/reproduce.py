@@ -79,6 +79,11 @@ class ModelRow:
     pixel_linear_outlier: float | None = None
     pixel_mlp_normal: float | None = None
     pixel_mlp_outlier: float | None = None
+    # outlier - normal pixel MSE and its bootstrap s.e. by photo
+    pixel_linear_gap: float | None = None
+    pixel_linear_gap_se: float | None = None
+    pixel_mlp_gap: float | None = None
+    pixel_mlp_gap_se: float | None = None
     # LOST
     corloc_synthetic: CorlocSummary | None = None
     corloc_coco: CorlocSummary | None = None
