@@ -122,7 +122,9 @@ def test_lost_with_keys_gains_with_the_test_time_register(clip, coco, fixed, tmp
         ("fixed", ModelSpec(spec=clip, test_time_registers=str(neurons))),
     ):
         images = ImageSpec(src=str(coco), batch_size=16)
-        r = lost(LostConfig(model=spec, images=images, features="k", resize=224, out=str(tmp_path / name)))
+        # squashed to 224 x 224: the reproducibility study's setting
+        cfg = LostConfig(model=spec, images=images, features="k", resize="squash", size=224, out=str(tmp_path / name))
+        r = lost(cfg)
         corloc[name] = r.at_bias(0.0).corloc
     assert corloc["fixed"] - corloc["original"] >= 0.10, corloc
 
@@ -189,8 +191,8 @@ def test_lost_with_keys_gains_with_distilled_registers(clip, coco, tmp_path):
     corloc = {}
     for name, spec in (("original", clip), ("distilled", DISTILLED)):
         images = ImageSpec(src=str(coco), batch_size=16)
-        r = lost(
-            LostConfig(model=ModelSpec(spec=spec), images=images, features="k", resize=224, out=str(tmp_path / name))
-        )
+        model = ModelSpec(spec=spec)  # squashed to 224 x 224: the reproducibility study's setting
+        cfg = LostConfig(model=model, images=images, features="k", resize="squash", size=224, out=str(tmp_path / name))
+        r = lost(cfg)
         corloc[name] = r.at_bias(0.0).corloc
     assert corloc["distilled"] - corloc["original"] >= 0.10, corloc

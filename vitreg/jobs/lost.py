@@ -69,7 +69,8 @@ class LostConfig:
         from vitreg.models.processor import RESIZES
 
         if self.resize not in RESIZES:
-            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}")
+            hint = f" (S x S is resize 'squash' with size {self.resize})" if str(self.resize).isdigit() else ""
+            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}{hint}")
         if self.size is not None and self.size < 1:
             raise ConfigError(f"--size must be >= 1, got {self.size}")
         bad = [k for k in self.also if k not in ("k", "q", "v", "tokens") or k == self.features]
