@@ -23,6 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=common.model_help())
     p.add_argument("--to", choices=TARGETS, required=True)
     p.add_argument("--int8", action="store_true", help="onnx: also an int8 graph (onnxruntime's quantize_dynamic)")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="SOURCE.onnx",
+        help="onnx: keep the interface of the graph the model was read from (its input name, its outputs in order: "
+        "the tokens before or after the final norm without the registers, the [CLS] projection read from it), so "
+        "that an application running SOURCE runs the fixed model unchanged",
+    )
     p.add_argument("--test-time-registers", metavar="NEURONS", help="export with test-time registers (onnx only)")
     p.add_argument("--img-size", type=common.size_arg, metavar="S|HxW", help="export at another input size")
     p.add_argument("--download", action="store_true", help="fetch a named model's weights when missing")
@@ -36,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
     spec = ModelSpec(
         spec=args.model, img_size=args.img_size, download=args.download, test_time_registers=args.test_time_registers
     )
-    result: ExportResult = export(ExportConfig(model=spec, to=args.to, int8=args.int8, out=str(args.out)))
+    like = str(args.like) if args.like else None
+    result: ExportResult = export(ExportConfig(model=spec, to=args.to, int8=args.int8, like=like, out=str(args.out)))
     where = f"timm's {result.architecture}" if result.architecture else "onnxruntime"
-    print(f"wrote {result.path}: {where} gives vitreg's tokens within {result.max_abs_diff:.1e}")
+    rel = result.max_rel_diff
+    scale = f" ({rel:.1e} of the largest value)" if rel is not None and rel < result.max_abs_diff else ""
+    print(f"wrote {result.path}: {where} gives vitreg's tokens within {result.max_abs_diff:.1e}{scale}")
+    if result.like:
+        print(f"  the interface of {result.like}: input {result.input}, outputs {', '.join(result.outputs)}")
     if result.int8_path:
         print(
             f"wrote {result.int8_path}: int8, tokens' cosine to fp32 >= {result.int8_min_cosine:.4f}, largest "

@@ -19,6 +19,7 @@ class ExportConfig:
     model: ModelSpec  # test-time registers (``test_time_registers``) are part of the model exported
     to: str = "timm"
     int8: bool = False  # onnx: also a dynamically quantised graph (FILE.int8.onnx)
+    like: str | None = None  # onnx: the source graph whose input name and outputs the export keeps (a drop-in)
     out: str  # timm: a new folder; onnx: a .onnx file
 
     def validate(self) -> None:
@@ -26,6 +27,8 @@ class ExportConfig:
             raise ConfigError(f"--to {self.to!r}: choose one of {', '.join(TARGETS)}")
         if self.int8 and self.to != "onnx":
             raise ConfigError("--int8 goes with --to onnx (a timm folder keeps the model's own precision)")
+        if self.like is not None and self.to != "onnx":
+            raise ConfigError("--like goes with --to onnx (a timm folder has timm's interface)")
 
 
 def export(cfg: ExportConfig) -> ExportResult:
@@ -47,12 +50,16 @@ def export(cfg: ExportConfig) -> ExportResult:
         return result
     from vitreg.models.export_onnx import export_onnx
 
-    found = export_onnx(model, out, int8=cfg.int8)
+    found = export_onnx(model, out, int8=cfg.int8, like=Path(cfg.like) if cfg.like else None)
     result = ExportResult(
         model=cfg.model.label,
         to="onnx",
         path=str(out),
         max_abs_diff=found["max_abs_diff"],
+        max_rel_diff=found["max_rel_diff"],
+        input=found["input"],
+        outputs=found["outputs"],
+        like=cfg.like,
         int8_path=found.get("int8_file"),
         int8_min_cosine=found.get("int8_min_cosine"),
         int8_max_abs_diff=found.get("int8_max_abs_diff"),

@@ -19,6 +19,10 @@ class ExportResult:
     path: str  # the timm folder or the .onnx file
     architecture: str | None = None  # timm's entry point (timm)
     max_abs_diff: float  # the exported model's tokens vs vitreg's forward, fp32
+    max_rel_diff: float | None = None  # onnx: the same over each output's largest value where that exceeds 1
+    input: str | None = None  # onnx: the graph's input name
+    outputs: list[str] = field(default_factory=list)  # onnx: its outputs, in order
+    like: str | None = None  # onnx: the source graph whose interface it keeps
     int8_path: str | None = None
     int8_min_cosine: float | None = None
     int8_max_abs_diff: float | None = None
