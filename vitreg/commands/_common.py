@@ -142,20 +142,24 @@ RESIZE_HELP = (
 )
 
 
-def resize_choice(value: str) -> str:
-    """``--resize MODE`` (argparse type): a mode, or a one-line hint for a number (LOST's earlier ``--resize S``)."""
+def resize_choice(size_flag: str) -> Callable[[str], str]:
+    """``--resize MODE`` (argparse type): a mode, or a one-line hint naming ``size_flag`` for a number (LOST's
+    earlier ``--resize S``)."""
     from vitreg.models.processor import RESIZES
 
-    if value.isdigit():
-        modes = ", ".join(RESIZES)
-        raise argparse.ArgumentTypeError(f"takes a mode ({modes}), not a size (S x S: --resize squash --img-size S)")
-    if value not in RESIZES:
-        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(RESIZES)}")
-    return value
+    def choice(value: str) -> str:
+        if value.isdigit():
+            hint = f"S x S: --resize squash {size_flag} S"
+            raise argparse.ArgumentTypeError(f"takes a mode ({', '.join(RESIZES)}), not a size ({hint})")
+        if value not in RESIZES:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(RESIZES)}")
+        return value
+
+    return choice
 
 
-def add_resize_arg(group: argparse._ArgumentGroup, default: str, help: str) -> None:
-    group.add_argument("--resize", type=resize_choice, default=default, metavar="MODE", help=help)
+def add_resize_arg(group: argparse._ArgumentGroup, default: str, help: str, size_flag: str = "--img-size") -> None:
+    group.add_argument("--resize", type=resize_choice(size_flag), default=default, metavar="MODE", help=help)
 
 
 def image_spec(args: argparse.Namespace) -> ImageSpec:

@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "keep-aspect (default: LOST's protocol, the photo at full resolution padded with the mean colour to a "
         "multiple of the patch size), or squash / crop / model (the model's own processor) at the model's input size; "
         "--resize squash --size 224 is the reproducibility study's setting",
+        size_flag="--size",
     )
     g.add_argument(
         "--size",
