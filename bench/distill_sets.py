@@ -16,6 +16,7 @@ given.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from vitreg.results.distill import DistillResult
@@ -72,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="*", help="distillation run directories, or SET:TEACHER with --run")
     ap.add_argument("--run", action="store_true", help="distil each SET:TEACHER first")
-    ap.add_argument("--out", type=Path, default=Path("runs/distill-sets"))
+    ap.add_argument("--out", type=Path, help="the runs' folder (default runs/distill-sets; --quick: a new temp one)")
     ap.add_argument("--model", default="zoo:clip-vit-b16-openai")
     ap.add_argument("--images", default="photos")
     ap.add_argument("--held-out")
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int)
     ap.add_argument("--quick", action="store_true", help="a pico model with a planted neuron, a few steps (smoke run)")
     args = ap.parse_args()
+    if args.out is None:  # a smoke run's folders are thrown away: a second `make bench` must not find them
+        args.out = Path(tempfile.mkdtemp(prefix="distill-sets-quick-")) if args.quick else Path("runs/distill-sets")
     if args.quick:
         from vitreg.models import save_model
         from vitreg.models.planted import planted_model
