@@ -138,7 +138,7 @@ def main() -> None:
     if args.quick:
         spec, random_init, args.images, args.limit, args.reps = "vit_pico_patch4_32", True, "synthetic", 16, 2
     elif spec is None:
-        from vitreg.models import zoo
+        from vitreg.models.load import zoo
 
         spec, random_init = (CLIP, False) if zoo.get(CLIP).fetched else (FALLBACK, True)
     images = args.images or (str(COCO_MINI) if COCO_MINI.is_file() else "synthetic")

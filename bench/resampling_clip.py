@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-import vitreg.models.formats.timm_folder as timm_folder
+import vitreg.models.load.formats.timm_folder as timm_folder
 from vitreg.device import cpu_line
 from vitreg.jobs.diagnose import DiagnoseConfig, ModelEntry, diagnose
 from vitreg.jobs.specs import ImageSpec

@@ -188,8 +188,8 @@ def test_the_released_clips_package_processor():
     the shorter side to 224 with the longer side rounded, the centre crop's offset floored), read from the entry's
     provenance; transcribed here line by line, since the wheel is fetched by the zoo, not by the tests."""
     from vitreg.config import from_dict
+    from vitreg.models.load.zoo import ZOO_ROOT
     from vitreg.models.processor import Processor
-    from vitreg.models.zoo import ZOO_ROOT
 
     provenance = json.loads((ZOO_ROOT / "clip-vit-b16-openai" / "provenance.json").read_text())
     pre = provenance["preprocess"]

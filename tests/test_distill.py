@@ -406,7 +406,7 @@ def test_torchrun_two_processes_distil_the_same_registers(run, tmp_path):
 
 
 def test_a_distillation_goes_into_the_zoo_as_its_delta_with_provenance(run, tmp_path):
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
     from vitreg.train.zoo import add_distilled_to_zoo
 
     entry = add_distilled_to_zoo(

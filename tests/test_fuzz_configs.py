@@ -19,9 +19,9 @@ from vitreg.config import load_config
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.lab.grid import Grid, load_grid
 from vitreg.models import create_model, load_model, save_model
-from vitreg.models.formats import read_sidecar
+from vitreg.models.load.formats import read_sidecar
+from vitreg.models.load.sidecar import MAX_PARAMETERS
 from vitreg.models.presets import ModelConfig, model_config
-from vitreg.models.sidecar import MAX_PARAMETERS
 from vitreg.train.config import DataConfig, TrainConfig
 
 MIN_CASES = CASES

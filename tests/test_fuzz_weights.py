@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from vitreg.errors import CheckpointError
-from vitreg.models.checkpoints import read_state_dict
-from vitreg.models.filecheck import MAX_HEADER_BYTES
+from vitreg.models.load.checkpoints import read_state_dict
+from vitreg.models.load.filecheck import MAX_HEADER_BYTES
 from vitreg.models.presets import create_model
 from vitreg.train.checkpoint import load_train_state, read_train_state, save_train_state
 

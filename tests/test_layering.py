@@ -11,15 +11,19 @@ import pytest
 from import_graph import Arrow, arrows, cycles, modules
 
 #: Floors from the bottom up: (name, members). A member ``pkg.*`` is a package and every module in it; any other
-#: member is one module. Data flows up: images (data) -> models -> analyses and evaluations -> jobs -> report; the
-#: pipelines (stages, lab, reproduce) run jobs and trainings; commands turn flags into job configs; the CLI and the
-#: package's own lazy exports (``vitreg.load_model``, ...) sit on top.
+#: member is one module. Data flows up: a model (its architecture, preprocessing and Inspector) -> its loading (formats,
+#: the Hub, the zoo) -> its export -> images (data) -> analyses and evaluations -> jobs -> report; the pipelines
+#: (stages, lab, reproduce) run jobs and trainings; commands turn flags into job configs; the CLI and the package's own
+#: lazy exports (``vitreg.load_model``, ...) sit on top.
 FLOORS: list[tuple[str, list[str]]] = [
     ("base", ["vitreg._lazy", "vitreg._version", "vitreg.errors"]),  # import nothing of vitreg but each other
     ("io", ["vitreg.atomic", "vitreg.device", "vitreg.distributed", "vitreg.runlock", "vitreg.stamp"]),
     ("typed", ["vitreg.typed", "vitreg.config"]),  # the one typed decoder, and configs read through it
     ("results", ["vitreg.results.*"]),  # the run-directory contract: plain dataclasses, no torch
-    ("models", ["vitreg.models.*"]),
+    # a model: its architecture and preprocessing, registers, test-time registers, the Inspector
+    ("models", [f"vitreg.models.{m}" for m in ("inspect", "planted", "presets", "processor", "registers", "ttr")]),
+    ("loading", ["vitreg.models.load.*"]),  # where weights come from: formats, the Hub, the zoo, deltas
+    ("export", ["vitreg.models", *(f"vitreg.models.export_{m}" for m in ("like", "onnx", "timm"))]),  # + the facade
     ("data", ["vitreg.data.*"]),
     ("analysis", ["vitreg.analysis.*"]),
     ("eval", ["vitreg.eval.*", "vitreg.flops"]),

@@ -264,10 +264,10 @@ def _timm_tiny_files(tmp_path):
 def test_plain_weights_are_taken_before_an_ema_whatever_the_keys_and_the_choice_is_said(tmp_path, caplog):
     import logging
 
-    from vitreg.models.checkpoints import read_state_dict
+    from vitreg.models.load.checkpoints import read_state_dict
 
     plain, ema = _timm_tiny_files(tmp_path)
-    with caplog.at_level(logging.INFO, logger="vitreg.models.modelfile"):
+    with caplog.at_level(logging.INFO, logger="vitreg.models.load.modelfile"):
         for name in ("timm.pth", "light.ckpt"):
             sd = read_state_dict(tmp_path / name)
             assert torch.equal(sd["cls_token"], plain["cls_token"]), name

@@ -15,7 +15,8 @@ from safetensors.torch import save
 
 from vitreg.cli import main
 from vitreg.errors import WeightsNotFoundError
-from vitreg.models import hub, load_model
+from vitreg.models import load_model
+from vitreg.models.load import hub
 
 DINOV2_TIMM_REPO = "timm/vit_small_patch14_reg4_dinov2.lvd142m"  # timm's pretrained_cfg for the architecture
 

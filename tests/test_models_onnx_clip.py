@@ -127,7 +127,7 @@ def _test_dequantised(path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", INT8_GRAPHS)
 def test_int8_graph_is_dequantised_exactly(exported, name):
-    from vitreg.models.formats.onnx_clip import read_onnx
+    from vitreg.models.load.formats.onnx_clip import read_onnx
 
     model, d = exported
     graph = read_onnx(d / name)

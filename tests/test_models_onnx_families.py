@@ -93,7 +93,7 @@ def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (32, 2, 2, 8, (SIZE, SIZE))
     eps = {"vit": 1e-12, "deit": 1e-12, "dinov2": 1e-6, "dinov3": 1e-5, "siglip": 1e-6}[family]
     if family == "dinov3":  # a timm Eva: its eps and activation are the timm entry point's, the graph's are checked
-        from vitreg.models.formats.onnx_clip import read_onnx
+        from vitreg.models.load.formats.onnx_clip import read_onnx
 
         stated = read_onnx(d / "fp32.onnx").config
         assert (stated["layer_norm_eps"], stated["hidden_act"], stated["use_gated_mlp"]) == (eps, "gelu", False)
@@ -116,7 +116,7 @@ def test_fp32_graph_matches_transformers_and_onnxruntime(exported):
 def test_int8_graph_equals_its_weights_in_fp32(exported):
     """The reference is the int8 graph with every integer product rewritten as fp32 arithmetic on the weights it
     holds, run by onnxruntime: no CPU-dependent kernel, so fp32's tolerance."""
-    from vitreg.models.formats.onnx_clip import read_onnx
+    from vitreg.models.load.formats.onnx_clip import read_onnx
 
     _, model, d = exported
     tower = read_onnx(d / "int8.onnx")
@@ -200,7 +200,7 @@ def test_a_siglip2_graph_is_refused_as_such(tmp_path):
 
 def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
     """torch's exporter folds DINOv2's table into [CLS]'s row and the grid fed to a Resize: both are read, exactly."""
-    from vitreg.models.formats.onnx_clip import read_onnx
+    from vitreg.models.load.formats.onnx_clip import read_onnx
 
     model = _model("dinov2")
     export(model, tmp_path / "m.onnx")
@@ -216,7 +216,7 @@ def test_dinov2_position_table_is_read_around_the_in_graph_resampling(tmp_path):
 def test_dinov3_rope_period_and_gated_mlp_are_read_from_the_graph(tmp_path):
     """DINOv3's RoPE is computed in the graph: its period comes back from the frequency constant (1, 1, head_dim / 4),
     here 8 of them for one head of 32; the gated MLP (SiLU) from its gate_proj; the tokens equal transformers'."""
-    from vitreg.models.formats.onnx_clip import read_onnx
+    from vitreg.models.load.formats.onnx_clip import read_onnx
 
     torch.manual_seed(1)
     model = _model("dinov3", num_attention_heads=1, rope_theta=37.0, use_gated_mlp=True, hidden_act="silu")

@@ -25,7 +25,7 @@ import torch
 from onnx_support import assert_near_int8_run, dequantised_graph, export, ort_outputs, refused
 
 from vitreg.models import Inspector, load_model
-from vitreg.models.formats import file_format
+from vitreg.models.load.formats import file_format
 
 TOL = 1e-4
 open_clip = pytest.importorskip("open_clip", reason="the open_clip_torch test extra is not installed")
@@ -119,7 +119,7 @@ def test_fp32_graph_matches_openclip_and_onnxruntime(exported):
 def test_int8_graph_equals_its_weights_in_fp32(exported):
     """The reference is the int8 graph with every integer product rewritten as fp32 arithmetic on the weights it
     holds, run by onnxruntime: no CPU-dependent kernel, so fp32's tolerance."""
-    from vitreg.models.formats.onnx_openclip import read_onnx
+    from vitreg.models.load.formats.onnx_openclip import read_onnx
 
     _, visual, d = exported
     tower = read_onnx(d / "int8.onnx")

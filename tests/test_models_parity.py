@@ -1,4 +1,4 @@
-"""One parity test over the registry of formats (:data:`vitreg.models.formats.FORMATS`): for every format, a tiny
+"""One parity test over the registry of formats (:data:`vitreg.models.load.formats.FORMATS`): for every format, a tiny
 random model is built by the library that owns the format, every tensor perturbed so that each one matters (libraries
 initialise norms to 1, biases and LayerScale to constants), saved as that library saves it, loaded by vitreg, and
 vitreg's tokens compared with the library's own forward: [CLS], DeiT's distillation token, the registers and the
@@ -13,7 +13,7 @@ Formats vitreg owns (its run directory, its presets) are compared with the model
 attention-pooling head is compared too (the model's output against ``pooler_output``), and so is the projected [CLS]
 of an OpenCLIP tower's ONNX graph (``onnx-openclip``: its ``proj`` is the model's head) against OpenCLIP's forward.
 
-Adding a format: one module in ``vitreg/models/formats/`` and one case here (``CASES[key]``);
+Adding a format: one module in ``vitreg/models/load/formats/`` and one case here (``CASES[key]``);
 ``test_every_format_has_a_case`` holds the two together. ``python tests/test_models_parity.py`` prints the table of
 the largest differences per format.
 """
@@ -32,7 +32,7 @@ import torch
 from onnx_support import export, ort_outputs
 
 from vitreg.models import Inspector, load_model, token_layout
-from vitreg.models.formats import FORMATS
+from vitreg.models.load.formats import FORMATS
 
 TOL = 1e-4
 PARTS = ("cls", "dist", "registers", "patches")

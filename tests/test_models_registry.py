@@ -25,8 +25,8 @@ from safetensors.torch import save, save_file
 
 from vitreg.errors import CheckpointError, ConfigError
 from vitreg.models import create_model, load_model, save_model, token_layout
-from vitreg.models import formats as registry
-from vitreg.models.checkpoints import resolve
+from vitreg.models.load import formats as registry
+from vitreg.models.load.checkpoints import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 transformers = pytest.importorskip("transformers", reason="the transformers test extra is not installed")
@@ -36,7 +36,7 @@ transformers = pytest.importorskip("transformers", reason="the transformers test
 def test_the_readme_table_is_the_registrys():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert registry.readme_table() in readme, (
-        "README's table of formats: regenerate it with python -m vitreg.models.formats"
+        "README's table of formats: regenerate it with python -m vitreg.models.load.formats"
     )
 
 
@@ -237,8 +237,8 @@ def test_an_hf_repo_in_a_format_vitreg_does_not_read_fetches_no_weights(server):
 
 
 def test_available_lists_only_what_loads(server, tmp_path):
-    from vitreg.models import hub
-    from vitreg.models.checkpoints import available
+    from vitreg.models.load import hub
+    from vitreg.models.load.checkpoints import available
 
     sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=7)
     theirs = transformers.Dinov2Model(transformers.Dinov2Config(**sizes))
@@ -294,7 +294,7 @@ def test_transformers_names_on_disk_and_in_memory_load_alike(tmp_path, kind):
     ``torch.save(model.state_dict())`` holds): both map onto the same timm weights."""
     from safetensors.torch import load_file
 
-    from vitreg.models.modelfile import load_weights
+    from vitreg.models.load.modelfile import load_weights
     from vitreg.models.presets import build_model, config_of
 
     sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8)

@@ -326,7 +326,7 @@ def _check(name: str, case: Case, like_timm: bool, monkeypatch: Any) -> None:
     bad = {k: v for k, v in diffs.items() if not (v <= TOL and math.isfinite(v))}
     assert not bad, f"{name}: {bad}"
     if not like_timm:  # the test can fail: timm's resampling of the same table is measurably not the owner's
-        import vitreg.models.formats.timm_folder as timm_folder
+        import vitreg.models.load.formats.timm_folder as timm_folder
 
         monkeypatch.setattr(timm_folder, "resample_positions", lambda sd, model, how: sd)
         monkeypatch.setattr(timm_folder, "resample_at_forward", lambda model, how: None)
@@ -394,7 +394,7 @@ def test_beit_other_size_as_transformers_resamples(tmp_path, monkeypatch, name):
     """Loaded at the other size: the position table and the relative position bias tables resampled once, as
     transformers does them; timm's Beit filter (its own resize of the tables) would be measurably off."""
     pytest.importorskip("transformers", reason="the transformers test extra is not installed")
-    import vitreg.models.formats.timm_folder as timm_folder
+    import vitreg.models.load.formats.timm_folder as timm_folder
 
     torch.manual_seed(0)
     case = BEIT_CASES[name](tmp_path)

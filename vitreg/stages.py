@@ -278,11 +278,11 @@ class ZooModel:
 
 
 def zoo_stage(name: str, entry: Any, directory: Path, root: Path) -> Stage:
-    """Copy zoo ``entry`` (a :class:`vitreg.models.zoo.ZooEntry`) into ``directory``, its weights hash checked:
+    """Copy zoo ``entry`` (a :class:`vitreg.models.load.zoo.ZooEntry`) into ``directory``, its weights hash checked:
     a training stage's outputs without the training."""
 
     def work(resume: bool) -> object:
-        from vitreg.models.zoo import ENTRY_FILES
+        from vitreg.models.load.zoo import ENTRY_FILES
 
         entry.verify()
         for f in ENTRY_FILES:

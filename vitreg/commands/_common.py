@@ -44,7 +44,7 @@ def list_arg(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
 
 def model_help() -> str:
     """``--model``'s help, drawn from the registry of formats (light: no torch)."""
-    from vitreg.models import formats
+    from vitreg.models.load import formats
 
     names = ", ".join(f"{p}NAME" for p in formats.prefixes())
     files = "; ".join(f.accepted for f in formats.FORMATS if f.config_file or f.claims_file)

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def print_formats() -> int:
-    from vitreg.models import formats
+    from vitreg.models.load import formats
 
     for f in formats.FORMATS:
         types = f"\n  model types: {', '.join(f.model_types)}" if f.model_types else ""
@@ -33,8 +33,8 @@ def print_formats() -> int:
 
 
 def available() -> int:
-    from vitreg.models import hub
-    from vitreg.models.checkpoints import available as readable
+    from vitreg.models.load import hub
+    from vitreg.models.load.checkpoints import available as readable
 
     rows = readable()
     if not rows:
@@ -52,7 +52,7 @@ def available() -> int:
 
 
 def print_zoo() -> None:
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     found = zoo.entries()
     if not found:

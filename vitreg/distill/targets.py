@@ -204,7 +204,7 @@ def compute_targets(
 
 
 def _read_shard(path: Path) -> dict[str, torch.Tensor]:
-    from vitreg.models.delta import read_tensors  # the header-checked safetensors reader
+    from vitreg.models.load.delta import read_tensors  # the header-checked safetensors reader
 
     return read_tensors(path)
 

@@ -98,7 +98,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> DistillResult:
     """Run the distillation of ``cfg`` into ``cfg.out`` (continuing an interrupted run there when ``resume``) and
     write its run directory; returns what distill.json holds."""
     from vitreg.config import save_config
-    from vitreg.models.delta import DELTA_CONFIG
+    from vitreg.models.load.delta import DELTA_CONFIG
     from vitreg.runlock import run_lock
     from vitreg.train.checkpoint import STATE_NAME
 

@@ -123,7 +123,7 @@ def fix(cfg: FixConfig) -> FixResult:
         thr = float("inf") if search.threshold is None else float(search.threshold)
         result.held_out = _held_out(cfg, run.model, neurons if top_k else None, run.detect, thr, run.dtype, out)
     if top_k and cfg.save_model:
-        from vitreg.models.checkpoints import save_model
+        from vitreg.models.load.checkpoints import save_model
         from vitreg.models.ttr import add_test_time_registers
 
         fixed = add_test_time_registers(run.model, neurons.selected, cfg.registers)

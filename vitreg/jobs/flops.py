@@ -40,7 +40,7 @@ class FlopsConfig:
 def architecture(model: ModelSpec) -> Any:
     """The model's ModelConfig, from its name or its files' config (no weights are read: they never change a FLOP
     count)."""
-    from vitreg.models.checkpoints import architecture as read_architecture
+    from vitreg.models.load.checkpoints import architecture as read_architecture
 
     cfg = read_architecture(model.spec, registers=model.registers, img_size=model.img_size, download=model.download)
     if model.test_time_registers:  # the extra tokens are counted like registers (their hooks are a few gathers)

@@ -80,7 +80,7 @@ class ModelSpec:
 
     def check(self) -> None:
         """Fail now, naming the file or flag, if :meth:`load` would fail for a missing file or unknown name."""
-        from vitreg.models.checkpoints import check_model
+        from vitreg.models.load.checkpoints import check_model
 
         check_model(self.spec, **self._load_args())
         if self.test_time_registers:
@@ -100,7 +100,7 @@ class ModelSpec:
 
     def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The model in eval mode on ``device``."""
-        from vitreg.models.checkpoints import load_model
+        from vitreg.models.load.checkpoints import load_model
 
         model = load_model(self.spec, **self._load_args())
         if self.test_time_registers:

@@ -55,7 +55,7 @@ def _dims(value: Any) -> tuple[int | str, ...]:
 def _projection(g: Any, name: str, width: int) -> np.ndarray | None:
     """The (D, C) weight of the MatMul that produces output ``name`` (through rescaling and casts), None when the
     output comes from no MatMul; CheckpointError when it is one whose weight is no constant."""
-    from vitreg.models.formats.onnx_graph import node_weight
+    from vitreg.models.load.formats.onnx_graph import node_weight
 
     for _ in range(12):
         node = g.producer.get(name)
@@ -84,8 +84,8 @@ def _output_shapes(source: Path, input_name: str, hw: tuple[int, int]) -> dict[s
 def read_interface(source: Path, model: nn.Module) -> Interface:
     """The interface of ``source`` (an ONNX graph of the model ``model`` was read from), checked against the model:
     ConfigError in one line for what the export cannot reproduce."""
-    from vitreg.models.formats import onnx_graph as og
     from vitreg.models.inspect import token_layout
+    from vitreg.models.load.formats import onnx_graph as og
     from vitreg.models.presets import config_of
 
     if not source.is_file() or source.suffix != ".onnx":

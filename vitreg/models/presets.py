@@ -61,7 +61,7 @@ class ModelConfig:
     act: str = "gelu"  # "gelu" | "quick_gelu" | "gelu_tanh" (SigLIP)
     dist_token: bool = False  # DeiT's distillation token after [CLS] (timm's VisionTransformerDistilled)
     source: str = ""  # the format the weights were converted from (e.g. "transformers Dinov2Model")
-    # how the position table is resampled to another grid: its checkpoint's owner's way (models/formats/resampling.py)
+    # how the position table is resampled to another grid: its owner's way (models/load/formats/resampling.py)
     resampling: str = "timm"
     # how its owner's processor resizes and crops a photo (models/processor.py): the default of --resize model
     processor: Processor = field(default_factory=Processor)

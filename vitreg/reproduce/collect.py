@@ -36,7 +36,7 @@ def coco_note(plan: Plan) -> str:
 
 def model_sources(plan: Plan, out: Path) -> list[ModelSource]:
     """Which models the run used and where each came from (zoo entries with their provenance)."""
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     rows = []
     for seed in plan.seeds:

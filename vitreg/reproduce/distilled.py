@@ -87,7 +87,7 @@ def distill_images() -> ImageSpec:
 def uses_zoo(plan: ReleasedPlan, retrain: bool) -> bool:
     """Whether Part II takes the zoo's distilled model (Part I's model is its base, and no retraining is asked)."""
     from vitreg.errors import VitregError
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     if retrain or plan.model != RELEASED_MODEL:
         return False
@@ -248,12 +248,12 @@ def distilled_stages(plan: ReleasedPlan, out: Path, part_one: list[Stage], retra
 
 
 def _digest(spec: str) -> str:
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     return zoo.get(spec).sha256
 
 
 def _size(plan: ReleasedPlan) -> int:
-    from vitreg.models.checkpoints import architecture
+    from vitreg.models.load.checkpoints import architecture
 
     return int(plan.size or architecture(plan.model).img_size[0])

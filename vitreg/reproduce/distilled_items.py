@@ -37,8 +37,8 @@ def post_hoc(spec: str) -> str:
     """How the registers came into the model, from its delta's provenance (the set of weights trained, the teacher):
     said on every Part II item."""
     from vitreg.distill.student import UNLOCK_SETS
-    from vitreg.models import zoo
-    from vitreg.models.delta import read_delta
+    from vitreg.models.load import zoo
+    from vitreg.models.load.delta import read_delta
 
     trained = "see its provenance"
     try:

@@ -56,7 +56,7 @@ def build_stages(plan: Plan, out: Path) -> list[Stage]:
         for n in plan.registers:
             entry = plan.zoo_entry(seed, n)
             if entry is not None:
-                from vitreg.models import zoo
+                from vitreg.models.load import zoo
 
                 name = f"model: seed {seed}, {n} registers from zoo:{entry}"
                 trained[(seed, n)] = zoo_stage(name, zoo.get(entry), dirs.model(seed, n, entry), out)

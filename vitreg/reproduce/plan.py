@@ -95,7 +95,7 @@ class Plan:
         if f"{seed}/{registers}" in self.models:
             return self.models[f"{seed}/{registers}"]
         from vitreg.config import to_dict
-        from vitreg.models import zoo
+        from vitreg.models.load import zoo
 
         entry = zoo.match(to_dict(self.train_config(seed, registers)))
         return entry.name if entry else None

@@ -97,7 +97,7 @@ def make_pair_plan(
     threads: int | None = None,
 ) -> PairPlan:
     """Check the pair (every model resolved, no weights read) and the datasets before any work."""
-    from vitreg.models.checkpoints import resolve
+    from vitreg.models.load.checkpoints import resolve
 
     if len(models) != 2:
         raise ConfigError(f"--models takes two models, without and with registers (A,B), got {len(models)}")

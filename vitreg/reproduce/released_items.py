@@ -77,7 +77,7 @@ class Released:
 
 
 def read_released(plan: ReleasedPlan, out: Path) -> Released:
-    from vitreg.models.checkpoints import architecture
+    from vitreg.models.load.checkpoints import architecture
     from vitreg.results.fix import read_neurons
 
     cfg = architecture(plan.model)
@@ -108,7 +108,7 @@ def _probe(directory: Path) -> ProbeResult | None:
 
 
 def _model_name(spec: str) -> str:
-    from vitreg.models import zoo
+    from vitreg.models.load import zoo
 
     if spec.startswith(zoo.ZOO_PREFIX):
         model = zoo.get(spec).provenance.get("model")

@@ -1,7 +1,7 @@
 """What `vitreg fix --method distill` writes: ``distill.json`` (a :class:`DistillResult`): how registers were
 distilled into a model, what it cost, and the held-out figures of the original, the distilled model and the
 test-time-register model side by side. The model itself is ``delta.json`` + ``delta.safetensors``
-(:mod:`vitreg.models.delta`) in the same folder. Plain data, no torch."""
+(:mod:`vitreg.models.load.delta`) in the same folder. Plain data, no torch."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from safetensors import safe_open
 
 from vitreg import atomic
 from vitreg.errors import CheckpointError, OutputError
-from vitreg.models.checkpoints import save_model
-from vitreg.models.filecheck import check_safetensors_header
+from vitreg.models.load.checkpoints import save_model
+from vitreg.models.load.filecheck import check_safetensors_header
 
 STATE_NAME = "train_state.safetensors"
 FORMAT = "vitreg-train-state-1"

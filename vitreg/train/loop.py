@@ -25,7 +25,7 @@ from tqdm import tqdm
 from vitreg import distributed as dist
 from vitreg.device import autocast, cpu_description, resolve_device, resolve_dtype, set_threads
 from vitreg.errors import ConfigError, TrainingDiverged
-from vitreg.models.checkpoints import save_model
+from vitreg.models.load.checkpoints import save_model
 from vitreg.models.presets import config_of, create_model, model_config
 from vitreg.train.augment import AugmentConfig, augment, prepare_eval
 from vitreg.train.checkpoint import STATE_NAME, keep_model, load_train_state, save_train_state

@@ -1,4 +1,4 @@
-"""Put a finished training run into the package's model zoo (:mod:`vitreg.models.zoo`): fp16 weights, the training
+"""Put a finished training run into the package's model zoo (:mod:`vitreg.models.load.zoo`): fp16 weights, the training
 log and config, and a provenance record with every number measured here (nothing typed in); a finished distillation
 (registers distilled into a released model) goes in as its delta to the base, never a full copy."""
 
@@ -17,8 +17,8 @@ from vitreg._version import __version__
 from vitreg.config import load_config, to_dict
 from vitreg.device import cpu_description
 from vitreg.errors import ConfigError, RunDirError
-from vitreg.models import zoo
-from vitreg.models.checkpoints import load_model
+from vitreg.models.load import zoo
+from vitreg.models.load.checkpoints import load_model
 from vitreg.models.presets import config_of
 from vitreg.results.train import read_training_log
 from vitreg.stamp import stage_seconds
@@ -146,7 +146,7 @@ def add_distilled_to_zoo(
     loads the base, checks its sha256 and applies the delta); ``command`` is the exact command that made it."""
     import yaml
 
-    from vitreg.models.delta import DELTA_CONFIG, DELTA_WEIGHTS, read_delta
+    from vitreg.models.load.delta import DELTA_CONFIG, DELTA_WEIGHTS, read_delta
     from vitreg.results.distill import DistillResult
     from vitreg.results.rundir import has_result, read_result
 
