@@ -407,7 +407,7 @@ def test_torchrun_two_processes_distil_the_same_registers(run, tmp_path):
 
 def test_a_distillation_goes_into_the_zoo_as_its_delta_with_provenance(run, tmp_path):
     from vitreg.models.load import zoo
-    from vitreg.train.zoo import add_distilled_to_zoo
+    from vitreg.train.publish import add_distilled_to_zoo
 
     entry = add_distilled_to_zoo(
         run / "run", "planted-reg2", "vitreg fix --method distill ...", commit="abc", root=tmp_path

@@ -170,7 +170,7 @@ def test_reproduce_takes_models_trained_from_the_same_config_from_the_zoo(quick_
     from vitreg.models import load_model
     from vitreg.models.load import zoo
     from vitreg.reproduce.pipeline import build_stages
-    from vitreg.train.zoo import add_to_zoo
+    from vitreg.train.publish import add_to_zoo
 
     out, _ = quick_run
     root = tmp_path / "zoo"

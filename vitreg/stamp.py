@@ -1,6 +1,6 @@
 """The stamp a finished pipeline stage leaves in its directory (``.stage.json``: the digest of its settings and the
 seconds it ran), written by :mod:`vitreg.stages`. In a module of its own, below the training code: putting a
-staged training run into the zoo (:mod:`vitreg.train.zoo`) reads how long it ran, and must not import the pipeline
+staged training run into the zoo (:mod:`vitreg.train.publish`) reads how long it ran, and must not import the pipeline
 machinery that runs trainings."""
 
 from __future__ import annotations

@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("zoo add needs RUN_DIR, --name NAME and --command 'the command that trained it'")
     target = Path(args.target)
     if (target / "delta.json").is_file():  # registers distilled into a released model: stored as its delta
-        from vitreg.train.zoo import add_distilled_to_zoo
+        from vitreg.train.publish import add_distilled_to_zoo
 
         entry = add_distilled_to_zoo(target, args.name, args.train_command, commit=args.commit)
         p = entry.provenance
         print(f"added zoo:{entry.name}: a {p['bytes'] / 2**20:.2f} MiB delta to {p['base']['spec']}")
         return 0
-    from vitreg.train.zoo import add_to_zoo
+    from vitreg.train.publish import add_to_zoo
 
     entry = add_to_zoo(target, args.name, args.train_command, commit=args.commit)
     p = entry.provenance

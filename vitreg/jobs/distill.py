@@ -356,7 +356,7 @@ def _clear_every_block(cfg: DistillConfig, base: Any, found: Any, train: _Images
 
 def _provenance(cfg: DistillConfig, k: int, train: _Images, loop: Any) -> dict[str, Any]:
     from vitreg.device import cpu_description
-    from vitreg.train.zoo import source_commit
+    from vitreg.train.publish import source_commit
 
     return {
         "method": "registers distilled into the base (vitreg fix --method distill)",

@@ -53,7 +53,7 @@ MAX_EXPORT_BYTES = 16 * 1024 * 1024  # an exported model's fp16 weights (what a 
 def export_models(index: dict[tuple[str, int, int], Stage], export: Path, command: str) -> None:
     """Every trained model of the lab as fp16 safetensors with its provenance, in the zoo's layout."""
     from vitreg.errors import ConfigError
-    from vitreg.train.zoo import add_to_zoo
+    from vitreg.train.publish import add_to_zoo
 
     for (point, seed, n), stage in index.items():
         entry = add_to_zoo(stage.directory, f"{point}-seed{seed}-reg{n}", command, root=export, limit_bytes=None)

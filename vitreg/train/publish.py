@@ -1,6 +1,6 @@
-"""Put a finished training run into the package's model zoo (:mod:`vitreg.models.load.zoo`): fp16 weights, the training
-log and config, and a provenance record with every number measured here (nothing typed in); a finished distillation
-(registers distilled into a released model) goes in as its delta to the base, never a full copy."""
+"""Publish a finished run into the package's model zoo (:mod:`vitreg.models.load.zoo` reads it): a training as fp16
+weights, its log and config, and a provenance record with every number measured here (nothing typed in); a finished
+distillation (registers distilled into a released model) as its delta to the base, never a full copy."""
 
 from __future__ import annotations
 
