@@ -66,11 +66,9 @@ class LostConfig:
             raise ConfigError("--bias needs at least one number")
         if self.images.subset is not None:
             raise ConfigError("LOST runs over its dataset's images up to --limit; images.subset is not supported")
-        from vitreg.models.processor import RESIZES
+        from vitreg.models.processor import check_resize
 
-        if self.resize not in RESIZES:
-            hint = f" (S x S is resize 'squash' with size {self.resize})" if str(self.resize).isdigit() else ""
-            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}{hint}")
+        check_resize(self.resize, "size")
         if self.size is not None and self.size < 1:
             raise ConfigError(f"--size must be >= 1, got {self.size}")
         bad = [k for k in self.also if k not in ("k", "q", "v", "tokens") or k == self.features]

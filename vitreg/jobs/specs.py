@@ -128,10 +128,9 @@ class ImageSpec:
     resize: str = "model"
 
     def validate(self) -> None:
-        from vitreg.models.processor import RESIZES
+        from vitreg.models.processor import check_resize
 
-        if self.resize not in RESIZES:
-            raise ConfigError(f"--resize {self.resize!r} is not one of {', '.join(RESIZES)}")
+        check_resize(self.resize, "img_size")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:

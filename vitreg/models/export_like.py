@@ -70,15 +70,21 @@ def _projection(g: Any, name: str, width: int) -> np.ndarray | None:
     return None
 
 
-def _output_shapes(source: Path, input_name: str, hw: tuple[int, int]) -> dict[str, tuple[int | str, ...]]:
-    """Each output's shape, from onnxruntime's run of ``source`` on one blank image, the batch axis named "B"."""
+def run_graph(path: Path, x: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
+    """onnxruntime's run of the graph at ``path`` on ``x`` (B, 3, H, W): every output by name, in the graph's order."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
-    outs = session.run(None, {input_name: np.zeros((1, 3, *hw), np.float32)})
-    return {o.name: ("B", *v.shape[1:]) for o, v in zip(session.get_outputs(), outs, strict=True)}
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    outs = session.run(None, {input_name: x})
+    return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outs, strict=True)}
+
+
+def _output_shapes(source: Path, input_name: str, hw: tuple[int, int]) -> dict[str, tuple[int | str, ...]]:
+    """Each output's shape, from onnxruntime's run of ``source`` on one blank image, the batch axis named "B"."""
+    ran = run_graph(source, np.zeros((1, 3, *hw), np.float32), input_name)
+    return {name: ("B", *v.shape[1:]) for name, v in ran.items()}
 
 
 def read_interface(source: Path, model: nn.Module) -> Interface:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from vitreg.errors import ConfigError
+from vitreg.models.export_like import LikeSource, read_interface, run_graph
 
 TOL = 1e-4
 OPSET = 17
@@ -36,12 +37,7 @@ class _Tokens(nn.Module):
 
 
 def _run(path: Path, x: np.ndarray, input_name: str = INPUT) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return [np.asarray(o) for o in session.run(None, {input_name: x})]
+    return list(run_graph(path, x, input_name).values())
 
 
 def export_onnx(model: nn.Module, out: Path, int8: bool = False, like: Path | None = None) -> dict[str, Any]:
@@ -60,8 +56,6 @@ def export_onnx(model: nn.Module, out: Path, int8: bool = False, like: Path | No
     module: nn.Module = _Tokens(model)
     input_name, output_names, axes = INPUT, [OUTPUT], {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
     if like is not None:
-        from vitreg.models.export_like import LikeSource, read_interface
-
         interface = read_interface(Path(like), model)
         module = LikeSource(model, interface).eval()
         input_name, output_names = interface.input, [o.name for o in interface.outputs]

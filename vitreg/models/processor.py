@@ -29,6 +29,7 @@ __all__ = [
     "INTERPOLATIONS",
     "RESIZES",
     "Processor",
+    "check_resize",
     "from_pil_resample",
     "hf_processor",
     "timm_processor",
@@ -57,6 +58,15 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "Siglip2ImageProcessor": {"size": None, "resample": 2},  # NaFlex: a patch budget, not a size
     "BeitImageProcessor": {"size": {"height": 224, "width": 224}, "do_center_crop": False, "resample": 3},
 }
+
+
+def check_resize(value: str, size_key: str) -> None:
+    """ConfigError naming ``value`` unless it is one of :data:`RESIZES`; a number (an earlier ``--resize S``) gets the
+    hint that S x S is ``squash`` with ``size_key`` (LOST's ``size``, a model's ``img_size``) set to it."""
+    if value in RESIZES:
+        return
+    hint = f" (S x S is resize 'squash' with {size_key} {value})" if str(value).isdigit() else ""
+    raise ConfigError(f"--resize {value!r} is not one of {', '.join(RESIZES)}{hint}")
 
 
 @dataclass(frozen=True)
